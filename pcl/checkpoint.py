@@ -1,0 +1,84 @@
+"""Checkpoint stage: atomic writes, finite-only state, RNG capture for exact resume."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pcl.errors import PCLError
+
+
+def rng_state() -> dict:
+    """Python, NumPy, torch CPU and CUDA generator states."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _float_tensors(obj: object, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _float_tensors(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            yield from _float_tensors(v, f"{path}[{i}]")
+
+
+def non_finite_entries(state: dict) -> list[str]:
+    """Names of floating-point tensors in ``state`` that hold NaN or Inf."""
+    return [name for name, t in _float_tensors(state) if not bool(torch.isfinite(t).all())]
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write ``state`` to ``path`` via a temporary file and rename; refuses non-finite tensors."""
+    bad = non_finite_entries(state)
+    if bad:
+        raise PCLError(f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PCLError(f"could not write checkpoint {path}: {e.strerror or e}") from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint onto the CPU, with a clear error for a missing or unreadable file."""
+    if not path.is_file():
+        raise PCLError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling problem means an unusable file
+        raise PCLError(f"checkpoint {path} cannot be read: {e}") from None
+
+
+def resolve_resume(resume: str | None, exp_dir: Path) -> Path | None:
+    """``auto`` -> ``<exp_dir>/checkpoints/last.pth`` if present (else fresh start); a path -> that path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        last = exp_dir / "checkpoints" / "last.pth"
+        return last if last.is_file() else None
+    return Path(resume)

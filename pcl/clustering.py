@@ -1,0 +1,137 @@
+"""Clustering stage: faiss k-means, streamed nearest-centroid assignment, vectorised concentrations."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+KMEANS_ALPHA = 10.0
+
+
+@dataclass
+class KMeansConfig:
+    """faiss k-means settings; defaults are the official PCL ones."""
+
+    niter: int = 20
+    nredo: int = 5
+    max_points_per_centroid: int = 1000
+    min_points_per_centroid: int = 10
+    use_gpu: bool | None = None  # None: GPU faiss when importable and a GPU exists
+
+
+def faiss_gpu_available() -> bool:
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def train_kmeans(x: np.ndarray, k: int, seed: int, cfg: KMeansConfig) -> np.ndarray:
+    """Train k-means on ``(n, d)`` float32 rows; returns ``(k, d)`` float32 centroids (not normalised)."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    use_gpu = faiss_gpu_available() if cfg.use_gpu is None else cfg.use_gpu
+    km = faiss.Kmeans(
+        x.shape[1], k, niter=cfg.niter, nredo=cfg.nredo, seed=seed, verbose=False, gpu=bool(use_gpu),
+        max_points_per_centroid=cfg.max_points_per_centroid, min_points_per_centroid=cfg.min_points_per_centroid,
+    )
+    km.train(x)
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+@torch.no_grad()
+def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of each row: ``x (n, d)``, ``centroids (k, d)`` -> ``(ids (n,) long, sq_dist (n,) float)``.
+
+    Exact squared L2, computed in float32 chunks on ``centroids.device``.
+    """
+    c = centroids.float()
+    c_sq = (c * c).sum(1)
+    ids, dists = [], []
+    for start in range(0, x.shape[0], chunk):
+        xb = x[start : start + chunk].to(c.device, torch.float32)
+        d = (xb * xb).sum(1, keepdim=True) - 2.0 * (xb @ c.T) + c_sq
+        best, arg = d.min(dim=1)
+        ids.append(arg)
+        dists.append(best.clamp_min_(0.0))
+    if not ids:
+        return torch.empty(0, dtype=torch.long, device=c.device), torch.empty(0, device=c.device)
+    return torch.cat(ids), torch.cat(dists)
+
+
+def concentration(
+    counts: torch.Tensor, dist_sums: torch.Tensor, temperature: float, alpha: float = KMEANS_ALPHA
+) -> torch.Tensor:
+    """Per-cluster concentration phi from streamed statistics (PCL eq. 12, official post-processing).
+
+    Args:
+        counts: ``(k,)`` members per cluster Z.  dist_sums: ``(k,)`` sum of ``||v - c||_2`` over members.
+    Returns:
+        ``(k,)`` float32: ``mean dist / log(Z + alpha)``; clusters with Z <= 1 get the max; clamped to
+        the 10th-90th percentile; rescaled so that the mean is ``temperature``.
+    """
+    counts = counts.double()
+    phi = torch.zeros_like(counts)
+    big = counts > 1
+    phi[big] = (dist_sums.double()[big] / counts[big]) / torch.log(counts[big] + alpha)
+    dmax = phi[big].max() if big.any() else torch.tensor(1.0, dtype=phi.dtype)
+    phi[~big] = dmax
+    lo, hi = np.percentile(phi.cpu().numpy(), [10, 90])
+    phi = phi.clamp(float(lo), float(hi))
+    return (temperature * phi / phi.mean()).float()
+
+
+@dataclass
+class Granularity:
+    """The E-step result for one ``k``: what ProtoNCE needs, plus statistics for logging."""
+
+    k: int
+    im2cluster: torch.Tensor  # (N,) long
+    centroids: torch.Tensor  # (k, d) float32, L2-normalised
+    density: torch.Tensor  # (k,) float32 concentration phi
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def to(self, device: torch.device) -> Granularity:
+        return Granularity(self.k, self.im2cluster.to(device), self.centroids.to(device), self.density.to(device), self.stats)
+
+
+@dataclass
+class ClusterResult:
+    """All granularities of one E-step (epoch ``epoch``)."""
+
+    epoch: int
+    levels: list[Granularity]
+
+    def to(self, device: torch.device) -> ClusterResult:
+        return ClusterResult(self.epoch, [g.to(device) for g in self.levels])
+
+    def state_dict(self) -> dict:
+        """Compact CPU form for checkpoints and ``--save-clusters`` (im2cluster as int32)."""
+        return {
+            "epoch": self.epoch,
+            "levels": [
+                {"k": g.k, "im2cluster": g.im2cluster.to("cpu", torch.int32), "centroids": g.centroids.cpu(),
+                 "density": g.density.cpu(), "stats": dict(g.stats)}
+                for g in self.levels
+            ],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> ClusterResult:
+        levels = [
+            Granularity(int(lv["k"]), lv["im2cluster"].long(), lv["centroids"].float(), lv["density"].float(), dict(lv["stats"]))
+            for lv in state["levels"]
+        ]
+        return cls(int(state["epoch"]), levels)
+
+
+def phi_raw_mean(counts: torch.Tensor, dist_sums: torch.Tensor, alpha: float = KMEANS_ALPHA) -> float:
+    """Mean concentration over clusters with > 1 member, before clamping and rescaling (for logging)."""
+    big = counts > 1
+    if not big.any():
+        return math.nan
+    phi = (dist_sums[big].double() / counts[big]) / torch.log(counts[big].double() + alpha)
+    return float(phi.mean())

@@ -1,0 +1,138 @@
+"""Distributed stage: torchrun/DDP set-up and the few collectives the loop needs.
+
+Every helper also works in a single process (``world == 1``), where it is the identity.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: ``rank`` of ``world`` processes, on ``device``."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(pref: str, local_rank: int = 0) -> torch.device:
+    """``auto`` = this process's CUDA device if there is one, else CPU."""
+    if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from pcl.errors import PCLError
+
+        raise PCLError("--device cuda was asked for but no CUDA device is available")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(device_pref: str = "auto", backend: str = "auto", timeout_min: int = 30) -> DistInfo:
+    """Join the torchrun process group when launched by torchrun (``WORLD_SIZE`` > 1), else single process.
+
+    Backend ``auto``: NCCL for CUDA devices, gloo for CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_pref, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        kw = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_min), **kw)
+    return DistInfo(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks; returns ``t``."""
+    if _active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+@torch.no_grad()
+def concat_all_gather(t: torch.Tensor) -> torch.Tensor:
+    """``(B, ...)`` per rank -> ``(world*B, ...)`` in rank order (no gradient)."""
+    if not _active():
+        return t
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return torch.cat(out, 0)
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Send a picklable object from ``src`` to all ranks."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` in a single process)."""
+    if not _active():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_tensor(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In-place broadcast from ``src``; returns ``t``."""
+    if _active():
+        dist.broadcast(t, src=src)
+    return t
+
+
+def gather_rows_to_main(rows: np.ndarray, device: torch.device) -> np.ndarray | None:
+    """Collect every rank's ``(n_r, d)`` float32 rows on rank 0 (``None`` elsewhere), in rank order.
+
+    Sizes may differ per rank; rows travel through torch.distributed, so no shared file system is needed.
+    """
+    if not _active():
+        return rows
+    world = dist.get_world_size()
+    n = torch.tensor([rows.shape[0]], device=device, dtype=torch.int64)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes_i = [int(s) for s in sizes]
+    pad = torch.zeros(max(sizes_i), rows.shape[1], dtype=torch.float32, device=device)
+    pad[: rows.shape[0]] = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
+    bufs = [torch.empty_like(pad) for _ in range(world)] if dist.get_rank() == 0 else None
+    dist.gather(pad, bufs, dst=0)
+    if dist.get_rank() != 0:
+        return None
+    return torch.cat([b[:s] for b, s in zip(bufs, sizes_i, strict=True)]).cpu().numpy()

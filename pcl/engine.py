@@ -1,0 +1,318 @@
+"""Engine stage: the EM loop. Per epoch: E-step (after warmup), M-step, kNN monitor, logging, checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pcl import distributed as pdist
+from pcl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pcl.clustering import ClusterResult
+from pcl.distributed import DistInfo
+from pcl.errors import NonFiniteError
+from pcl.estep import EStepConfig, run_estep
+from pcl.knn import extract, knn_top1
+from pcl.losses import info_nce, proto_nce
+from pcl.model import PCL
+from pcl.tb import TBLogger
+
+REMEDIES = (
+    "lower --lr or add --lr-warmup-epochs; try --clip-grad 1.0; use --amp bf16 or off instead of fp16; "
+    "for lamb/lars try --exclude-bn-bias; or fall back to --optimizer sgd-cos"
+)
+
+
+def autocast_factory(device: torch.device, amp: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """Context-manager factory for ``--amp off|bf16|fp16`` (forward passes only)."""
+    if amp == "off":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass
+class Loaders:
+    """``train``: two-crop views with indices; ``estep``: eval view of the train images, this rank's part;
+    ``knn_train`` / ``knn_eval``: full train and val sets (eval view) for the kNN monitor, rank 0 only."""
+
+    train: DataLoader
+    estep: DataLoader
+    num_train: int
+    knn_train: DataLoader | None = None
+    knn_eval: DataLoader | None = None
+    train_labels: torch.Tensor | None = None
+    eval_labels: torch.Tensor | None = None
+    num_classes: int = 0
+
+
+@dataclass
+class TrainState:
+    """Counters that persist across epochs and are checkpointed."""
+
+    epoch: int = 0  # completed epochs
+    global_step: int = 0
+    skipped_steps: int = 0
+    consecutive_bad: int = 0
+
+
+@dataclass
+class EpochStats:
+    loss: float = 0.0
+    acc_inst: float = 0.0
+    acc_proto: float = math.nan
+    good_steps: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """Owns the model, optimisation state, loaders and logger; ``fit()`` runs the EM loop."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loaders: Loaders,
+        info: DistInfo,
+    ) -> None:
+        self.args, self.model, self.optimizer, self.scheduler, self.loaders, self.info = (
+            args, model, optimizer, scheduler, loaders, info)
+        self.raw: PCL = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        self.device = info.device
+        self.autocast = autocast_factory(self.device, args.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == "fp16")
+        self.state = TrainState()
+        self.cluster_result: ClusterResult | None = None
+        self.exp_dir = Path(args.exp_dir)
+        self.ckpt_dir = self.exp_dir / "checkpoints"
+        self.tb = TBLogger(self.exp_dir / "tb", enabled=info.is_main)
+        self.params = [p for p in self.raw.parameters() if p.requires_grad]
+        self.estep_cfg = EStepConfig(
+            num_cluster=list(args.num_cluster), temperature=args.temperature, feature_dir=Path(args.feature_dir),
+            max_points=args.kmeans_max_points, feature_dtype=args.feature_dtype, shard_rows=args.feature_shard_rows,
+            keep_features=args.keep_features, seed=args.seed,
+        )
+        self.estep_cfg.kmeans.niter, self.estep_cfg.kmeans.nredo = args.kmeans_niter, args.kmeans_nredo
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict:
+        rngs = pdist.all_gather_object(rng_state())
+        return {
+            "epoch": self.state.epoch,
+            "global_step": self.state.global_step,
+            "skipped_steps": self.state.skipped_steps,
+            "model": self.raw.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "cluster_result": None if self.cluster_result is None else self.cluster_result.state_dict(),
+            "rng": rngs,
+            "world": self.info.world,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()},
+        }
+
+    def save(self) -> None:
+        state = self.checkpoint_state()  # collective: every rank takes part
+        if self.info.is_main:
+            save_checkpoint(state, self.ckpt_dir / "last.pth")
+            if self.state.epoch % self.args.save_freq == 0 or self.state.epoch == self.args.epochs:
+                save_checkpoint(state, self.ckpt_dir / f"checkpoint_{self.state.epoch:04d}.pth")
+        pdist.barrier()
+
+    def resume(self, path: Path) -> None:
+        """Restore everything ``save`` wrote; rank 0 reads the file and sends it to the other ranks."""
+        ckpt = load_checkpoint(path) if self.info.is_main else None
+        ckpt = pdist.broadcast_object(ckpt)
+        self.raw.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = TrainState(ckpt["epoch"], ckpt["global_step"], ckpt["skipped_steps"])
+        if ckpt["cluster_result"] is not None:
+            self.cluster_result = ClusterResult.from_state_dict(ckpt["cluster_result"]).to(self.device)
+        rngs = ckpt["rng"]
+        if len(rngs) == self.info.world:
+            set_rng_state(rngs[self.info.rank])
+        else:  # different number of processes: continue with fresh, rank-dependent seeds
+            torch.manual_seed(self.args.seed + 1000 * ckpt["epoch"] + self.info.rank)
+        if self.info.is_main:
+            print(f"resumed from {path}: {ckpt['epoch']} epochs done, step {ckpt['global_step']}")
+
+    # ------------------------------------------------------------------ E-step
+    def estep(self, epoch: int) -> ClusterResult:
+        self.model.eval()
+        t0 = time.time()
+        result = run_estep(
+            self.raw.cluster_features, self.loaders.estep, self.loaders.num_train, self.args.low_dim,
+            self.estep_cfg, self.info, epoch, self.autocast,
+        )
+        self.model.train()
+        scalars = {f"cluster/k{g.k}/{name}": v for g in result.levels for name, v in g.stats.items()}
+        scalars["time/estep_seconds"] = time.time() - t0
+        self.tb.scalars(scalars, epoch)
+        if self.args.save_clusters and self.info.is_main:
+            save_checkpoint(result.state_dict(), self.exp_dir / "clusters" / f"epoch_{epoch:04d}.pth")
+        return result
+
+    # ------------------------------------------------------------------ M-step
+    def train_epoch(self, epoch: int, clusters: ClusterResult | None) -> EpochStats:
+        args, raw, st = self.args, self.raw, self.state
+        self.model.train()
+        self.loaders.train.sampler.set_epoch(epoch)
+        levels = clusters.levels if clusters is not None else []
+        names = ["InfoNCE", *[f"ProtoNCE k={g.k}" for g in levels]]
+        sums = torch.zeros(3 + len(levels), dtype=torch.float64)  # loss, loss_inst, acc_inst, acc per level
+        proto_loss_sum, good, skipped, seen = 0.0, 0, 0, 0
+        t0 = time.time()
+        bar = tqdm(self.loaders.train, desc=f"epoch {epoch}", disable=not self.info.is_main, leave=False)
+        for (im_q, im_k), index in bar:
+            im_q = im_q.to(self.device, non_blocking=True)
+            im_k = im_k.to(self.device, non_blocking=True)
+            index = index.to(self.device, non_blocking=True)
+            with self.autocast():
+                emb = self.model(im_q, im_k, with_cluster=clusters is not None)
+            q, k = emb.q.float(), emb.k.float()
+            loss_inst, logits = info_nce(q, k, raw.queue, args.temperature)
+            terms, corrects = [loss_inst], []
+            for g in levels:
+                l_p, c_p = proto_nce(emb.q_cluster.float(), g.im2cluster[index], g.centroids, g.density, args.pcl_r)
+                terms.append(l_p)
+                corrects.append(c_p)
+            loss = loss_inst + torch.stack(terms[1:]).mean() if levels else loss_inst
+
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            if args.clip_grad is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, args.clip_grad)
+            else:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+            b = im_q.shape[0]
+            correct_inst = (logits.argmax(dim=1) == 0).sum()
+            # one host sync per step: every term, the grad norm and the hit counts, summed over ranks
+            packed = torch.stack([*[t.detach().float() for t in terms], grad_norm.float(), correct_inst.float(),
+                                  *[c.float() for c in corrects], torch.tensor(float(b), device=self.device)])
+            vals = pdist.all_reduce_sum(packed).tolist()
+            world = self.info.world
+            term_vals = [v / world for v in vals[: len(terms)]]
+            gnorm = vals[len(terms)] / world
+            hits_inst, hits_proto, batch_all = vals[len(terms) + 1], vals[len(terms) + 2 : -1], vals[-1]
+            lr = self.optimizer.param_groups[0]["lr"]
+            bad = [n for n, v in zip(names, term_vals, strict=True) if not math.isfinite(v)]
+            if not math.isfinite(gnorm):
+                bad.append("gradients")
+
+            if bad:
+                self.scaler.update()  # fp16: lowers the scale; otherwise a no-op
+                skipped += 1
+                st.skipped_steps += 1
+                st.consecutive_bad += 1
+                diag = (f"step {st.global_step}: non-finite {', '.join(bad)} (lr={lr:.4g}, grad_norm={gnorm:.4g}"
+                        + (f", amp_scale={self.scaler.get_scale():.4g}" if self.scaler.is_enabled() else "") + ")")
+                if self.info.is_main:
+                    tqdm.write(f"{diag}; step skipped ({st.consecutive_bad} in a row)")
+                if st.consecutive_bad >= args.max_bad_steps:
+                    raise NonFiniteError(f"{args.max_bad_steps} consecutive non-finite steps, last {diag}. "
+                                         f"Remedies: {REMEDIES}")
+            else:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                raw.momentum_update()
+                raw.enqueue(k)
+                st.consecutive_bad = 0
+                good += 1
+                seen += int(batch_all)
+                total = term_vals[0] + (sum(term_vals[1:]) / len(levels) if levels else 0.0)
+                sums[0] += total * batch_all
+                sums[1] += term_vals[0] * batch_all
+                sums[2] += hits_inst
+                for j, h in enumerate(hits_proto):
+                    sums[3 + j] += h
+                if levels:
+                    proto_loss_sum += sum(term_vals[1:]) / len(levels) * batch_all
+            self._log_step(bad, term_vals, levels, hits_inst, hits_proto, batch_all, gnorm, lr)
+            st.global_step += 1
+            self.scheduler.step()
+            if self.info.is_main and st.global_step % args.print_freq == 0 and not bad:
+                bar.set_postfix(loss=f"{sums[0] / max(seen, 1):.3f}", acc_inst=f"{100 * sums[2] / max(seen, 1):.1f}")
+        stats = EpochStats(good_steps=good, skipped=skipped, seconds=time.time() - t0)
+        if seen:
+            stats.loss, stats.acc_inst = float(sums[0] / seen), float(100 * sums[2] / seen)
+            if levels:
+                stats.acc_proto = float(100 * sums[3:].sum() / (seen * len(levels)))
+                stats.extra["loss_proto"] = proto_loss_sum / seen
+        return stats
+
+    def _log_step(self, bad: list[str], term_vals: list[float], levels: list, hits_inst: float,
+                  hits_proto: list[float], batch: float, gnorm: float, lr: float) -> None:
+        scalars = {"train/lr": lr, "train/skipped_steps": float(self.state.skipped_steps)}
+        groups = self.optimizer.param_groups
+        if len(groups) > 1:
+            scalars.update({f"train/lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)})
+        if self.scaler.is_enabled():
+            scalars["train/amp_scale"] = self.scaler.get_scale()
+        if not bad:
+            proto = sum(term_vals[1:]) / len(levels) if levels else 0.0
+            scalars.update({"train/loss": term_vals[0] + proto, "train/loss_inst": term_vals[0],
+                            "train/acc_inst": 100.0 * hits_inst / batch, "train/grad_norm": gnorm})
+            if levels:
+                scalars["train/loss_proto"] = proto
+                scalars["train/acc_proto"] = 100.0 * sum(hits_proto) / (batch * len(levels))
+        self.tb.scalars(scalars, self.state.global_step)
+
+    # ------------------------------------------------------------------ kNN monitor
+    def evaluate(self) -> float | None:
+        """Weighted kNN top-1 (%) of query-backbone features on the eval split; rank 0 only."""
+        ld = self.loaders
+        if ld.knn_eval is None or not self.info.is_main:
+            return None
+        self.model.eval()
+        fn = self.raw.backbone_features
+        bank = extract(fn, ld.knn_train, self.device, self.autocast, "kNN bank")
+        test = extract(fn, ld.knn_eval, self.device, self.autocast, "kNN eval")
+        self.model.train()
+        return knn_top1(bank, ld.train_labels, test, ld.eval_labels, ld.num_classes, self.args.knn_k, self.args.knn_t)
+
+    # ------------------------------------------------------------------ the EM loop
+    def fit(self, stop_after: int | None = None) -> float | None:
+        """Train from ``state.epoch`` to ``--epochs``; returns the last kNN top-1 (or None)."""
+        args, knn = self.args, None
+        start = self.state.epoch
+        end = args.epochs if stop_after is None else min(args.epochs, start + stop_after)
+        for epoch in range(start, end):
+            self.cluster_result = self.estep(epoch) if epoch >= args.warmup_epochs else None
+            stats = self.train_epoch(epoch, self.cluster_result)
+            knn = self.evaluate()
+            scalars = {"epoch/acc_inst": stats.acc_inst, "epoch/loss": stats.loss,
+                       "epoch/skipped_steps": float(stats.skipped), "time/epoch_seconds": stats.seconds}
+            if self.cluster_result is not None:
+                scalars["epoch/acc_proto"] = stats.acc_proto
+            if knn is not None:
+                scalars["eval/knn_top1"] = knn
+            self.tb.scalars(scalars, epoch)
+            self.tb.flush()
+            self.state.epoch = epoch + 1
+            self.save()
+            if self.info.is_main:
+                msg = f"epoch {epoch}: loss {stats.loss:.4f} acc_inst {stats.acc_inst:.1f}"
+                if self.cluster_result is not None:
+                    msg += f" acc_proto {stats.acc_proto:.1f}"
+                if knn is not None:
+                    msg += f" knn_top1 {knn:.2f}"
+                msg += f" skipped {stats.skipped} ({stats.seconds:.0f}s)"
+                tqdm.write(msg)
+        self.tb.close()
+        return knn

@@ -1,0 +1,84 @@
+"""Optimisation stage: optimizers (torch SGD/AdamW, timm LAMB/LARS) and per-step learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("sgd", "sgd-cos", "adamw", "lamb", "lars")
+SCHEDULES = ("cos", "step", "const")
+
+
+def default_schedule(optimizer: str) -> str:
+    """``sgd`` keeps the step schedule (``--schedule`` milestones); every other optimizer decays by cosine."""
+    return "step" if optimizer == "sgd" else "cos"
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict]:
+    """Trainable parameters in one or two groups; 1-d tensors (BN, biases) get no weight decay if excluded.
+
+    timm's LARS adapts only groups with weight decay, so excluding them from decay excludes them from
+    the LARS trust ratio too.
+    """
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not exclude_bn_bias:
+        return [{"params": [p for _, p in params], "weight_decay": weight_decay, "name": "all"}]
+    decay = [p for _, p in params if p.ndim > 1]
+    no_decay = [p for _, p in params if p.ndim <= 1]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def build_optimizer(
+    name: str, groups: Iterable[dict], lr: float, momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.Optimizer:
+    """``sgd``/``sgd-cos``: torch SGD with momentum; ``adamw``: torch AdamW; ``lamb``/``lars``: timm."""
+    groups = list(groups)
+    if name in ("sgd", "sgd-cos"):
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    if name == "lamb":
+        from timm.optim import Lamb
+
+        return Lamb(groups, lr=lr, betas=betas)
+    if name == "lars":
+        from timm.optim import Lars
+
+        return Lars(groups, lr=lr, momentum=momentum)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Learning rate as a function of the global step: linear warmup, then cosine / step / constant."""
+
+    base_lr: float
+    total_steps: int
+    warmup_steps: int = 0
+    kind: str = "cos"
+    min_lr: float = 0.0
+    milestones: Sequence[int] = ()  # in steps, for kind == "step"
+    gamma: float = 0.1
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        if self.kind == "cos":
+            span = max(1, self.total_steps - self.warmup_steps)
+            t = min(1.0, (step - self.warmup_steps) / span)
+            return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+        if self.kind == "step":
+            return self.base_lr * self.gamma ** sum(step >= m for m in self.milestones)
+        return self.base_lr
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step ``LambdaLR`` following ``schedule`` (call ``.step()`` once per iteration; resumable)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s) / schedule.base_lr)

@@ -1,0 +1,56 @@
+"""Build the bundled CIFAR-10 subset (class-balanced JPEGs in ImageFolder layout) from the full archive.
+
+Usage:
+    python tools/make_subset.py --src ../shared/data/cifar10-jpg.tar.gz \
+        --train-per-class 500 --test-per-class 100 --out data/cifar10_subset.tar.gz
+
+The first ``N`` files per class (sorted by name) are taken, so the subset is deterministic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+
+def build_subset(src: Path, out: Path, per_split: dict[str, int], name: str = "cifar10_subset") -> dict[str, int]:
+    """Copy ``per_split[split]`` images per class of each split into a new ``.tar.gz``; returns counts."""
+    chosen: dict[tuple[str, str], list[tarfile.TarInfo]] = defaultdict(list)
+    with tarfile.open(src, "r:gz") as tar:
+        members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
+        for m in members:
+            parts = Path(m.name).parts  # cifar10/<split>/<class>/<file>
+            if len(parts) != 4 or parts[1] not in per_split:
+                continue
+            key = (parts[1], parts[2])
+            if len(chosen[key]) < per_split[parts[1]]:
+                chosen[key].append(m)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        counts: dict[str, int] = defaultdict(int)
+        with tarfile.open(out, "w:gz", compresslevel=9) as dst:
+            for (split, cls), items in sorted(chosen.items()):
+                for m in items:
+                    data = tar.extractfile(m).read()
+                    info = tarfile.TarInfo(f"{name}/{split}/{cls}/{Path(m.name).name}")
+                    info.size, info.mode, info.mtime = len(data), 0o644, 0
+                    dst.addfile(info, io.BytesIO(data))
+                    counts[split] += 1
+    return dict(counts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", type=Path, default=Path("../shared/data/cifar10-jpg.tar.gz"))
+    p.add_argument("--out", type=Path, default=Path("data/cifar10_subset.tar.gz"))
+    p.add_argument("--train-per-class", type=int, default=500)
+    p.add_argument("--test-per-class", type=int, default=100)
+    a = p.parse_args()
+    counts = build_subset(a.src, a.out, {"train": a.train_per_class, "test": a.test_per_class})
+    print(f"wrote {a.out} ({a.out.stat().st_size / 1e6:.1f} MB): {counts}")
+
+
+if __name__ == "__main__":
+    main()
