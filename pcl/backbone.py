@@ -32,9 +32,10 @@ class SplitBatchNorm(nn.BatchNorm2d):
         s = self.num_splits
         mean_split = self.running_mean.repeat(s)
         var_split = self.running_var.repeat(s)
+        weight = self.weight.repeat(s) if self.weight is not None else None
+        bias = self.bias.repeat(s) if self.bias is not None else None
         out = F.batch_norm(
-            x.reshape(-1, c * s, h, w), mean_split, var_split,
-            self.weight.repeat(s), self.bias.repeat(s), True, self.momentum, self.eps,
+            x.reshape(-1, c * s, h, w), mean_split, var_split, weight, bias, True, self.momentum, self.eps
         ).reshape(n, c, h, w)
         self.running_mean.copy_(mean_split.view(s, c).mean(0))
         self.running_var.copy_(var_split.view(s, c).mean(0))

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,19 +215,23 @@ class Trainer:
             bad = [n for n, v in zip(names, term_vals, strict=True) if not math.isfinite(v)]
             if not math.isfinite(gnorm):
                 bad.append("gradients")
+            stop = ""
 
             if bad:
+                # fp16 gradient overflow with finite losses is GradScaler's normal back-off: skipped and
+                # counted, but it only counts towards --max-bad-steps once the scale cannot drop further
+                overflow_only = bad == ["gradients"] and self.scaler.is_enabled() and self.scaler.get_scale() > 1.0
                 self.scaler.update()  # fp16: lowers the scale; otherwise a no-op
                 skipped += 1
                 st.skipped_steps += 1
-                st.consecutive_bad += 1
+                st.consecutive_bad += 0 if overflow_only else 1
                 diag = (f"step {st.global_step}: non-finite {', '.join(bad)} (lr={lr:.4g}, grad_norm={gnorm:.4g}"
                         + (f", amp_scale={self.scaler.get_scale():.4g}" if self.scaler.is_enabled() else "") + ")")
                 if self.info.is_main:
                     tqdm.write(f"{diag}; step skipped ({st.consecutive_bad} in a row)")
-                if st.consecutive_bad >= args.max_bad_steps:
-                    raise NonFiniteError(f"{args.max_bad_steps} consecutive non-finite steps, last {diag}. "
-                                         f"Remedies: {REMEDIES}")
+                if st.consecutive_bad >= args.max_bad_steps and not overflow_only:
+                    stop = (f"{args.max_bad_steps} consecutive non-finite steps, last {diag}. "
+                            f"Remedies: {REMEDIES}")
             else:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -244,8 +249,13 @@ class Trainer:
                 if levels:
                     proto_loss_sum += sum(term_vals[1:]) / len(levels) * batch_all
             self._log_step(bad, term_vals, levels, hits_inst, hits_proto, batch_all, gnorm, lr)
+            if stop:
+                self.tb.flush()
+                raise NonFiniteError(stop)
             st.global_step += 1
-            self.scheduler.step()
+            with warnings.catch_warnings():  # the schedule follows steps, also skipped ones
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                self.scheduler.step()
             if self.info.is_main and st.global_step % args.print_freq == 0 and not bad:
                 bar.set_postfix(loss=f"{sums[0] / max(seen, 1):.3f}", acc_inst=f"{100 * sums[2] / max(seen, 1):.1f}")
         stats = EpochStats(good_steps=good, skipped=skipped, seconds=time.time() - t0)

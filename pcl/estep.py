@@ -86,7 +86,7 @@ def cluster_store(
     sums = [torch.zeros(k, dtype=torch.float64, device=dev) for k in cfg.num_cluster]
     sq_total = torch.zeros(levels, dtype=torch.float64, device=dev)
     for idx, feats in tqdm(store.shards(), total=len(store.stems), desc="E-step assign", disable=not show, leave=False):
-        x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).to(dev)
+        x = torch.from_numpy(np.array(feats, dtype=np.float32)).to(dev)  # one shard, writable copy
         idx_t = torch.from_numpy(idx).to(dev)
         for j, c in enumerate(centroids):
             ids, sqd = assign(x, c)

@@ -1,0 +1,86 @@
+"""End-to-end CPU runs on tiny data: TensorBoard tags, ProtoNCE after warmup, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import main_pcl
+from tests.conftest import TINY_ARGS
+
+STEPS_PER_EPOCH = 48 // 8
+
+
+def scalars(exp_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(exp_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def run(data: Path, exp_dir: Path, *extra: str) -> int:
+    return main_pcl.main([str(data), *TINY_ARGS, "--exp-dir", str(exp_dir), *extra])
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    exp = tmp_path_factory.mktemp("full")
+    assert run(tiny_data, exp, "--save-clusters") == 0
+    return exp
+
+
+def test_tensorboard_tags_and_protonce_after_warmup(full_run: Path) -> None:
+    tags = scalars(full_run)
+    for t in ["train/loss", "train/loss_inst", "train/acc_inst", "train/lr", "train/grad_norm", "train/skipped_steps",
+              "train/loss_proto", "train/acc_proto", "epoch/acc_inst", "epoch/acc_proto", "eval/knn_top1",
+              "cluster/k3/empty_clusters", "cluster/k5/phi_mean_raw", "cluster/k5/objective"]:
+        assert t in tags, t
+    assert len(tags["train/loss"]) == 2 * STEPS_PER_EPOCH
+    # ProtoNCE only in the epoch after the single warmup epoch
+    assert [s for s, _ in tags["train/loss_proto"]] == list(range(STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH))
+    assert [s for s, _ in tags["epoch/acc_proto"]] == [1]
+    assert [s for s, _ in tags["epoch/acc_inst"]] == [0, 1]
+    assert [s for s, _ in tags["cluster/k3/objective"]] == [1]
+    for s, v in tags["train/loss"][STEPS_PER_EPOCH:]:  # loss = InfoNCE + ProtoNCE
+        inst = dict(tags["train/loss_inst"])[s]
+        proto = dict(tags["train/loss_proto"])[s]
+        assert abs(v - (inst + proto)) < 1e-4
+    assert all(0 <= v <= 100 for _, v in tags["train/acc_inst"])
+
+
+def test_outputs_of_a_run(full_run: Path) -> None:
+    cfg = json.loads((full_run / "config.json").read_text())
+    assert cfg["num_cluster"] == [3, 5] and cfg["warmup_epochs"] == 1
+    ckpt = torch.load(full_run / "checkpoints" / "last.pth", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * STEPS_PER_EPOCH
+    assert [lv["k"] for lv in ckpt["cluster_result"]["levels"]] == [3, 5]
+    assert ckpt["cluster_result"]["levels"][0]["im2cluster"].shape == (48,)
+    assert (full_run / "checkpoints" / "checkpoint_0002.pth").is_file()  # the final epoch is always kept
+    assert (full_run / "clusters" / "epoch_0001.pth").is_file()
+    assert not list((full_run / "features").rglob("*.npy"))  # shards removed after each E-step
+    assert not list(full_run.rglob("*.tmp"))
+
+
+def test_resume_auto_continues_at_the_right_epoch(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run(tiny_data, tmp_path, "--epochs", "3", "--stop-after-epochs", "2") == 0
+    assert torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)["epoch"] == 2
+    capsys.readouterr()
+    assert run(tiny_data, tmp_path, "--epochs", "3", "--resume", "auto") == 0
+    assert "2 epochs done" in capsys.readouterr().out
+    tags = scalars(tmp_path)
+    assert sorted({s for s, _ in tags["epoch/acc_inst"]}) == [0, 1, 2]
+    assert torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)["epoch"] == 3
+
+
+def test_resumed_run_is_identical_to_an_uninterrupted_one(full_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    assert run(tiny_data, tmp_path, "--stop-after-epochs", "1") == 0
+    assert run(tiny_data, tmp_path, "--resume", "auto") == 0
+    a = torch.load(full_run / "checkpoints" / "last.pth", weights_only=False)
+    b = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
+    for name, t in a["model"].items():
+        assert torch.equal(t, b["model"][name]), name  # queue, pointer and all weights
+    for la, lb in zip(a["cluster_result"]["levels"], b["cluster_result"]["levels"], strict=True):
+        assert torch.equal(la["im2cluster"], lb["im2cluster"])
