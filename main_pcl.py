@@ -1,8 +1,8 @@
 """Train PCL: parse the command line, build data / model / optimisation, hand them to the engine.
 
-    python main_pcl.py                                   # bundled CIFAR-10 subset, CPU-friendly defaults
-    python main_pcl.py DATA --epochs 200 --warmup-epochs 20 --optimizer sgd-cos
-    torchrun --nproc_per_node 8 main_pcl.py DATA ...     # DDP (see README)
+python main_pcl.py                                   # bundled CIFAR-10 subset, CPU-friendly defaults
+python main_pcl.py DATA --epochs 200 --warmup-epochs 20 --optimizer sgd-cos
+torchrun --nproc_per_node 8 main_pcl.py DATA ...     # DDP (see README)
 """
 
 from __future__ import annotations
@@ -20,8 +20,15 @@ from pcl import distributed as pdist
 from pcl.checkpoint import resolve_resume
 from pcl.config import parse_args, to_json, validate, validate_data
 from pcl.data import (
-    AugConfig, IndexedImageFolder, TwoCrops, eval_loader, eval_transform, resolve_splits, train_loader,
-    train_transform, verify_images,
+    AugConfig,
+    IndexedImageFolder,
+    TwoCrops,
+    eval_loader,
+    eval_transform,
+    resolve_splits,
+    train_loader,
+    train_transform,
+    verify_images,
 )
 from pcl.engine import Loaders, Trainer
 from pcl.errors import PCLError
@@ -33,8 +40,15 @@ VERIFY_AUTO_LIMIT = 200_000
 
 def build_loaders(args: argparse.Namespace, info: pdist.DistInfo) -> Loaders:
     splits = resolve_splits(args.data)
-    aug = AugConfig(args.image_size, args.crop_min, args.color_jitter, args.color_jitter_prob,
-                    args.grayscale_prob, args.blur_prob, args.aug_plus)
+    aug = AugConfig(
+        args.image_size,
+        args.crop_min,
+        args.color_jitter,
+        args.color_jitter_prob,
+        args.grayscale_prob,
+        args.blur_prob,
+        args.aug_plus,
+    )
     train_set = IndexedImageFolder(splits.train, TwoCrops(train_transform(aug)))
     eval_set = IndexedImageFolder(splits.eval, eval_transform(args.image_size)) if splits.eval else None
     verify = args.verify_images == "yes" or (args.verify_images == "auto" and len(train_set) <= VERIFY_AUTO_LIMIT)
@@ -60,8 +74,16 @@ def build_loaders(args: argparse.Namespace, info: pdist.DistInfo) -> Loaders:
 
 def build_model(args: argparse.Namespace, info: pdist.DistInfo) -> tuple[PCL, nn.Module]:
     """The raw PCL module and the module to train (DDP-wrapped under torchrun)."""
-    raw = PCL(args.arch, args.low_dim, args.pcl_r, args.moco_m, args.mlp, args.cluster_head,
-              small_stem=args.stem == "small", bn_splits=args.bn_splits if info.world == 1 else 1).to(info.device)
+    raw = PCL(
+        args.arch,
+        args.low_dim,
+        args.pcl_r,
+        args.moco_m,
+        args.mlp,
+        args.cluster_head,
+        small_stem=args.stem == "small",
+        bn_splits=args.bn_splits if info.world == 1 else 1,
+    ).to(info.device)
     if not info.enabled:
         return raw, raw
     ids = [info.device.index] if info.device.type == "cuda" else None
@@ -72,16 +94,23 @@ def build_model(args: argparse.Namespace, info: pdist.DistInfo) -> tuple[PCL, nn
 def build_trainer(args: argparse.Namespace, info: pdist.DistInfo) -> Trainer:
     loaders = build_loaders(args, info)
     raw, model = build_model(args, info)
-    optimizer = build_optimizer(args.optimizer, param_groups(raw, args.wd, args.exclude_bn_bias), args.lr,
-                                momentum=args.momentum)
+    optimizer = build_optimizer(
+        args.optimizer, param_groups(raw, args.wd, args.exclude_bn_bias), args.lr, momentum=args.momentum
+    )
     steps = len(loaders.train)
-    schedule = LRSchedule(base_lr=args.lr, total_steps=args.epochs * steps,
-                          warmup_steps=round(args.lr_warmup_epochs * steps), kind=args.lr_schedule,
-                          min_lr=args.min_lr, milestones=[m * steps for m in args.schedule])
+    schedule = LRSchedule(
+        base_lr=args.lr,
+        total_steps=args.epochs * steps,
+        warmup_steps=round(args.lr_warmup_epochs * steps),
+        kind=args.lr_schedule,
+        min_lr=args.min_lr,
+        milestones=[m * steps for m in args.schedule],
+    )
     return Trainer(args, model, optimizer, build_scheduler(optimizer, schedule), loaders, info)
 
 
-def run(args: argparse.Namespace) -> float | None:
+def run(args: argparse.Namespace) -> Trainer:
+    """Set up (and tear down) the process group, build everything, train; returns the trainer."""
     info = pdist.init_distributed(args.device, args.dist_backend)
     try:
         validate(args, info.world)
@@ -99,11 +128,12 @@ def run(args: argparse.Namespace) -> float | None:
             (Path(args.exp_dir) / "config.json").write_text(to_json(args))
         knn = trainer.fit(stop_after=args.stop_after_epochs)
         if info.is_main:
-            print(f"TensorBoard logs: {Path(args.exp_dir) / 'tb'}  (tensorboard --logdir {Path(args.exp_dir) / 'tb'})")
+            tb = Path(args.exp_dir) / "tb"
+            print(f"TensorBoard logs: {tb}  (tensorboard --logdir {tb})")
             print(f"checkpoints: {Path(args.exp_dir) / 'checkpoints'}")
             if knn is not None:
                 print(f"final kNN top-1: {knn:.2f}%")
-        return knn
+        return trainer
     finally:
         pdist.shutdown()
 
@@ -117,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {last.removeprefix('pcl.errors.PCLError: ')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is in <exp-dir>/checkpoints/last.pth; "
-              "rerun with --resume auto to continue", file=sys.stderr)
+        print(
+            "interrupted: the last completed epoch is in <exp-dir>/checkpoints/last.pth; "
+            "rerun with --resume auto to continue",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

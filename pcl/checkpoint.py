@@ -70,7 +70,7 @@ def load_checkpoint(path: Path) -> dict:
         raise PCLError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling problem means an unusable file
+    except Exception as e:
         raise PCLError(f"checkpoint {path} cannot be read: {e}") from None
 
 

@@ -35,8 +35,15 @@ def train_kmeans(x: np.ndarray, k: int, seed: int, cfg: KMeansConfig) -> np.ndar
     x = np.ascontiguousarray(x, dtype=np.float32)
     use_gpu = faiss_gpu_available() if cfg.use_gpu is None else cfg.use_gpu
     km = faiss.Kmeans(
-        x.shape[1], k, niter=cfg.niter, nredo=cfg.nredo, seed=seed, verbose=False, gpu=bool(use_gpu),
-        max_points_per_centroid=cfg.max_points_per_centroid, min_points_per_centroid=cfg.min_points_per_centroid,
+        x.shape[1],
+        k,
+        niter=cfg.niter,
+        nredo=cfg.nredo,
+        seed=seed,
+        verbose=False,
+        gpu=bool(use_gpu),
+        max_points_per_centroid=cfg.max_points_per_centroid,
+        min_points_per_centroid=cfg.min_points_per_centroid,
     )
     km.train(x)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
@@ -46,17 +53,17 @@ def train_kmeans(x: np.ndarray, k: int, seed: int, cfg: KMeansConfig) -> np.ndar
 def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid of each row: ``x (n, d)``, ``centroids (k, d)`` -> ``(ids (n,) long, sq_dist (n,) float)``.
 
-    Exact squared L2, computed in float32 chunks on ``centroids.device``.
+    Exact squared L2 in float32 on ``centroids.device``; at most ``chunk`` rows and ~4M distances at a time.
     """
     c = centroids.float()
     c_sq = (c * c).sum(1)
+    rows = max(1, min(chunk, (1 << 22) // c.shape[0]))
     ids, dists = [], []
-    for start in range(0, x.shape[0], chunk):
-        xb = x[start : start + chunk].to(c.device, torch.float32)
-        d = (xb * xb).sum(1, keepdim=True) - 2.0 * (xb @ c.T) + c_sq
-        best, arg = d.min(dim=1)
+    for start in range(0, x.shape[0], rows):
+        xb = x[start : start + rows].to(c.device, torch.float32)
+        best, arg = torch.addmm(c_sq, xb, c.T, alpha=-2.0).min(dim=1)  # ||c||^2 - 2 x.c
         ids.append(arg)
-        dists.append(best.clamp_min_(0.0))
+        dists.append((best + (xb * xb).sum(1)).clamp_min_(0.0))
     if not ids:
         return torch.empty(0, dtype=torch.long, device=c.device), torch.empty(0, device=c.device)
     return torch.cat(ids), torch.cat(dists)
@@ -95,7 +102,9 @@ class Granularity:
     stats: dict[str, float] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> Granularity:
-        return Granularity(self.k, self.im2cluster.to(device), self.centroids.to(device), self.density.to(device), self.stats)
+        return Granularity(
+            self.k, self.im2cluster.to(device), self.centroids.to(device), self.density.to(device), self.stats
+        )
 
 
 @dataclass
@@ -113,8 +122,13 @@ class ClusterResult:
         return {
             "epoch": self.epoch,
             "levels": [
-                {"k": g.k, "im2cluster": g.im2cluster.to("cpu", torch.int32), "centroids": g.centroids.cpu(),
-                 "density": g.density.cpu(), "stats": dict(g.stats)}
+                {
+                    "k": g.k,
+                    "im2cluster": g.im2cluster.to("cpu", torch.int32),
+                    "centroids": g.centroids.cpu(),
+                    "density": g.density.cpu(),
+                    "stats": dict(g.stats),
+                }
                 for g in self.levels
             ],
         }
@@ -122,7 +136,9 @@ class ClusterResult:
     @classmethod
     def from_state_dict(cls, state: dict) -> ClusterResult:
         levels = [
-            Granularity(int(lv["k"]), lv["im2cluster"].long(), lv["centroids"].float(), lv["density"].float(), dict(lv["stats"]))
+            Granularity(
+                int(lv["k"]), lv["im2cluster"].long(), lv["centroids"].float(), lv["density"].float(), dict(lv["stats"])
+            )
             for lv in state["levels"]
         ]
         return cls(int(state["epoch"]), levels)

@@ -29,15 +29,27 @@ def _int_list(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(description="Prototypical Contrastive Learning (PCL v2) on an ImageFolder data set.")
-    p.add_argument("data", nargs="?", default=None,
-                   help="ImageFolder root with train/ and optionally val/ or test/ (default: bundled CIFAR-10 subset)")
+    p.add_argument(
+        "data",
+        nargs="?",
+        default=None,
+        help="ImageFolder root with train/ and optionally val/ or test/ (default: bundled CIFAR-10 subset)",
+    )
     g = p.add_argument_group("model")
     g.add_argument("-a", "--arch", default="resnet18", help=f"torchvision ResNet ({', '.join(ARCHS)})")
-    g.add_argument("--stem", default="imagenet", choices=("imagenet", "small"),
-                   help="small = CIFAR stem (3x3 stride-1 conv, no max-pool): better for 32-px data, ~12x the compute")
+    g.add_argument(
+        "--stem",
+        default="imagenet",
+        choices=("imagenet", "small"),
+        help="small = CIFAR stem (3x3 stride-1 conv, no max-pool): better for 32-px data, ~12x the compute",
+    )
     g.add_argument("--low-dim", type=int, default=128, help="embedding dimension")
-    g.add_argument("--pcl-r", type=int, default=1024,
-                   help="queue size = number of negatives, instance and prototype (official ImageNet: 16384)")
+    g.add_argument(
+        "--pcl-r",
+        type=int,
+        default=1024,
+        help="queue size = number of negatives, instance and prototype (official ImageNet: 16384)",
+    )
     g.add_argument("--moco-m", type=float, default=0.99, help="momentum of the key encoder (official: 0.999)")
     g.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=True, help="MoCo v2 MLP head")
     g.add_argument("--cluster-head", default="none", choices=CLUSTER_HEADS, help="extra head for the cluster task")
@@ -51,10 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--color-jitter", type=float, default=0.4, help="colour-jitter strength")
     g.add_argument("--color-jitter-prob", type=float, default=0.8)
     g.add_argument("--grayscale-prob", type=float, default=0.2)
-    g.add_argument("--blur-prob", type=float, default=None, help="Gaussian-blur probability (default: 0.5, or 0 for images <= 64 px)")
+    g.add_argument(
+        "--blur-prob",
+        type=float,
+        default=None,
+        help="Gaussian-blur probability (default: 0.5, or 0 for images <= 64 px)",
+    )
     g.add_argument("-j", "--workers", type=int, default=2, help="data-loading processes per rank")
-    g.add_argument("--verify-images", default="auto", choices=("auto", "yes", "no"),
-                   help="decode every image before training (auto: when <= 200k images)")
+    g.add_argument(
+        "--verify-images",
+        default="auto",
+        choices=("auto", "yes", "no"),
+        help="decode every image before training (auto: when <= 200k images)",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=10)
@@ -73,13 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-bad-steps", type=int, default=20, help="stop after this many consecutive non-finite steps")
 
     g = p.add_argument_group("PCL E-step")
-    g.add_argument("--num-cluster", type=_int_list, default=[50, 100, 200],
-                   help="k per granularity, comma list (official ImageNet: 25000,50000,100000)")
+    g.add_argument(
+        "--num-cluster",
+        type=_int_list,
+        default=[50, 100, 200],
+        help="k per granularity, comma list (official ImageNet: 25000,50000,100000)",
+    )
     g.add_argument("--warmup-epochs", type=int, default=2, help="InfoNCE-only epochs before the first E-step")
     g.add_argument("--kmeans-niter", type=int, default=20)
     g.add_argument("--kmeans-nredo", type=int, default=5)
-    g.add_argument("--kmeans-max-points", type=int, default=2_000_000,
-                   help="k-means trains on all features up to this many, else on a uniform sample")
+    g.add_argument(
+        "--kmeans-max-points",
+        type=int,
+        default=2_000_000,
+        help="k-means trains on all features up to this many, else on a uniform sample",
+    )
     g.add_argument("--feature-dir", type=Path, default=None, help="E-step shards (default <exp-dir>/features)")
     g.add_argument("--feature-dtype", default="float32", choices=tuple(DTYPES))
     g.add_argument("--feature-shard-rows", type=int, default=65536, help="rows per feature shard")
@@ -89,8 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--exp-dir", type=Path, default=Path("runs/default"))
     g.add_argument("--resume", default=None, help="checkpoint path, or 'auto' for <exp-dir>/checkpoints/last.pth")
-    g.add_argument("--stop-after-epochs", type=int, default=None,
-                   help="run at most this many epochs in this invocation, then exit (for time-limited job slots)")
+    g.add_argument(
+        "--stop-after-epochs",
+        type=int,
+        default=None,
+        help="run at most this many epochs in this invocation, then exit (for time-limited job slots)",
+    )
     g.add_argument("--save-freq", type=int, default=10, help="also keep checkpoint_XXXX.pth every N epochs")
     g.add_argument("--print-freq", type=int, default=10, help="progress-bar update interval (steps)")
     g.add_argument("--seed", type=int, default=0)
@@ -120,10 +153,19 @@ def validate(args: argparse.Namespace, world: int = 1) -> None:
     """Checks that need no data: raise ``PCLError`` with one line for a config that cannot work."""
     if args.arch not in ARCHS:
         raise PCLError(f"unknown arch {args.arch!r}; choose from {', '.join(ARCHS)}")
-    positive = {"--epochs": args.epochs, "--batch-size": args.batch_size, "--pcl-r": args.pcl_r,
-                "--low-dim": args.low_dim, "--image-size": args.image_size, "--bn-splits": args.bn_splits,
-                "--feature-shard-rows": args.feature_shard_rows, "--kmeans-max-points": args.kmeans_max_points,
-                "--max-bad-steps": args.max_bad_steps, "--save-freq": args.save_freq, "--print-freq": args.print_freq}
+    positive = {
+        "--epochs": args.epochs,
+        "--batch-size": args.batch_size,
+        "--pcl-r": args.pcl_r,
+        "--low-dim": args.low_dim,
+        "--image-size": args.image_size,
+        "--bn-splits": args.bn_splits,
+        "--feature-shard-rows": args.feature_shard_rows,
+        "--kmeans-max-points": args.kmeans_max_points,
+        "--max-bad-steps": args.max_bad_steps,
+        "--save-freq": args.save_freq,
+        "--print-freq": args.print_freq,
+    }
     for flag, v in positive.items():
         if v <= 0:
             raise PCLError(f"{flag} must be positive, got {v}")
@@ -143,8 +185,10 @@ def validate(args: argparse.Namespace, world: int = 1) -> None:
     if per_rank % splits:
         raise PCLError(f"--batch-size {args.batch_size} is not divisible by --bn-splits {args.bn_splits}")
     if args.batch_size > args.pcl_r:
-        raise PCLError(f"--batch-size {args.batch_size} is larger than the queue --pcl-r {args.pcl_r}: "
-                       "one batch of keys would overwrite itself; raise --pcl-r or lower the batch size")
+        raise PCLError(
+            f"--batch-size {args.batch_size} is larger than the queue --pcl-r {args.pcl_r}: "
+            "one batch of keys would overwrite itself; raise --pcl-r or lower the batch size"
+        )
     if args.clip_grad is not None and args.clip_grad <= 0:
         raise PCLError(f"--clip-grad must be positive, got {args.clip_grad}")
 
@@ -154,8 +198,10 @@ def validate_data(args: argparse.Namespace, num_train: int) -> None:
     if num_train < args.batch_size:
         raise PCLError(f"only {num_train} training images: fewer than one batch of --batch-size {args.batch_size}")
     if args.pcl_r >= num_train:
-        raise PCLError(f"--pcl-r {args.pcl_r} is not smaller than the {num_train} training images: each image's own "
-                       "older keys would sit in the queue as negatives; use about a tenth of the data set")
+        raise PCLError(
+            f"--pcl-r {args.pcl_r} is not smaller than the {num_train} training images: each image's own "
+            "older keys would sit in the queue as negatives; use about a tenth of the data set"
+        )
     too_big = [k for k in args.num_cluster if k > num_train]
     if too_big:
         raise PCLError(f"--num-cluster {','.join(map(str, too_big))} exceeds the {num_train} training images")

@@ -68,7 +68,9 @@ def resolve_splits(data: str | None) -> DataSplits:
         raise PCLError(f"data path {root} is not a folder")
     train = root / "train"
     if not train.is_dir():
-        raise PCLError(f"data folder {root} has no train/ subfolder (expected ImageFolder layout root/train/<class>/*.jpg)")
+        raise PCLError(
+            f"data folder {root} has no train/ subfolder (expected ImageFolder layout root/train/<class>/*.jpg)"
+        )
     evals = [root / s for s in EVAL_SPLITS if (root / s).is_dir()]
     return DataSplits(train=train, eval=evals[0] if evals else None)
 
@@ -108,7 +110,7 @@ def verify_images(paths: Sequence[str], workers: int = 8, show: bool = True) -> 
         try:
             with Image.open(path) as img:
                 img.load()
-        except Exception as e:  # noqa: BLE001 - any decode failure means a corrupt file
+        except Exception as e:
             return f"corrupt or unreadable image file {path}: {e}"
         return None
 
@@ -204,4 +206,6 @@ def train_loader(
 def eval_loader(dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world: int = 1) -> DataLoader:
     """In-order loader over this rank's share ``rank::world`` of ``dataset`` (no padding, no duplicates)."""
     part = dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
-    return DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        part, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available()
+    )

@@ -90,7 +90,13 @@ class Trainer:
         info: DistInfo,
     ) -> None:
         self.args, self.model, self.optimizer, self.scheduler, self.loaders, self.info = (
-            args, model, optimizer, scheduler, loaders, info)
+            args,
+            model,
+            optimizer,
+            scheduler,
+            loaders,
+            info,
+        )
         self.raw: PCL = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.device = info.device
         self.autocast = autocast_factory(self.device, args.amp)
@@ -102,9 +108,14 @@ class Trainer:
         self.tb = TBLogger(self.exp_dir / "tb", enabled=info.is_main)
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
         self.estep_cfg = EStepConfig(
-            num_cluster=list(args.num_cluster), temperature=args.temperature, feature_dir=Path(args.feature_dir),
-            max_points=args.kmeans_max_points, feature_dtype=args.feature_dtype, shard_rows=args.feature_shard_rows,
-            keep_features=args.keep_features, seed=args.seed,
+            num_cluster=list(args.num_cluster),
+            temperature=args.temperature,
+            feature_dir=Path(args.feature_dir),
+            max_points=args.kmeans_max_points,
+            feature_dtype=args.feature_dtype,
+            shard_rows=args.feature_shard_rows,
+            keep_features=args.keep_features,
+            seed=args.seed,
         )
         self.estep_cfg.kmeans.niter, self.estep_cfg.kmeans.nredo = args.kmeans_niter, args.kmeans_nredo
 
@@ -157,8 +168,14 @@ class Trainer:
         self.model.eval()
         t0 = time.time()
         result = run_estep(
-            self.raw.cluster_features, self.loaders.estep, self.loaders.num_train, self.args.low_dim,
-            self.estep_cfg, self.info, epoch, self.autocast,
+            self.raw.cluster_features,
+            self.loaders.estep,
+            self.loaders.num_train,
+            self.args.low_dim,
+            self.estep_cfg,
+            self.info,
+            epoch,
+            self.autocast,
         )
         self.model.train()
         scalars = {f"cluster/k{g.k}/{name}": v for g in result.levels for name, v in g.stats.items()}
@@ -204,8 +221,15 @@ class Trainer:
             b = im_q.shape[0]
             correct_inst = (logits.argmax(dim=1) == 0).sum()
             # one host sync per step: every term, the grad norm and the hit counts, summed over ranks
-            packed = torch.stack([*[t.detach().float() for t in terms], grad_norm.float(), correct_inst.float(),
-                                  *[c.float() for c in corrects], torch.tensor(float(b), device=self.device)])
+            packed = torch.stack(
+                [
+                    *[t.detach().float() for t in terms],
+                    grad_norm.float(),
+                    correct_inst.float(),
+                    *[c.float() for c in corrects],
+                    torch.tensor(float(b), device=self.device),
+                ]
+            )
             vals = pdist.all_reduce_sum(packed).tolist()
             world = self.info.world
             term_vals = [v / world for v in vals[: len(terms)]]
@@ -225,13 +249,15 @@ class Trainer:
                 skipped += 1
                 st.skipped_steps += 1
                 st.consecutive_bad += 0 if overflow_only else 1
-                diag = (f"step {st.global_step}: non-finite {', '.join(bad)} (lr={lr:.4g}, grad_norm={gnorm:.4g}"
-                        + (f", amp_scale={self.scaler.get_scale():.4g}" if self.scaler.is_enabled() else "") + ")")
+                diag = (
+                    f"step {st.global_step}: non-finite {', '.join(bad)} (lr={lr:.4g}, grad_norm={gnorm:.4g}"
+                    + (f", amp_scale={self.scaler.get_scale():.4g}" if self.scaler.is_enabled() else "")
+                    + ")"
+                )
                 if self.info.is_main:
                     tqdm.write(f"{diag}; step skipped ({st.consecutive_bad} in a row)")
                 if st.consecutive_bad >= args.max_bad_steps and not overflow_only:
-                    stop = (f"{args.max_bad_steps} consecutive non-finite steps, last {diag}. "
-                            f"Remedies: {REMEDIES}")
+                    stop = f"{args.max_bad_steps} consecutive non-finite steps, last {diag}. Remedies: {REMEDIES}"
             else:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -266,8 +292,17 @@ class Trainer:
                 stats.extra["loss_proto"] = proto_loss_sum / seen
         return stats
 
-    def _log_step(self, bad: list[str], term_vals: list[float], levels: list, hits_inst: float,
-                  hits_proto: list[float], batch: float, gnorm: float, lr: float) -> None:
+    def _log_step(
+        self,
+        bad: list[str],
+        term_vals: list[float],
+        levels: list,
+        hits_inst: float,
+        hits_proto: list[float],
+        batch: float,
+        gnorm: float,
+        lr: float,
+    ) -> None:
         scalars = {"train/lr": lr, "train/skipped_steps": float(self.state.skipped_steps)}
         groups = self.optimizer.param_groups
         if len(groups) > 1:
@@ -276,8 +311,14 @@ class Trainer:
             scalars["train/amp_scale"] = self.scaler.get_scale()
         if not bad:
             proto = sum(term_vals[1:]) / len(levels) if levels else 0.0
-            scalars.update({"train/loss": term_vals[0] + proto, "train/loss_inst": term_vals[0],
-                            "train/acc_inst": 100.0 * hits_inst / batch, "train/grad_norm": gnorm})
+            scalars.update(
+                {
+                    "train/loss": term_vals[0] + proto,
+                    "train/loss_inst": term_vals[0],
+                    "train/acc_inst": 100.0 * hits_inst / batch,
+                    "train/grad_norm": gnorm,
+                }
+            )
             if levels:
                 scalars["train/loss_proto"] = proto
                 scalars["train/acc_proto"] = 100.0 * sum(hits_proto) / (batch * len(levels))
@@ -306,8 +347,12 @@ class Trainer:
             self.cluster_result = self.estep(epoch) if epoch >= args.warmup_epochs else None
             stats = self.train_epoch(epoch, self.cluster_result)
             knn = self.evaluate()
-            scalars = {"epoch/acc_inst": stats.acc_inst, "epoch/loss": stats.loss,
-                       "epoch/skipped_steps": float(stats.skipped), "time/epoch_seconds": stats.seconds}
+            scalars = {
+                "epoch/acc_inst": stats.acc_inst,
+                "epoch/loss": stats.loss,
+                "epoch/skipped_steps": float(stats.skipped),
+                "time/epoch_seconds": stats.seconds,
+            }
             if self.cluster_result is not None:
                 scalars["epoch/acc_proto"] = stats.acc_proto
             if knn is not None:

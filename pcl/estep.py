@@ -123,7 +123,9 @@ def run_estep(
 ) -> ClusterResult:
     """Whole E-step for ``epoch``: features of this rank's ``loader`` to shards, clustering, clean-up."""
     show = info.is_main
-    writer = ShardWriter(cfg.feature_dir / f"epoch{epoch:04d}", feat_dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}")
+    writer = ShardWriter(
+        cfg.feature_dir / f"epoch{epoch:04d}", feat_dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}"
+    )
     store = extract_features(features_fn, loader, writer, info.device, autocast, show)
     result = cluster_store(store, num_total, cfg, info, epoch, show)
     if not cfg.keep_features:

@@ -46,10 +46,18 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 class ShardWriter:
     """Buffers ``(B, d)`` feature batches and writes a shard every ``shard_rows`` rows."""
 
-    def __init__(self, directory: Path, dim: int, dtype: str = "float32", shard_rows: int = 65536, prefix: str = "rank0") -> None:
+    def __init__(
+        self, directory: Path, dim: int, dtype: str = "float32", shard_rows: int = 65536, prefix: str = "rank0"
+    ) -> None:
         if dtype not in DTYPES:
             raise PCLError(f"unknown feature dtype {dtype!r}; choose from {', '.join(DTYPES)}")
-        self.dir, self.dim, self.dtype, self.shard_rows, self.prefix = Path(directory), dim, DTYPES[dtype], shard_rows, prefix
+        self.dir, self.dim, self.dtype, self.shard_rows, self.prefix = (
+            Path(directory),
+            dim,
+            DTYPES[dtype],
+            shard_rows,
+            prefix,
+        )
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:

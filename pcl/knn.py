@@ -29,8 +29,13 @@ def extract(
 
 @torch.no_grad()
 def knn_predict(
-    query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
-    k: int = 200, t: float = 0.1, chunk: int = 1024,
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    t: float = 0.1,
+    chunk: int = 1024,
 ) -> torch.Tensor:
     """Weighted kNN labels: ``query (n, D)``, ``bank (N, D)`` L2-normalised, ``bank_labels (N,)`` -> ``(n,)``.
 
@@ -48,8 +53,13 @@ def knn_predict(
 
 
 def knn_top1(
-    train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, test_labels: torch.Tensor,
-    num_classes: int, k: int = 200, t: float = 0.1,
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    t: float = 0.1,
 ) -> float:
     """Top-1 accuracy in percent of the weighted kNN classifier."""
     pred = knn_predict(test_feats, train_feats, train_labels.to(train_feats.device), num_classes, k, t)

@@ -74,10 +74,12 @@ def official_run_kmeans(
         im2cluster = [int(n[0]) for n in I]
         centroids = faiss.vector_to_array(clus.centroids).reshape(k, d)
         density = concentration_loop(im2cluster, D[:, 0], k, temperature)
-        results.append({
-            "im2cluster": np.asarray(im2cluster, dtype=np.int64),
-            "centroids": _normalize_rows(centroids),
-            "density": density,
-            "sq_dist": np.ascontiguousarray(D[:, 0], dtype=np.float32),
-        })
+        results.append(
+            {
+                "im2cluster": np.asarray(im2cluster, dtype=np.int64),
+                "centroids": _normalize_rows(centroids),
+                "density": density,
+                "sq_dist": np.ascontiguousarray(D[:, 0], dtype=np.float32),
+            }
+        )
     return results

@@ -54,8 +54,9 @@ def test_corrupt_image_is_named_before_training(capsys: pytest.CaptureFixture, d
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_corrupt_image_met_during_training_names_the_file(capsys: pytest.CaptureFixture, data_copy: Path,
-                                                          tmp_path: Path) -> None:
+def test_corrupt_image_met_during_training_names_the_file(
+    capsys: pytest.CaptureFixture, data_copy: Path, tmp_path: Path
+) -> None:
     bad = data_copy / "train" / "class2" / "0001.jpg"
     bad.write_bytes(b"garbage")
     line = error_line(capsys, [str(data_copy), *TINY_ARGS, "--verify-images", "no", "--exp-dir", str(tmp_path / "r")])
@@ -76,13 +77,19 @@ def test_corrupt_image_met_during_training_names_the_file(capsys: pytest.Capture
         (["--lr", "-1"], "--lr must be positive"),
     ],
 )
-def test_config_that_cannot_work(capsys: pytest.CaptureFixture, tiny_data: Path, tmp_path: Path,
-                                 flags: list[str], needle: str) -> None:
+def test_config_that_cannot_work(
+    capsys: pytest.CaptureFixture, tiny_data: Path, tmp_path: Path, flags: list[str], needle: str
+) -> None:
     assert needle in error_line(capsys, [str(tiny_data), *TINY_ARGS, "--exp-dir", str(tmp_path), *flags])
 
 
 def test_command_line_error_is_one_line_without_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "main_pcl.py"), str(tmp_path / "missing")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main_pcl.py"), str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: data folder {tmp_path / 'missing'} does not exist"]

@@ -56,8 +56,13 @@ def test_streamed_clustering_recovers_blobs_and_is_consistent(tmp_path: Path) ->
     w = ShardWriter(tmp_path, 8, shard_rows=64)
     w.add(torch.from_numpy(x), torch.arange(len(x)))
     store = w.close()
-    cfg = EStepConfig(num_cluster=[5, 10], temperature=0.2, feature_dir=tmp_path, max_points=120,  # sampled k-means
-                      kmeans=KMeansConfig(niter=10, nredo=2))
+    cfg = EStepConfig(
+        num_cluster=[5, 10],
+        temperature=0.2,
+        feature_dir=tmp_path,
+        max_points=120,  # sampled k-means
+        kmeans=KMeansConfig(niter=10, nredo=2),
+    )
     result = cluster_store(store, len(x), cfg, DistInfo(), epoch=0, show=False)
     g5 = result.levels[0]
     # each true blob maps to exactly one cluster and vice versa
@@ -79,8 +84,13 @@ def test_run_estep_deletes_shards_unless_kept(tmp_path: Path) -> None:
         return torch.nn.functional.normalize(images.flatten(1)[:, :6], dim=1)
 
     for keep in (False, True):
-        cfg = EStepConfig(num_cluster=[4], temperature=0.2, feature_dir=tmp_path / str(keep), keep_features=keep,
-                          kmeans=KMeansConfig(niter=5, nredo=1))
+        cfg = EStepConfig(
+            num_cluster=[4],
+            temperature=0.2,
+            feature_dir=tmp_path / str(keep),
+            keep_features=keep,
+            kmeans=KMeansConfig(niter=5, nredo=1),
+        )
         result = run_estep(features_fn, loader, 40, 6, cfg, DistInfo(), epoch=3)
         shards = list((tmp_path / str(keep)).glob("epoch0003/*.npy"))
         assert (len(shards) > 0) == keep

@@ -34,9 +34,22 @@ def full_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tensorboard_tags_and_protonce_after_warmup(full_run: Path) -> None:
     tags = scalars(full_run)
-    for t in ["train/loss", "train/loss_inst", "train/acc_inst", "train/lr", "train/grad_norm", "train/skipped_steps",
-              "train/loss_proto", "train/acc_proto", "epoch/acc_inst", "epoch/acc_proto", "eval/knn_top1",
-              "cluster/k3/empty_clusters", "cluster/k5/phi_mean_raw", "cluster/k5/objective"]:
+    for t in [
+        "train/loss",
+        "train/loss_inst",
+        "train/acc_inst",
+        "train/lr",
+        "train/grad_norm",
+        "train/skipped_steps",
+        "train/loss_proto",
+        "train/acc_proto",
+        "epoch/acc_inst",
+        "epoch/acc_proto",
+        "eval/knn_top1",
+        "cluster/k3/empty_clusters",
+        "cluster/k5/phi_mean_raw",
+        "cluster/k5/objective",
+    ]:
         assert t in tags, t
     assert len(tags["train/loss"]) == 2 * STEPS_PER_EPOCH
     # ProtoNCE only in the epoch after the single warmup epoch
@@ -64,7 +77,9 @@ def test_outputs_of_a_run(full_run: Path) -> None:
     assert not list(full_run.rglob("*.tmp"))
 
 
-def test_resume_auto_continues_at_the_right_epoch(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_resume_auto_continues_at_the_right_epoch(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert run(tiny_data, tmp_path, "--epochs", "3", "--stop-after-epochs", "2") == 0
     assert torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)["epoch"] == 2
     capsys.readouterr()

@@ -13,8 +13,9 @@ from pcl.errors import PCLError
 from pcl.feature_store import FeatureStore, ShardWriter
 
 
-def write_store(directory: Path, feats: np.ndarray, idx: np.ndarray, batch: int = 7, shard_rows: int = 10,
-                dtype: str = "float32") -> FeatureStore:
+def write_store(
+    directory: Path, feats: np.ndarray, idx: np.ndarray, batch: int = 7, shard_rows: int = 10, dtype: str = "float32"
+) -> FeatureStore:
     w = ShardWriter(directory, feats.shape[1], dtype=dtype, shard_rows=shard_rows)
     for s in range(0, len(idx), batch):
         w.add(torch.from_numpy(feats[s : s + batch]), torch.from_numpy(idx[s : s + batch]))
@@ -81,6 +82,6 @@ def test_write_failure_gives_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(np, "save", disk_full)
     w = ShardWriter(tmp_path, 2, shard_rows=4)
-    with pytest.raises(PCLError, match="No space left on device.*--feature-dir"):
+    with pytest.raises(PCLError, match=r"No space left on device.*--feature-dir"):
         w.add(torch.ones(4, 2), torch.arange(4))
     assert not list(tmp_path.glob("*.tmp"))

@@ -19,7 +19,10 @@ def test_info_nce_matches_hand_computation() -> None:
     # row 0: pos 0.6, negs [1, 0, -1]; row 1: pos 1, negs [0, 1, 0]; all divided by t
     row0 = [1.2, 2.0, 0.0, -2.0]
     row1 = [2.0, 0.0, 2.0, 0.0]
-    expected = [-row0[0] + math.log(sum(math.exp(v) for v in row0)), -row1[0] + math.log(sum(math.exp(v) for v in row1))]
+    expected = [
+        -row0[0] + math.log(sum(math.exp(v) for v in row0)),
+        -row1[0] + math.log(sum(math.exp(v) for v in row1)),
+    ]
     torch.testing.assert_close(logits, torch.tensor([row0, row1]))
     assert abs(loss.item() - sum(expected) / 2) < 1e-6
 

@@ -45,8 +45,24 @@ def test_official_run_kmeans_shapes() -> None:
 
 def test_bench_estep_tiny(tmp_path: Path) -> None:
     work = tmp_path / "bench"
-    cmd = [sys.executable, str(REPO / "tools" / "bench_estep.py"), "--n", "3000", "--k", "20", "--dim", "16",
-           "--nredo", "1", "--niter", "5", "--shard-rows", "1000", "--work-dir", str(work)]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "bench_estep.py"),
+        "--n",
+        "3000",
+        "--k",
+        "20",
+        "--dim",
+        "16",
+        "--nredo",
+        "1",
+        "--niter",
+        "5",
+        "--shard-rows",
+        "1000",
+        "--work-dir",
+        str(work),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO, timeout=120).stdout
     row = json.loads(out.strip().splitlines()[-1])
     assert {"n", "k", "dim", "mode", "seconds", "peak_rss_mib", "nmi"} <= row.keys()
@@ -82,15 +98,29 @@ def test_inspect_clusters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     im2cluster = labels.copy()  # k=3 is perfect; k=5 splits classes
     im2cluster5 = labels * 2 - (np.arange(n) % 2) * (labels > 0)
     levels = [
-        Granularity(k, torch.from_numpy(a), torch.nn.functional.normalize(torch.randn(k, 4), dim=1),
-                    torch.rand(k) + 0.1, {"objective": 0.5})
+        Granularity(
+            k,
+            torch.from_numpy(a),
+            torch.nn.functional.normalize(torch.randn(k, 4), dim=1),
+            torch.rand(k) + 0.1,
+            {"objective": 0.5},
+        )
         for k, a in ((3, im2cluster), (5, im2cluster5))
     ]
     path = tmp_path / "epoch_0003.pth"
     torch.save(ClusterResult(3, levels).state_dict(), path)
     out_dir = tmp_path / "out"
-    argv = [str(path), "--labels-from", str(tmp_path / "train"), "--out-dir", str(out_dir),
-            "--grid-clusters", "2", "--grid-members", "4"]
+    argv = [
+        str(path),
+        "--labels-from",
+        str(tmp_path / "train"),
+        "--out-dir",
+        str(out_dir),
+        "--grid-clusters",
+        "2",
+        "--grid-members",
+        "4",
+    ]
     _load_tool("inspect_clusters").main(argv)  # in-process: the imports are shared with the test session
     out = capsys.readouterr().out
     assert "NMI 1.0000" in out and "purity 1.0000" in out

@@ -15,8 +15,18 @@ from tests.test_e2e import scalars
 
 
 def test_exploding_run_is_caught(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = [str(tiny_data), *TINY_ARGS, "--optimizer", "sgd", "--lr", "1e30", "--max-bad-steps", "3",
-            "--exp-dir", str(tmp_path)]
+    argv = [
+        str(tiny_data),
+        *TINY_ARGS,
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--max-bad-steps",
+        "3",
+        "--exp-dir",
+        str(tmp_path),
+    ]
     assert main_pcl.main(argv) == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
@@ -27,7 +37,8 @@ def test_exploding_run_is_caught(tiny_data: Path, tmp_path: Path, capsys: pytest
     skipped = tags["train/skipped_steps"]
     assert skipped[-1][1] == 3
     bad_steps = {s for (s, v), (_, prev) in zip(skipped[1:], skipped, strict=False) if v > prev} | (
-        {skipped[0][0]} if skipped[0][1] > 0 else set())
+        {skipped[0][0]} if skipped[0][1] > 0 else set()
+    )
     assert len(bad_steps) == 3
     logged_acc = {s for s, _ in tags.get("train/acc_inst", [])}
     assert logged_acc.isdisjoint(bad_steps)  # a NaN step never reports an accuracy (NaN argmax = index 0)
@@ -37,7 +48,7 @@ def test_exploding_run_is_caught(tiny_data: Path, tmp_path: Path, capsys: pytest
 
 def test_checkpoint_refuses_non_finite_tensors(tmp_path: Path) -> None:
     state = {"model": {"w": torch.tensor([1.0, float("nan")])}, "optimizer": {"state": {0: {"m": torch.ones(2)}}}}
-    with pytest.raises(PCLError, match="model.w"):
+    with pytest.raises(PCLError, match=r"model\.w"):
         save_checkpoint(state, tmp_path / "x.pth")
     assert not (tmp_path / "x.pth").exists()
     state["model"]["w"] = torch.ones(2)
@@ -56,8 +67,23 @@ def test_bf16_autocast_end_to_end_on_cpu(tiny_data: Path, tmp_path: Path) -> Non
 
 
 def test_clip_grad_and_amp_scale_are_logged(tiny_data: Path, tmp_path: Path) -> None:
-    argv = [str(tiny_data), *TINY_ARGS, "--amp", "fp16", "--clip-grad", "1.0", "--epochs", "1",
-            "--optimizer", "lamb", "--lr", "0.01", "--exclude-bn-bias", "--exp-dir", str(tmp_path)]
+    argv = [
+        str(tiny_data),
+        *TINY_ARGS,
+        "--amp",
+        "fp16",
+        "--clip-grad",
+        "1.0",
+        "--epochs",
+        "1",
+        "--optimizer",
+        "lamb",
+        "--lr",
+        "0.01",
+        "--exclude-bn-bias",
+        "--exp-dir",
+        str(tmp_path),
+    ]
     assert main_pcl.main(argv) == 0
     tags = scalars(tmp_path)
     assert "train/amp_scale" in tags and "train/lr/decay" in tags and "train/lr/no_decay" in tags

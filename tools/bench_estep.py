@@ -50,7 +50,9 @@ def feature_chunks(n: int, k: int, dim: int, seed: int, noise: float) -> Iterato
     sigma = noise / np.sqrt(dim)
     for i, start in enumerate(range(0, n, CHUNK)):
         lab = labels[start : start + CHUNK]
-        x = centres[lab] + sigma * np.random.default_rng([seed, 2, i]).standard_normal((len(lab), dim), dtype=np.float32)
+        x = centres[lab] + sigma * np.random.default_rng([seed, 2, i]).standard_normal(
+            (len(lab), dim), dtype=np.float32
+        )
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         yield start, x
 
@@ -71,8 +73,13 @@ def run_streamed(args: argparse.Namespace, work: Path) -> tuple[dict[str, float]
     store = writer.close()
     t1 = time.perf_counter()
     cfg = EStepConfig(
-        num_cluster=[args.k], temperature=0.2, feature_dir=work, max_points=args.max_points,
-        feature_dtype=args.feature_dtype, shard_rows=args.shard_rows, kmeans=KMeansConfig(args.niter, args.nredo),
+        num_cluster=[args.k],
+        temperature=0.2,
+        feature_dir=work,
+        max_points=args.max_points,
+        feature_dtype=args.feature_dtype,
+        shard_rows=args.shard_rows,
+        kmeans=KMeansConfig(args.niter, args.nredo),
         seed=args.seed,
     )
     try:
@@ -144,7 +151,11 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     path.unlink()
     nmi = normalized_mutual_info_score(true_labels(args.n, args.k, args.seed), im2cluster)
     return {
-        "n": args.n, "k": args.k, "dim": args.dim, "mode": mode, **timing,
+        "n": args.n,
+        "k": args.k,
+        "dim": args.dim,
+        "mode": mode,
+        **timing,
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
         "nmi": round(float(nmi), 4),
     }

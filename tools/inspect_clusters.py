@@ -31,7 +31,11 @@ def load_levels(path: Path) -> list[dict]:
     if not isinstance(state, dict) or "levels" not in state:
         raise SystemExit(f"{path} is not a saved cluster result (no 'levels')")
     return [
-        {"k": int(lv["k"]), "im2cluster": lv["im2cluster"].numpy().astype(np.int64), "density": lv["density"].float().numpy()}
+        {
+            "k": int(lv["k"]),
+            "im2cluster": lv["im2cluster"].numpy().astype(np.int64),
+            "density": lv["density"].float().numpy(),
+        }
         for lv in state["levels"]
     ]
 
@@ -41,8 +45,13 @@ def summary(im2cluster: np.ndarray, density: np.ndarray, k: int) -> dict[str, fl
     sizes = np.bincount(im2cluster, minlength=k)
     used = sizes[sizes > 0]
     return {
-        "k": k, "nonempty": len(used), "size_min": int(used.min()), "size_median": float(np.median(used)),
-        "size_max": int(used.max()), "phi_min": float(density.min()), "phi_mean": float(density.mean()),
+        "k": k,
+        "nonempty": len(used),
+        "size_min": int(used.min()),
+        "size_median": float(np.median(used)),
+        "size_max": int(used.max()),
+        "phi_min": float(density.min()),
+        "phi_mean": float(density.mean()),
         "phi_max": float(density.max()),
     }
 
@@ -76,8 +85,14 @@ def plot_stats(im2cluster: np.ndarray, density: np.ndarray, k: int, out: Path) -
 
 
 def plot_grid(
-    im2cluster: np.ndarray, paths: list[str], labels: np.ndarray, classes: list[str], out: Path,
-    n_clusters: int, n_members: int, image_size: int,
+    im2cluster: np.ndarray,
+    paths: list[str],
+    labels: np.ndarray,
+    classes: list[str],
+    out: Path,
+    n_clusters: int,
+    n_members: int,
+    image_size: int,
 ) -> None:
     """PNG: one row per largest cluster, ``n_members`` member images each (a fixed random choice).
 
@@ -146,13 +161,17 @@ def main(argv: list[str] | None = None) -> None:
         if dataset is None:
             continue
         if len(dataset.targets) != len(im2cluster):
-            raise SystemExit(f"{args.labels_from} has {len(dataset.targets)} images, the clusters cover {len(im2cluster)}")
+            raise SystemExit(
+                f"{args.labels_from} has {len(dataset.targets)} images, the clusters cover {len(im2cluster)}"
+            )
         labels = np.asarray(dataset.targets)
         sc = label_scores(im2cluster, labels)
         print(f"k={k}: NMI {sc['nmi']:.4f}  AMI {sc['ami']:.4f}  purity {sc['purity']:.4f}")
         grid_png = out_dir / f"{stem}_k{k}_grid.png"
         paths = [path for path, _ in dataset.samples]
-        plot_grid(im2cluster, paths, labels, dataset.classes, grid_png, args.grid_clusters, args.grid_members, args.image_size)
+        plot_grid(
+            im2cluster, paths, labels, dataset.classes, grid_png, args.grid_clusters, args.grid_members, args.image_size
+        )
         print(f"wrote {grid_png}")
 
 

@@ -1,0 +1,36 @@
+# Set-up and entry points. `make train` and `make test` create .venv and install requirements.txt first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: venv train test test-all lint bench-estep clean
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+## Train on the bundled CIFAR-10 subset with the CPU-friendly defaults (extra flags: make train ARGS="...").
+train: venv
+	$(PY) main_pcl.py $(ARGS)
+
+## Fast test suite (CI runs this).
+test: venv
+	$(PY) -m pytest -q -m "not slow"
+
+## Everything, including tests marked slow.
+test-all: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+## Streamed E-step benchmark (figures in the README).
+bench-estep: venv
+	$(PY) tools/bench_estep.py --n 100000 --k 1000 --dim 128 --work-dir bench/estep --compare
+
+clean:
+	rm -rf runs bench data/.cache .pytest_cache .ruff_cache

@@ -1,0 +1,48 @@
+"""Export the trained query backbone of a PCL checkpoint as a plain torchvision ResNet ``state_dict``.
+
+    python tools/export_backbone.py runs/default/checkpoints/last.pth backbone.pth
+
+Load it with ``resnet.load_state_dict(sd, strict=False)``: only ``fc.*`` is missing (PCL trains no
+classifier). For a ``--stem small`` run, build the ResNet with the same stem first (the script prints how).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pcl.checkpoint import load_checkpoint
+
+PREFIX = "encoder_q.backbone."
+
+
+def backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """torchvision-named tensors of the query encoder's backbone (no ``fc``)."""
+    return {k.removeprefix(PREFIX): v.clone() for k, v in checkpoint["model"].items() if k.startswith(PREFIX)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("output", type=Path)
+    a = p.parse_args()
+    ckpt = load_checkpoint(a.checkpoint)
+    sd = backbone_state_dict(ckpt)
+    a.output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, a.output)
+    args = ckpt.get("args", {})
+    arch, stem = args.get("arch", "resnet50"), args.get("stem", "imagenet")
+    print(f"wrote {a.output}: {len(sd)} tensors of a torchvision {arch} (epoch {ckpt['epoch']})")
+    print(f"load: m = torchvision.models.{arch}(); ", end="")
+    if stem == "small":
+        print("m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False); m.maxpool = torch.nn.Identity(); ", end="")
+    print(f"m.load_state_dict(torch.load('{a.output}'), strict=False)  # missing: fc.*")
+
+
+if __name__ == "__main__":
+    main()
