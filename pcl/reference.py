@@ -70,7 +70,7 @@ def official_run_kmeans(
         index = faiss.IndexFlatL2(d)
         clus.train(x, index)
 
-        D, I = index.search(x, 1)
+        D, I = index.search(x, 1)  # noqa: E741 - the official names
         im2cluster = [int(n[0]) for n in I]
         centroids = faiss.vector_to_array(clus.centroids).reshape(k, d)
         density = concentration_loop(im2cluster, D[:, 0], k, temperature)

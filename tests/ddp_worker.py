@@ -13,8 +13,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import main_pcl  # noqa: E402
-from pcl.config import parse_args  # noqa: E402
+import main_pcl
+from pcl.config import parse_args
 
 if __name__ == "__main__":
     out, argv = Path(sys.argv[1]), sys.argv[3:]
