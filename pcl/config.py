@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--epochs", type=int, default=6)
     g.add_argument("-b", "--batch-size", type=int, default=128, help="global batch size (all ranks together)")
     g.add_argument("--lr", type=float, default=0.06, help="base learning rate for the global batch")
     g.add_argument("--wd", type=float, default=5e-4, help="weight decay")

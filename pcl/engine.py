@@ -214,10 +214,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            if args.clip_grad is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, args.clip_grad)
-            else:
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+            grads = [p.grad for p in self.params if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping: logged and checked
             b = im_q.shape[0]
             correct_inst = (logits.argmax(dim=1) == 0).sum()
             # one host sync per step: every term, the grad norm and the hit counts, summed over ranks
@@ -238,13 +236,18 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             bad = [n for n, v in zip(names, term_vals, strict=True) if not math.isfinite(v)]
             if not math.isfinite(gnorm):
-                bad.append("gradients")
+                bad.append(f"gradients (first: {self._first_non_finite_grad()})")
             stop = ""
 
             if bad:
                 # fp16 gradient overflow with finite losses is GradScaler's normal back-off: skipped and
                 # counted, but it only counts towards --max-bad-steps once the scale cannot drop further
-                overflow_only = bad == ["gradients"] and self.scaler.is_enabled() and self.scaler.get_scale() > 1.0
+                overflow_only = (
+                    len(bad) == 1
+                    and bad[0].startswith("gradients")
+                    and self.scaler.is_enabled()
+                    and self.scaler.get_scale() > 1.0
+                )
                 self.scaler.update()  # fp16: lowers the scale; otherwise a no-op
                 skipped += 1
                 st.skipped_steps += 1
@@ -259,6 +262,8 @@ class Trainer:
                 if st.consecutive_bad >= args.max_bad_steps and not overflow_only:
                     stop = f"{args.max_bad_steps} consecutive non-finite steps, last {diag}. Remedies: {REMEDIES}"
             else:
+                if args.clip_grad is not None:
+                    torch.nn.utils.clip_grads_with_norm_(grads, args.clip_grad, grad_norm)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 raw.momentum_update()
@@ -291,6 +296,18 @@ class Trainer:
                 stats.acc_proto = float(100 * sums[3:].sum() / (seen * len(levels)))
                 stats.extra["loss_proto"] = proto_loss_sum / seen
         return stats
+
+    def _first_non_finite_grad(self) -> str:
+        """Name of the first parameter whose gradient holds NaN/Inf (only called on a bad step)."""
+        largest, where = 0.0, "none"
+        for name, p in self.raw.named_parameters():
+            if p.grad is None:
+                continue
+            if not bool(torch.isfinite(p.grad).all()):
+                return name
+            m = float(p.grad.abs().max())
+            largest, where = (m, name) if m > largest else (largest, where)
+        return f"none; all finite but the norm overflows, largest |grad| {largest:.3g} in {where}"
 
     def _log_step(
         self,
