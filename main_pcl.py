@@ -56,7 +56,7 @@ def build_loaders(args: argparse.Namespace, info: pdist.DistInfo) -> Loaders:
         paths = [p for p, _ in train_set.samples] + ([p for p, _ in eval_set.samples] if eval_set else [])
         verify_images(paths, show=info.is_main)
     validate_data(args, len(train_set))
-    estep_set = IndexedImageFolder(splits.train, eval_transform(args.image_size))
+    estep_set = train_set.with_transform(eval_transform(args.image_size))
     per_rank = args.batch_size // info.world
     loaders = Loaders(
         train=train_loader(train_set, per_rank, args.workers, args.seed, info.rank, info.world),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Optimizers and mixed precision at the same budget (research report, change 3); prints one table row per run.
+# Time is wall-clock on the machine it runs on; compare rows of one invocation only.
 # Usage: bash experiments/optimizers.sh [DATA] [extra main_pcl.py flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ mkdir -p runs
 echo "| run              | kNN top-1 | skipped | time |"
 run sgd-cos      --optimizer sgd-cos "$@"
 run sgd-cos-bf16 --optimizer sgd-cos --amp bf16 "$@"
-run adamw        --optimizer adamw --lr 1e-3 --wd 0.05 --exclude-bn-bias --lr-warmup-epochs 1 "$@"
-run lamb         --optimizer lamb --lr 3e-3 --wd 0.05 --exclude-bn-bias --lr-warmup-epochs 1 "$@"
-run lars         --optimizer lars --lr 0.3 --exclude-bn-bias --lr-warmup-epochs 1 "$@"
+run adamw        --optimizer adamw "$@"      # per-optimizer defaults: lr 1e-3, wd 0.05, no decay on BN/bias, 1 warmup epoch
+run adamw-bf16   --optimizer adamw --amp bf16 "$@"
+run lamb         --optimizer lamb "$@"       # lr 3e-3, wd 0.05, no decay/adaptation on BN/bias, 1 warmup epoch
+run lars         --optimizer lars "$@"       # lr 0.3, wd 5e-4, no decay/adaptation on BN/bias, 1 warmup epoch

@@ -10,7 +10,7 @@ from pcl.backbone import ARCHS
 from pcl.errors import PCLError
 from pcl.feature_store import DTYPES
 from pcl.heads import CLUSTER_HEADS
-from pcl.optim import OPTIMIZERS, SCHEDULES
+from pcl.optim import OPTIMIZER_DEFAULTS, OPTIMIZERS, SCHEDULES, default_schedule
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,15 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=6)
     g.add_argument("-b", "--batch-size", type=int, default=128, help="global batch size (all ranks together)")
-    g.add_argument("--lr", type=float, default=0.06, help="base learning rate for the global batch")
-    g.add_argument("--wd", type=float, default=5e-4, help="weight decay")
+    g.add_argument("--lr", type=float, default=None, help="base lr for the global batch (default: per optimizer)")
+    g.add_argument("--wd", type=float, default=None, help="weight decay (default: per optimizer)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD / LARS momentum")
-    g.add_argument("--optimizer", default="sgd-cos", choices=OPTIMIZERS)
+    g.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
     g.add_argument("--lr-schedule", default=None, choices=SCHEDULES, help="default: step for sgd, cos otherwise")
     g.add_argument("--schedule", type=_int_list, default=[120, 160], help="step-schedule milestones (epochs)")
-    g.add_argument("--lr-warmup-epochs", type=float, default=0.0, help="linear lr warmup (epochs)")
+    g.add_argument(
+        "--lr-warmup-epochs", type=float, default=None, help="linear lr warmup, epochs (default: per optimizer)"
+    )
     g.add_argument("--min-lr", type=float, default=0.0, help="final lr of the cosine schedule")
-    g.add_argument("--exclude-bn-bias", action="store_true", help="no weight decay / LARS adaptation for BN and biases")
+    g.add_argument(
+        "--exclude-bn-bias",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="no weight decay / LARS adaptation for BN and biases (default: per optimizer)",
+    )
     g.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="autocast for the forward passes")
     g.add_argument("--clip-grad", type=float, default=None, help="clip the global gradient norm")
     g.add_argument("--max-bad-steps", type=int, default=20, help="stop after this many consecutive non-finite steps")
@@ -136,13 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and fill derived defaults (stem, blur, lr schedule, feature dir)."""
+    """Parse and fill derived defaults (blur, per-optimizer lr / wd / warmup, lr schedule, feature dir)."""
     args = build_parser().parse_args(argv)
     if args.blur_prob is None:
         args.blur_prob = 0.0 if args.image_size <= 64 else 0.5
+    defaults = OPTIMIZER_DEFAULTS[args.optimizer]
+    for name in ("lr", "wd", "exclude_bn_bias", "lr_warmup_epochs"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(defaults, name))
     if args.lr_schedule is None:
-        from pcl.optim import default_schedule
-
         args.lr_schedule = default_schedule(args.optimizer)
     if args.feature_dir is None:
         args.feature_dir = args.exp_dir / "features"

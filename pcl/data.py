@@ -6,6 +6,7 @@ later (e.g. one that changed on disk) stops the run with its file name. Nothing 
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tarfile
@@ -94,6 +95,12 @@ class IndexedImageFolder(datasets.ImageFolder):
         except (FileNotFoundError, RuntimeError) as e:
             msg = str(e).splitlines()[0]
             raise PCLError(f"no images found under {root}: {msg}") from None
+
+    def with_transform(self, transform: Callable) -> IndexedImageFolder:
+        """The same files (no second folder scan) under another transform."""
+        other = copy.copy(self)
+        other.transform = transform
+        return other
 
     def __getitem__(self, index: int) -> tuple[object, int]:
         path, _ = self.samples[index]

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pcl import distributed as pdist
 from pcl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from pcl.clustering import ClusterResult
+from pcl.clustering import ClusterResult, Granularity
 from pcl.distributed import DistInfo
 from pcl.errors import NonFiniteError
 from pcl.estep import EStepConfig, run_estep
@@ -67,14 +67,77 @@ class TrainState:
 
 
 @dataclass
+class StepResult:
+    """One step's values, averaged (losses, grad norm) or summed (hits, batch) over ranks."""
+
+    inst: float
+    protos: list[float]
+    grad_norm: float
+    hits_inst: float
+    hits_proto: list[float]
+    batch: float
+    lr: float
+    bad: list[str] = field(default_factory=list)  # names of the non-finite terms; empty for a good step
+
+    @property
+    def proto(self) -> float:
+        return sum(self.protos) / len(self.protos) if self.protos else 0.0
+
+    @property
+    def loss(self) -> float:
+        return self.inst + self.proto
+
+
+@dataclass
 class EpochStats:
     loss: float = 0.0
+    loss_proto: float = math.nan
     acc_inst: float = 0.0
     acc_proto: float = math.nan
     good_steps: int = 0
     skipped: int = 0
     seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EpochMeter:
+    """Sample-weighted epoch averages over the applied (finite) steps only."""
+
+    seen: float = 0.0
+    loss_sum: float = 0.0
+    proto_sum: float = 0.0
+    hits_inst: float = 0.0
+    hits_proto: float = 0.0
+    good: int = 0
+    skipped: int = 0
+
+    def add(self, step: StepResult) -> None:
+        if step.bad:
+            self.skipped += 1
+            return
+        self.good += 1
+        self.seen += step.batch
+        self.loss_sum += step.loss * step.batch
+        self.proto_sum += step.proto * step.batch
+        self.hits_inst += step.hits_inst
+        self.hits_proto += sum(step.hits_proto) / max(1, len(step.hits_proto))
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1.0)
+
+    @property
+    def acc_inst(self) -> float:
+        return 100.0 * self.hits_inst / max(self.seen, 1.0)
+
+    def stats(self, seconds: float, proto: bool) -> EpochStats:
+        out = EpochStats(good_steps=self.good, skipped=self.skipped, seconds=seconds)
+        if self.seen:
+            out.loss, out.acc_inst = self.loss, self.acc_inst
+            if proto:
+                out.loss_proto = self.proto_sum / self.seen
+                out.acc_proto = 100.0 * self.hits_proto / self.seen
+        return out
 
 
 class Trainer:
@@ -187,115 +250,117 @@ class Trainer:
 
     # ------------------------------------------------------------------ M-step
     def train_epoch(self, epoch: int, clusters: ClusterResult | None) -> EpochStats:
-        args, raw, st = self.args, self.raw, self.state
+        """One pass over the training set; ProtoNCE on every granularity of ``clusters`` when given."""
         self.model.train()
         self.loaders.train.sampler.set_epoch(epoch)
         levels = clusters.levels if clusters is not None else []
-        names = ["InfoNCE", *[f"ProtoNCE k={g.k}" for g in levels]]
-        sums = torch.zeros(3 + len(levels), dtype=torch.float64)  # loss, loss_inst, acc_inst, acc per level
-        proto_loss_sum, good, skipped, seen = 0.0, 0, 0, 0
-        t0 = time.time()
+        meter, t0 = EpochMeter(), time.time()
         bar = tqdm(self.loaders.train, desc=f"epoch {epoch}", disable=not self.info.is_main, leave=False)
         for (im_q, im_k), index in bar:
-            im_q = im_q.to(self.device, non_blocking=True)
-            im_k = im_k.to(self.device, non_blocking=True)
-            index = index.to(self.device, non_blocking=True)
-            with self.autocast():
-                emb = self.model(im_q, im_k, with_cluster=clusters is not None)
-            q, k = emb.q.float(), emb.k.float()
-            loss_inst, logits = info_nce(q, k, raw.queue, args.temperature)
-            terms, corrects = [loss_inst], []
-            for g in levels:
-                l_p, c_p = proto_nce(emb.q_cluster.float(), g.im2cluster[index], g.centroids, g.density, args.pcl_r)
-                terms.append(l_p)
-                corrects.append(c_p)
-            loss = loss_inst + torch.stack(terms[1:]).mean() if levels else loss_inst
-
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            grads = [p.grad for p in self.params if p.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping: logged and checked
-            b = im_q.shape[0]
-            correct_inst = (logits.argmax(dim=1) == 0).sum()
-            # one host sync per step: every term, the grad norm and the hit counts, summed over ranks
-            packed = torch.stack(
-                [
-                    *[t.detach().float() for t in terms],
-                    grad_norm.float(),
-                    correct_inst.float(),
-                    *[c.float() for c in corrects],
-                    torch.tensor(float(b), device=self.device),
-                ]
-            )
-            vals = pdist.all_reduce_sum(packed).tolist()
-            world = self.info.world
-            term_vals = [v / world for v in vals[: len(terms)]]
-            gnorm = vals[len(terms)] / world
-            hits_inst, hits_proto, batch_all = vals[len(terms) + 1], vals[len(terms) + 2 : -1], vals[-1]
-            lr = self.optimizer.param_groups[0]["lr"]
-            bad = [n for n, v in zip(names, term_vals, strict=True) if not math.isfinite(v)]
-            if not math.isfinite(gnorm):
-                bad.append(f"gradients (first: {self._first_non_finite_grad()})")
-            stop = ""
-
-            if bad:
-                # fp16 gradient overflow with finite losses is GradScaler's normal back-off: skipped and
-                # counted, but it only counts towards --max-bad-steps once the scale cannot drop further
-                overflow_only = (
-                    len(bad) == 1
-                    and bad[0].startswith("gradients")
-                    and self.scaler.is_enabled()
-                    and self.scaler.get_scale() > 1.0
-                )
-                self.scaler.update()  # fp16: lowers the scale; otherwise a no-op
-                skipped += 1
-                st.skipped_steps += 1
-                st.consecutive_bad += 0 if overflow_only else 1
-                diag = (
-                    f"step {st.global_step}: non-finite {', '.join(bad)} (lr={lr:.4g}, grad_norm={gnorm:.4g}"
-                    + (f", amp_scale={self.scaler.get_scale():.4g}" if self.scaler.is_enabled() else "")
-                    + ")"
-                )
-                if self.info.is_main:
-                    tqdm.write(f"{diag}; step skipped ({st.consecutive_bad} in a row)")
-                if st.consecutive_bad >= args.max_bad_steps and not overflow_only:
-                    stop = f"{args.max_bad_steps} consecutive non-finite steps, last {diag}. Remedies: {REMEDIES}"
-            else:
-                if args.clip_grad is not None:
-                    torch.nn.utils.clip_grads_with_norm_(grads, args.clip_grad, grad_norm)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                raw.momentum_update()
-                raw.enqueue(k)
-                st.consecutive_bad = 0
-                good += 1
-                seen += int(batch_all)
-                total = term_vals[0] + (sum(term_vals[1:]) / len(levels) if levels else 0.0)
-                sums[0] += total * batch_all
-                sums[1] += term_vals[0] * batch_all
-                sums[2] += hits_inst
-                for j, h in enumerate(hits_proto):
-                    sums[3 + j] += h
-                if levels:
-                    proto_loss_sum += sum(term_vals[1:]) / len(levels) * batch_all
-            self._log_step(bad, term_vals, levels, hits_inst, hits_proto, batch_all, gnorm, lr)
+            step, keys, grads, grad_norm = self._forward_backward(im_q, im_k, index, levels)
+            stop = self._skip(step) if step.bad else self._apply(keys, grads, grad_norm)
+            meter.add(step)
+            self._log_step(step)
             if stop:
                 self.tb.flush()
                 raise NonFiniteError(stop)
-            st.global_step += 1
-            with warnings.catch_warnings():  # the schedule follows steps, also skipped ones
+            self.state.global_step += 1
+            with warnings.catch_warnings():  # the schedule follows steps, skipped ones too
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
                 self.scheduler.step()
-            if self.info.is_main and st.global_step % args.print_freq == 0 and not bad:
-                bar.set_postfix(loss=f"{sums[0] / max(seen, 1):.3f}", acc_inst=f"{100 * sums[2] / max(seen, 1):.1f}")
-        stats = EpochStats(good_steps=good, skipped=skipped, seconds=time.time() - t0)
-        if seen:
-            stats.loss, stats.acc_inst = float(sums[0] / seen), float(100 * sums[2] / seen)
-            if levels:
-                stats.acc_proto = float(100 * sums[3:].sum() / (seen * len(levels)))
-                stats.extra["loss_proto"] = proto_loss_sum / seen
-        return stats
+            if self.info.is_main and self.state.global_step % self.args.print_freq == 0:
+                bar.set_postfix(loss=f"{meter.loss:.3f}", acc_inst=f"{meter.acc_inst:.1f}")
+        return meter.stats(time.time() - t0, proto=bool(levels))
+
+    def _forward_backward(
+        self, im_q: torch.Tensor, im_k: torch.Tensor, index: torch.Tensor, levels: list[Granularity]
+    ) -> tuple[StepResult, torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Losses and gradients of one batch, with one host sync for all logged values (summed over ranks).
+
+        Returns the step's values, the keys ``(B, d)`` to enqueue, the gradients and their total norm.
+        """
+        args, dev = self.args, self.device
+        im_q, im_k = im_q.to(dev, non_blocking=True), im_k.to(dev, non_blocking=True)
+        index = index.to(dev, non_blocking=True)
+        with self.autocast():
+            emb = self.model(im_q, im_k, with_cluster=bool(levels))
+        k = emb.k.float()  # losses, the prototype softmax and the queue stay float32 under autocast
+        loss_inst, logits = info_nce(emb.q.float(), k, self.raw.queue, args.temperature)
+        protos = [
+            proto_nce(emb.q_cluster.float(), g.im2cluster[index], g.centroids, g.density, args.pcl_r) for g in levels
+        ]
+        loss = loss_inst + torch.stack([p[0] for p in protos]).mean() if protos else loss_inst
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping: logged and checked
+        hits_inst = (logits.argmax(dim=1) == 0).sum()
+        batch = torch.tensor(float(im_q.shape[0]), device=dev)
+        packed = torch.stack(
+            [
+                loss_inst.detach(),
+                *[p[0].detach() for p in protos],
+                grad_norm.float(),
+                hits_inst.float(),
+                *[p[1].float() for p in protos],
+                batch,
+            ]
+        )
+        v = pdist.all_reduce_sum(packed).tolist()
+        n, w = len(protos), self.info.world
+        step = StepResult(
+            inst=v[0] / w,
+            protos=[x / w for x in v[1 : 1 + n]],
+            grad_norm=v[1 + n] / w,
+            hits_inst=v[2 + n],
+            hits_proto=v[3 + n : 3 + 2 * n],
+            batch=v[-1],
+            lr=self.optimizer.param_groups[0]["lr"],
+        )
+        names = ["InfoNCE", *[f"ProtoNCE k={g.k}" for g in levels]]
+        step.bad = [name for name, x in zip(names, [step.inst, *step.protos], strict=True) if not math.isfinite(x)]
+        if not math.isfinite(step.grad_norm):
+            step.bad.append(f"gradients (first: {self._first_non_finite_grad()})")
+        return step, k, grads, grad_norm
+
+    def _apply(self, keys: torch.Tensor, grads: list[torch.Tensor], grad_norm: torch.Tensor) -> str:
+        """A finite step: clip, optimizer step, momentum update, enqueue the keys."""
+        if self.args.clip_grad is not None:
+            torch.nn.utils.clip_grads_with_norm_(grads, self.args.clip_grad, grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.raw.momentum_update()
+        self.raw.enqueue(keys)
+        self.state.consecutive_bad = 0
+        return ""
+
+    def _skip(self, step: StepResult) -> str:
+        """A non-finite step: no update at all; counted, reported; returns the stop message past the limit.
+
+        fp16 gradient overflow with finite losses is GradScaler's normal back-off: skipped and counted,
+        but it counts towards ``--max-bad-steps`` only once the scale cannot drop further.
+        """
+        st, scaler = self.state, self.scaler
+        overflow_only = (
+            len(step.bad) == 1
+            and step.bad[0].startswith("gradients")
+            and scaler.is_enabled()
+            and scaler.get_scale() > 1
+        )
+        scaler.update()  # fp16: lowers the scale; otherwise a no-op
+        st.skipped_steps += 1
+        st.consecutive_bad += 0 if overflow_only else 1
+        amp = f", amp_scale={scaler.get_scale():.4g}" if scaler.is_enabled() else ""
+        diag = (
+            f"step {st.global_step}: non-finite {', '.join(step.bad)} "
+            f"(lr={step.lr:.4g}, grad_norm={step.grad_norm:.4g}{amp})"
+        )
+        if self.info.is_main:
+            tqdm.write(f"{diag}; step skipped ({st.consecutive_bad} in a row)")
+        if st.consecutive_bad >= self.args.max_bad_steps and not overflow_only:
+            return f"{self.args.max_bad_steps} consecutive non-finite steps, last {diag}. Remedies: {REMEDIES}"
+        return ""
 
     def _first_non_finite_grad(self) -> str:
         """Name of the first parameter whose gradient holds NaN/Inf (only called on a bad step)."""
@@ -309,36 +374,26 @@ class Trainer:
             largest, where = (m, name) if m > largest else (largest, where)
         return f"none; all finite but the norm overflows, largest |grad| {largest:.3g} in {where}"
 
-    def _log_step(
-        self,
-        bad: list[str],
-        term_vals: list[float],
-        levels: list,
-        hits_inst: float,
-        hits_proto: list[float],
-        batch: float,
-        gnorm: float,
-        lr: float,
-    ) -> None:
-        scalars = {"train/lr": lr, "train/skipped_steps": float(self.state.skipped_steps)}
+    def _log_step(self, step: StepResult) -> None:
+        """Per-step TensorBoard scalars; losses, accuracies and grad norm only for applied steps."""
+        scalars = {"train/lr": step.lr, "train/skipped_steps": float(self.state.skipped_steps)}
         groups = self.optimizer.param_groups
         if len(groups) > 1:
             scalars.update({f"train/lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)})
         if self.scaler.is_enabled():
             scalars["train/amp_scale"] = self.scaler.get_scale()
-        if not bad:
-            proto = sum(term_vals[1:]) / len(levels) if levels else 0.0
+        if not step.bad:
             scalars.update(
                 {
-                    "train/loss": term_vals[0] + proto,
-                    "train/loss_inst": term_vals[0],
-                    "train/acc_inst": 100.0 * hits_inst / batch,
-                    "train/grad_norm": gnorm,
+                    "train/loss": step.loss,
+                    "train/loss_inst": step.inst,
+                    "train/acc_inst": 100.0 * step.hits_inst / step.batch,
+                    "train/grad_norm": step.grad_norm,
                 }
             )
-            if levels:
-                scalars["train/loss_proto"] = proto
-                scalars["train/acc_proto"] = 100.0 * sum(hits_proto) / (batch * len(levels))
+            if step.protos:
+                scalars["train/loss_proto"] = step.proto
+                scalars["train/acc_proto"] = 100.0 * sum(step.hits_proto) / (step.batch * len(step.protos))
         self.tb.scalars(scalars, self.state.global_step)
 
     # ------------------------------------------------------------------ kNN monitor
@@ -371,7 +426,7 @@ class Trainer:
                 "time/epoch_seconds": stats.seconds,
             }
             if self.cluster_result is not None:
-                scalars["epoch/acc_proto"] = stats.acc_proto
+                scalars.update({"epoch/acc_proto": stats.acc_proto, "epoch/loss_proto": stats.loss_proto})
             if knn is not None:
                 scalars["eval/knn_top1"] = knn
             self.tb.scalars(scalars, epoch)

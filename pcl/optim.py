@@ -13,6 +13,26 @@ OPTIMIZERS = ("sgd", "sgd-cos", "adamw", "lamb", "lars")
 SCHEDULES = ("cos", "step", "const")
 
 
+@dataclass(frozen=True)
+class OptimizerDefaults:
+    """Per-optimizer defaults for flags the user leaves unset (global batch 128, bundled data)."""
+
+    lr: float
+    wd: float
+    exclude_bn_bias: bool
+    lr_warmup_epochs: float
+
+
+# sgd/sgd-cos: the MoCo CIFAR recipe; adamw/lamb/lars: the settings measured in the README's optimizer table
+OPTIMIZER_DEFAULTS = {
+    "sgd": OptimizerDefaults(lr=0.06, wd=5e-4, exclude_bn_bias=False, lr_warmup_epochs=0.0),
+    "sgd-cos": OptimizerDefaults(lr=0.06, wd=5e-4, exclude_bn_bias=False, lr_warmup_epochs=0.0),
+    "adamw": OptimizerDefaults(lr=1e-3, wd=0.05, exclude_bn_bias=True, lr_warmup_epochs=1.0),
+    "lamb": OptimizerDefaults(lr=3e-3, wd=0.05, exclude_bn_bias=True, lr_warmup_epochs=1.0),
+    "lars": OptimizerDefaults(lr=0.3, wd=5e-4, exclude_bn_bias=True, lr_warmup_epochs=1.0),
+}
+
+
 def default_schedule(optimizer: str) -> str:
     """``sgd`` keeps the step schedule (``--schedule`` milestones); every other optimizer decays by cosine."""
     return "step" if optimizer == "sgd" else "cos"

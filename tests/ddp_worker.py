@@ -16,8 +16,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import main_pcl
 from pcl.config import parse_args
 
+
+def die_once_after_first_checkpoint() -> None:
+    """Fault injection for the restart test: on torchrun's first attempt, rank 1 dies after epoch 1's save."""
+    from pcl.engine import Trainer
+
+    save = Trainer.save
+
+    def save_then_die(self: Trainer) -> None:
+        save(self)
+        os._exit(3)
+
+    Trainer.save = save_then_die
+
+
 if __name__ == "__main__":
     out, argv = Path(sys.argv[1]), sys.argv[3:]
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if os.environ.get("PCL_TEST_KILL_RANK1") and first_attempt and os.environ.get("RANK") == "1":
+        die_once_after_first_checkpoint()
     trainer = main_pcl.run(parse_args(argv))
     rank = int(os.environ.get("RANK", "0"))
     clusters = trainer.cluster_result.state_dict() if trainer.cluster_result is not None else None
@@ -26,6 +43,7 @@ if __name__ == "__main__":
         "queue": trainer.raw.queue.cpu(),
         "queue_ptr": int(trainer.raw.queue_ptr),
         "global_step": trainer.state.global_step,
+        "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
         "world": trainer.info.world,
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -17,14 +17,16 @@ from tests.test_e2e import scalars
 STEPS_PER_EPOCH = 48 // 8  # global batch 8 = 2 ranks x 4
 
 
-def torchrun(out: Path, argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(out: Path, argv: list[str], restarts: int = 0, **env_extra: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2`` of ``tests/ddp_worker.py`` (dumps each rank's state into ``out``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
-        f"--nproc_per_node={nproc}",
+        "--nproc_per_node=2",
+        f"--max-restarts={restarts}",
         str(ROOT / "tests" / "ddp_worker.py"),
         str(out),
         "--",
@@ -86,3 +88,14 @@ def test_distributed_checkpoint_resumes_in_one_process_and_back(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3 epochs done" in proc.stdout
     assert torch.load(tmp_path / "dump" / "rank1.pth", weights_only=False)["global_step"] == 4 * STEPS_PER_EPOCH
+
+
+def test_dead_rank_is_restarted_and_the_job_continues(tiny_data: Path, tmp_path: Path) -> None:
+    argv = [str(tiny_data), *TINY_ARGS, "--exp-dir", str(tmp_path), "--resume", "auto"]
+    proc = torchrun(tmp_path / "dump", argv, restarts=1, PCL_TEST_KILL_RANK1="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 epochs done" in proc.stdout  # the restarted group resumed from epoch 1's last.pth
+    for r in (0, 1):
+        dump = torch.load(tmp_path / "dump" / f"rank{r}.pth", weights_only=False)
+        assert dump["restart_count"] == 1 and dump["global_step"] == 2 * STEPS_PER_EPOCH
+    assert torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)["epoch"] == 2
