@@ -1,13 +1,13 @@
 """Prototypical Contrastive Learning (PCL): one module per stage of the EM loop.
 
 - ``config``: command line and validation      - ``data``: datasets, transforms, loaders
-- ``heads`` / ``model``: encoders, projection heads, queue, momentum update
+- ``backbone`` / ``heads`` / ``model``: ResNets, projection heads, the builder (queue, momentum update)
 - ``losses``: InfoNCE and ProtoNCE              - ``feature_store``: disk shards of E-step features
 - ``clustering``: faiss k-means, streamed assignment, concentrations
 - ``estep``: the per-epoch E-step               - ``optim``: optimizers and per-step schedules
 - ``engine``: the M-step training loop          - ``knn``: kNN monitor
 - ``checkpoint``: atomic save / exact resume     - ``tb``: TensorBoard logging
-- ``distributed``: torchrun / DDP helpers
+- ``distributed``: torchrun / DDP helpers     - ``reference``: the official E-step, for tests and benchmarks
 """
 
 __version__ = "0.1.0"
