@@ -84,6 +84,8 @@ def build_model(args: argparse.Namespace, info: pdist.DistInfo) -> tuple[PCL, nn
         small_stem=args.stem == "small",
         bn_splits=args.bn_splits if info.world == 1 else 1,
     ).to(info.device)
+    if args.channels_last:
+        raw = raw.to(memory_format=torch.channels_last)
     if not info.enabled:
         return raw, raw
     ids = [info.device.index] if info.device.type == "cuda" else None

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="no weight decay / LARS adaptation for BN and biases (default: per optimizer)",
     )
     g.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="autocast for the forward passes")
+    g.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels-last memory format for the training step (0.92x step time on CPU, README)",
+    )
     g.add_argument("--clip-grad", type=float, default=None, help="clip the global gradient norm")
     g.add_argument("--max-bad-steps", type=int, default=20, help="stop after this many consecutive non-finite steps")
 

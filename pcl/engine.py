@@ -280,7 +280,9 @@ class Trainer:
         Returns the step's values, the keys ``(B, d)`` to enqueue, the gradients and their total norm.
         """
         args, dev = self.args, self.device
-        im_q, im_k = im_q.to(dev, non_blocking=True), im_k.to(dev, non_blocking=True)
+        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        im_q = im_q.to(dev, non_blocking=True, memory_format=fmt)
+        im_k = im_k.to(dev, non_blocking=True, memory_format=fmt)
         index = index.to(dev, non_blocking=True)
         with self.autocast():
             emb = self.model(im_q, im_k, with_cluster=bool(levels))

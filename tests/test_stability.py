@@ -56,10 +56,20 @@ def test_checkpoint_refuses_non_finite_tensors(tmp_path: Path) -> None:
     assert torch.load(tmp_path / "x.pth")["model"]["w"].sum() == 2
 
 
-def test_bf16_autocast_end_to_end_on_cpu(tiny_data: Path, tmp_path: Path) -> None:
+def test_bf16_autocast_and_channels_last_end_to_end_on_cpu(tiny_data: Path, tmp_path: Path) -> None:
     # small stem: with the ImageNet stem, 16-px images reach layer4 as 1x1 maps, where BatchNorm over a few
     # near-identical bf16 values is degenerate (gradients ~1e26, correctly skipped as non-finite norms)
-    argv = [str(tiny_data), *TINY_ARGS, "--amp", "bf16", "--stem", "small", "--exp-dir", str(tmp_path)]
+    argv = [
+        str(tiny_data),
+        *TINY_ARGS,
+        "--amp",
+        "bf16",
+        "--stem",
+        "small",
+        "--channels-last",
+        "--exp-dir",
+        str(tmp_path),
+    ]
     assert main_pcl.main(argv) == 0
     tags = scalars(tmp_path)
     assert all(v == v and abs(v) < 1e4 for _, v in tags["train/loss"])  # finite
