@@ -6,7 +6,8 @@
 - ``clustering``: faiss k-means, streamed assignment, concentrations
 - ``estep``: the per-epoch E-step               - ``optim``: optimizers and per-step schedules
 - ``engine``: the M-step training loop          - ``knn``: kNN monitor
-- ``checkpoint``: atomic save / exact resume     - ``tb``: TensorBoard logging
+- ``checkpoint``: finite-only save / exact resume - ``atomic``: temp-file + rename writes
+- ``tb``: TensorBoard logging
 - ``distributed``: torchrun / DDP helpers     - ``reference``: the official E-step, for tests and benchmarks
 """
 

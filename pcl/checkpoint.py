@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pcl.atomic import write_atomic
 from pcl.errors import PCLError
 
 
@@ -52,16 +52,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
     if bad:
         raise PCLError(f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise PCLError(f"could not write checkpoint {path}: {e.strerror or e}") from None
+    write_atomic(path, lambda f: torch.save(state, f), "checkpoint")
 
 
 def load_checkpoint(path: Path) -> dict:

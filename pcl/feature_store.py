@@ -13,7 +13,6 @@ that looks complete. Host memory while writing is one shard; while reading, one 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,25 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pcl.atomic import write_atomic
 from pcl.errors import PCLError
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
+SHARD_HINT = (
+    "; free space or point --feature-dir elsewhere, then rerun with --resume auto "
+    "(the last checkpoint is intact, the E-step reruns)"
+)
+
+
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise PCLError(
-            f"could not write feature shard {path}: {e.strerror or e}; free space or point --feature-dir "
-            "elsewhere, then rerun with --resume auto (the last checkpoint is intact, the E-step reruns)"
-        ) from None
+    write_atomic(path, lambda f: np.save(f, array), "feature shard", SHARD_HINT)
 
 
 class ShardWriter:
