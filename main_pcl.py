@@ -7,20 +7,16 @@ torchrun --nproc_per_node 8 main_pcl.py DATA ...     # DDP (see README)
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from pcl import distributed as pdist
-from pcl.checkpoint import resolve_resume
-from pcl.config import parse_args, to_json, validate, validate_data
+from pcl.config import Config, parse_config, to_json, validate, validate_data
 from pcl.data import (
-    AugConfig,
     IndexedImageFolder,
     TwoCrops,
     eval_loader,
@@ -38,101 +34,91 @@ from pcl.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
 VERIFY_AUTO_LIMIT = 200_000
 
 
-def build_loaders(args: argparse.Namespace, info: pdist.DistInfo) -> Loaders:
-    splits = resolve_splits(args.data)
-    aug = AugConfig(
-        args.image_size,
-        args.crop_min,
-        args.color_jitter,
-        args.color_jitter_prob,
-        args.grayscale_prob,
-        args.blur_prob,
-        args.aug_plus,
-    )
-    train_set = IndexedImageFolder(splits.train, TwoCrops(train_transform(aug)))
-    eval_set = IndexedImageFolder(splits.eval, eval_transform(args.image_size)) if splits.eval else None
-    verify = args.verify_images == "yes" or (args.verify_images == "auto" and len(train_set) <= VERIFY_AUTO_LIMIT)
+def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
+    """Training (two views), E-step (eval view, this rank's share) and, on rank 0 with an eval split,
+    kNN-monitor loaders; verifies the images and checks the data-dependent limits first."""
+    d, batch, seed = cfg.data, cfg.train.batch_size, cfg.train.seed
+    splits = resolve_splits(d.root)
+    train_set = IndexedImageFolder(splits.train, TwoCrops(train_transform(d.aug)))
+    size = d.aug.image_size
+    eval_set = IndexedImageFolder(splits.eval, eval_transform(size)) if splits.eval else None
+    verify = d.verify_images == "yes" or (d.verify_images == "auto" and len(train_set) <= VERIFY_AUTO_LIMIT)
     if verify:
         paths = [p for p, _ in train_set.samples] + ([p for p, _ in eval_set.samples] if eval_set else [])
         verify_images(paths, show=info.is_main)
-    validate_data(args, len(train_set))
-    estep_set = train_set.with_transform(eval_transform(args.image_size))
-    per_rank = args.batch_size // info.world
+    validate_data(cfg, len(train_set))
+    estep_set = train_set.with_transform(eval_transform(size))
+    per_rank = batch // info.world
     loaders = Loaders(
-        train=train_loader(train_set, per_rank, args.workers, args.seed, info.rank, info.world),
-        estep=eval_loader(estep_set, args.eval_batch_size, args.workers, info.rank, info.world),
+        train=train_loader(train_set, per_rank, d.workers, seed, info.rank, info.world),
+        estep=eval_loader(estep_set, d.eval_batch_size, d.workers, info.rank, info.world),
         num_train=len(train_set),
     )
     if eval_set is not None and info.is_main:
-        loaders.knn_train = eval_loader(estep_set, args.eval_batch_size, args.workers)
-        loaders.knn_eval = eval_loader(eval_set, args.eval_batch_size, args.workers)
+        loaders.knn_train = eval_loader(estep_set, d.eval_batch_size, d.workers)
+        loaders.knn_eval = eval_loader(eval_set, d.eval_batch_size, d.workers)
         loaders.train_labels = torch.tensor(estep_set.targets)
         loaders.eval_labels = torch.tensor(eval_set.targets)
         loaders.num_classes = len(train_set.classes)
     return loaders
 
 
-def build_model(args: argparse.Namespace, info: pdist.DistInfo) -> tuple[PCL, nn.Module]:
-    """The raw PCL module and the module to train (DDP-wrapped under torchrun)."""
-    raw = PCL(
-        args.arch,
-        args.low_dim,
-        args.pcl_r,
-        args.moco_m,
-        args.mlp,
-        args.cluster_head,
-        small_stem=args.stem == "small",
-        bn_splits=args.bn_splits if info.world == 1 else 1,
-    ).to(info.device)
-    if args.channels_last:
+def build_model(cfg: Config, info: pdist.DistInfo) -> tuple[PCL, nn.Module]:
+    """The raw PCL module on ``info.device`` and the module to train (DDP-wrapped under torchrun).
+
+    Under DDP the key batch is shuffled across ranks, so split BN is off (``bn_splits`` 1).
+    """
+    raw = PCL.from_config(cfg.model, bn_splits=1 if info.enabled else None).to(info.device)
+    if cfg.train.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     if not info.enabled:
         return raw, raw
     ids = [info.device.index] if info.device.type == "cuda" else None
-    ddp = nn.parallel.DistributedDataParallel(raw, device_ids=ids, find_unused_parameters=args.cluster_head != "none")
+    unused = cfg.model.cluster_head != "none"
+    ddp = nn.parallel.DistributedDataParallel(raw, device_ids=ids, find_unused_parameters=unused)
     return raw, ddp
 
 
-def build_trainer(args: argparse.Namespace, info: pdist.DistInfo) -> Trainer:
-    loaders = build_loaders(args, info)
-    raw, model = build_model(args, info)
-    optimizer = build_optimizer(
-        args.optimizer, param_groups(raw, args.wd, args.exclude_bn_bias), args.lr, momentum=args.momentum
-    )
+def build_trainer(cfg: Config, info: pdist.DistInfo) -> Trainer:
+    """Loaders, model, optimizer and per-step lr schedule, handed to a :class:`Trainer`."""
+    loaders = build_loaders(cfg, info)
+    raw, model = build_model(cfg, info)
+    o = cfg.optim
+    optimizer = build_optimizer(o.optimizer, param_groups(raw, o.wd, o.exclude_bn_bias), o.lr, momentum=o.momentum)
     steps = len(loaders.train)
     schedule = LRSchedule(
-        base_lr=args.lr,
-        total_steps=args.epochs * steps,
-        warmup_steps=round(args.lr_warmup_epochs * steps),
-        kind=args.lr_schedule,
-        min_lr=args.min_lr,
-        milestones=[m * steps for m in args.schedule],
+        base_lr=o.lr,
+        total_steps=cfg.train.epochs * steps,
+        warmup_steps=round(o.lr_warmup_epochs * steps),
+        kind=o.lr_schedule,
+        min_lr=o.min_lr,
+        milestones=[m * steps for m in o.schedule],
     )
-    return Trainer(args, model, optimizer, build_scheduler(optimizer, schedule), loaders, info)
+    return Trainer(cfg, model, optimizer, build_scheduler(optimizer, schedule), loaders, info)
 
 
-def run(args: argparse.Namespace) -> Trainer:
+def run(cfg: Config) -> Trainer:
     """Set up (and tear down) the process group, build everything, train; returns the trainer."""
-    info = pdist.init_distributed(args.device, args.dist_backend)
+    t, run_dir = cfg.train, cfg.run_dir
+    info = pdist.init_distributed(t.device, t.dist_backend)
     try:
-        validate(args, info.world)
-        random.seed(args.seed + info.rank)
-        np.random.seed(args.seed + info.rank)
-        torch.manual_seed(args.seed + info.rank)
-        trainer = build_trainer(args, info)
-        resume = resolve_resume(args.resume, Path(args.exp_dir))
+        validate(cfg, info.world)
+        random.seed(t.seed + info.rank)
+        np.random.seed(t.seed + info.rank)
+        torch.manual_seed(t.seed + info.rank)
+        trainer = build_trainer(cfg, info)
+        resume = run_dir.resume_path(t.resume)
         if resume is not None:
             trainer.resume(resume)
-        elif args.resume == "auto" and info.is_main:
-            print(f"--resume auto: no checkpoint in {args.exp_dir}/checkpoints, starting from scratch")
+        elif t.resume == "auto" and info.is_main:
+            print(f"--resume auto: no checkpoint in {run_dir.checkpoints}, starting from scratch")
         if info.is_main:
-            Path(args.exp_dir).mkdir(parents=True, exist_ok=True)
-            (Path(args.exp_dir) / "config.json").write_text(to_json(args))
-        knn = trainer.fit(stop_after=args.stop_after_epochs)
+            run_dir.root.mkdir(parents=True, exist_ok=True)
+            run_dir.config.write_text(to_json(cfg))
+        knn = trainer.fit(stop_after=t.stop_after_epochs)
         if info.is_main:
-            tb = Path(args.exp_dir) / "tb"
-            print(f"TensorBoard logs: {tb}  (tensorboard --logdir {tb})")
-            print(f"checkpoints: {Path(args.exp_dir) / 'checkpoints'}")
+            print(f"TensorBoard logs: {run_dir.tb}  (tensorboard --logdir {run_dir.tb})")
+            print(f"checkpoints: {run_dir.checkpoints}")
             if knn is not None:
                 print(f"final kNN top-1: {knn:.2f}%")
         return trainer
@@ -141,19 +127,19 @@ def run(args: argparse.Namespace) -> Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: 0 on success, 2 with one ``error:`` line for bad input, 130 on Ctrl-C."""
+    cfg = None
     try:
-        run(parse_args(argv))
+        cfg = parse_config(argv)
+        run(cfg)
     except PCLError as e:
         # errors raised in DataLoader workers arrive with the worker's traceback: keep the last line only
         last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
         print(f"error: {last.removeprefix('pcl.errors.PCLError: ')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "interrupted: the last completed epoch is in <exp-dir>/checkpoints/last.pth; "
-            "rerun with --resume auto to continue",
-            file=sys.stderr,
-        )
+        where = f" is in {cfg.run_dir.last}" if cfg is not None else " is in the run's checkpoints"
+        print(f"interrupted: the last completed epoch{where}; rerun with --resume auto to continue", file=sys.stderr)
         return 130
     return 0
 

@@ -63,13 +63,3 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise PCLError(f"checkpoint {path} cannot be read: {e}") from None
-
-
-def resolve_resume(resume: str | None, exp_dir: Path) -> Path | None:
-    """``auto`` -> ``<exp_dir>/checkpoints/last.pth`` if present (else fresh start); a path -> that path."""
-    if not resume:
-        return None
-    if resume == "auto":
-        last = exp_dir / "checkpoints" / "last.pth"
-        return last if last.is_file() else None
-    return Path(resume)

@@ -1,16 +1,98 @@
-"""Configuration stage: the command line, and checks that reject a config that cannot work before training."""
+"""Configuration stage: the command line -> typed dataclasses, and checks that reject a config that cannot work.
+
+``main_pcl.py`` calls :func:`parse_config` and hands the resulting :class:`Config` down; nothing below it sees
+the argparse ``Namespace``. Each stage owns a dataclass with its settings and their defaults, and the parser
+takes its defaults from those dataclasses, so there is one source of defaults:
+
+    Config.data:  pcl.data.DataConfig (+ AugConfig)   Config.model: pcl.model.ModelConfig
+    Config.optim: pcl.optim.OptimConfig               Config.estep: pcl.estep.EStepConfig (+ KMeansConfig)
+    Config.train: TrainConfig (below): the EM loop, checkpoints, logging, devices
+
+Code reads plain attributes, e.g. ``cfg.train.epochs``, ``cfg.model.pcl_r``, ``cfg.estep.kmeans.niter``.
+
+How to add a flag:
+    1. Add a typed field with its default (and a short comment) to the stage's dataclass above.
+    2. Add the parser entry in :func:`build_parser` with ``default=_default(TheConfig, "field")`` and a dest
+       equal to the field name (``--my-flag`` -> ``my_flag``). A field whose flag is spelled differently goes
+       into ``_DEST``; a nested dataclass whose flags share a prefix goes into ``_PREFIX``.
+    3. Nothing else: :func:`parse_config` fills fields by name, and ``config.json`` and checkpoints record
+       ``asdict(cfg)``. Add a check to :func:`validate` if a value can be impossible, and a derived default
+       (``None`` = "depends on other flags") to the dataclass's ``resolved()``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from pcl.amp import AMP_MODES
 from pcl.backbone import ARCHS
+from pcl.clustering import KMeansConfig
+from pcl.data import AugConfig, DataConfig
 from pcl.errors import PCLError
+from pcl.estep import EStepConfig
 from pcl.feature_store import DTYPES
 from pcl.heads import CLUSTER_HEADS
-from pcl.optim import OPTIMIZER_DEFAULTS, OPTIMIZERS, SCHEDULES, default_schedule
+from pcl.model import ModelConfig
+from pcl.optim import OPTIMIZERS, SCHEDULES, OptimConfig
+from pcl.run_dir import RunDir
+
+
+@dataclass
+class TrainConfig:
+    """The loop's own settings: epochs, batch, warmup, AMP, guard, checkpoints, logging, devices, kNN monitor."""
+
+    epochs: int = 6
+    batch_size: int = 128  # global batch (all ranks together)
+    warmup_epochs: int = 2  # InfoNCE-only epochs before the first E-step
+    amp: str = "off"  # autocast for the forward passes: off | bf16 | fp16
+    channels_last: bool = False
+    max_bad_steps: int = 20  # stop after this many consecutive non-finite steps
+    exp_dir: Path = Path("runs/default")
+    resume: str | None = None  # checkpoint path, or "auto"
+    stop_after_epochs: int | None = None
+    save_freq: int = 10
+    print_freq: int = 10
+    save_clusters: bool = False
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    dist_backend: str = "auto"  # auto | nccl | gloo
+    knn_k: int = 200
+    knn_t: float = 0.1
+
+
+@dataclass
+class Config:
+    """The whole run's configuration, one dataclass per stage."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    estep: EStepConfig = field(default_factory=EStepConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(self.train.exp_dir)
+
+
+# argparse dest of the fields whose flag is not spelled like the field, and flag prefixes of nested dataclasses
+_DEST = {
+    (DataConfig, "root"): "data",
+    (EStepConfig, "max_points"): "kmeans_max_points",
+    (EStepConfig, "shard_rows"): "feature_shard_rows",
+}
+_PREFIX = {(EStepConfig, "kmeans"): "kmeans_"}
+
+
+def _default(cls: type, name: str) -> Any:
+    """Default value of dataclass field ``cls.name`` (a fresh copy for ``default_factory`` fields)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,199 +110,343 @@ def _int_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``main_pcl.py`` command line; every default comes from the stage dataclasses (see the module doc)."""
+    M, A, D, Opt, E, K, T = ModelConfig, AugConfig, DataConfig, OptimConfig, EStepConfig, KMeansConfig, TrainConfig
     p = _Parser(description="Prototypical Contrastive Learning (PCL v2) on an ImageFolder data set.")
     p.add_argument(
         "data",
         nargs="?",
-        default=None,
+        default=_default(D, "root"),
         help="ImageFolder root with train/ and optionally val/ or test/ (default: bundled CIFAR-10 subset)",
     )
     g = p.add_argument_group("model")
-    g.add_argument("-a", "--arch", default="resnet18", help=f"torchvision ResNet ({', '.join(ARCHS)})")
+    g.add_argument("-a", "--arch", default=_default(M, "arch"), help=f"torchvision ResNet ({', '.join(ARCHS)})")
     g.add_argument(
         "--stem",
-        default="imagenet",
+        default=_default(M, "stem"),
         choices=("imagenet", "small"),
         help="small = CIFAR stem (3x3 stride-1 conv, no max-pool): better for 32-px data, ~12x the compute",
     )
-    g.add_argument("--low-dim", type=int, default=128, help="embedding dimension")
+    g.add_argument("--low-dim", type=int, default=_default(M, "low_dim"), help="embedding dimension")
     g.add_argument(
         "--pcl-r",
         type=int,
-        default=1024,
+        default=_default(M, "pcl_r"),
         help="queue size = number of negatives, instance and prototype (official ImageNet: 16384)",
     )
-    g.add_argument("--moco-m", type=float, default=0.99, help="momentum of the key encoder (official: 0.999)")
-    g.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=True, help="MoCo v2 MLP head")
-    g.add_argument("--cluster-head", default="none", choices=CLUSTER_HEADS, help="extra head for the cluster task")
-    g.add_argument("--bn-splits", type=int, default=8, help="sub-batches for single-process shuffle BN (1 = plain BN)")
-    g.add_argument("--temperature", type=float, default=0.2, help="InfoNCE temperature T (also mean of phi)")
+    g.add_argument(
+        "--moco-m", type=float, default=_default(M, "moco_m"), help="momentum of the key encoder (official: 0.999)"
+    )
+    g.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=_default(M, "mlp"), help="MoCo v2 MLP head")
+    g.add_argument(
+        "--cluster-head",
+        default=_default(M, "cluster_head"),
+        choices=CLUSTER_HEADS,
+        help="extra head for the cluster task",
+    )
+    g.add_argument(
+        "--bn-splits",
+        type=int,
+        default=_default(M, "bn_splits"),
+        help="sub-batches for single-process shuffle BN (1 = plain BN)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=_default(M, "temperature"),
+        help="InfoNCE temperature T (also mean of phi)",
+    )
 
     g = p.add_argument_group("data and augmentation")
-    g.add_argument("--image-size", type=int, default=32)
-    g.add_argument("--aug-plus", action=argparse.BooleanOptionalAction, default=True, help="MoCo v2 augmentation")
-    g.add_argument("--crop-min", type=float, default=0.2, help="RandomResizedCrop minimum scale")
-    g.add_argument("--color-jitter", type=float, default=0.4, help="colour-jitter strength")
-    g.add_argument("--color-jitter-prob", type=float, default=0.8)
-    g.add_argument("--grayscale-prob", type=float, default=0.2)
+    g.add_argument("--image-size", type=int, default=_default(A, "image_size"))
+    g.add_argument(
+        "--aug-plus",
+        action=argparse.BooleanOptionalAction,
+        default=_default(A, "aug_plus"),
+        help="MoCo v2 augmentation",
+    )
+    g.add_argument("--crop-min", type=float, default=_default(A, "crop_min"), help="RandomResizedCrop minimum scale")
+    g.add_argument("--color-jitter", type=float, default=_default(A, "color_jitter"), help="colour-jitter strength")
+    g.add_argument("--color-jitter-prob", type=float, default=_default(A, "color_jitter_prob"))
+    g.add_argument("--grayscale-prob", type=float, default=_default(A, "grayscale_prob"))
     g.add_argument(
         "--blur-prob",
         type=float,
-        default=None,
+        default=_default(A, "blur_prob"),
         help="Gaussian-blur probability (default: 0.5, or 0 for images <= 64 px)",
     )
-    g.add_argument("-j", "--workers", type=int, default=2, help="data-loading processes per rank")
+    g.add_argument("-j", "--workers", type=int, default=_default(D, "workers"), help="data-loading processes per rank")
     g.add_argument(
         "--verify-images",
-        default="auto",
+        default=_default(D, "verify_images"),
         choices=("auto", "yes", "no"),
         help="decode every image before training (auto: when <= 200k images)",
     )
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=6)
-    g.add_argument("-b", "--batch-size", type=int, default=128, help="global batch size (all ranks together)")
-    g.add_argument("--lr", type=float, default=None, help="base lr for the global batch (default: per optimizer)")
-    g.add_argument("--wd", type=float, default=None, help="weight decay (default: per optimizer)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD / LARS momentum")
-    g.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
-    g.add_argument("--lr-schedule", default=None, choices=SCHEDULES, help="default: step for sgd, cos otherwise")
-    g.add_argument("--schedule", type=_int_list, default=[120, 160], help="step-schedule milestones (epochs)")
+    g.add_argument("--epochs", type=int, default=_default(T, "epochs"))
     g.add_argument(
-        "--lr-warmup-epochs", type=float, default=None, help="linear lr warmup, epochs (default: per optimizer)"
+        "-b",
+        "--batch-size",
+        type=int,
+        default=_default(T, "batch_size"),
+        help="global batch size (all ranks together)",
     )
-    g.add_argument("--min-lr", type=float, default=0.0, help="final lr of the cosine schedule")
+    g.add_argument(
+        "--lr", type=float, default=_default(Opt, "lr"), help="base lr for the global batch (default: per optimizer)"
+    )
+    g.add_argument("--wd", type=float, default=_default(Opt, "wd"), help="weight decay (default: per optimizer)")
+    g.add_argument("--momentum", type=float, default=_default(Opt, "momentum"), help="SGD / LARS momentum")
+    g.add_argument("--optimizer", default=_default(Opt, "optimizer"), choices=OPTIMIZERS)
+    g.add_argument(
+        "--lr-schedule",
+        default=_default(Opt, "lr_schedule"),
+        choices=SCHEDULES,
+        help="default: step for sgd, cos otherwise",
+    )
+    g.add_argument(
+        "--schedule", type=_int_list, default=_default(Opt, "schedule"), help="step-schedule milestones (epochs)"
+    )
+    g.add_argument(
+        "--lr-warmup-epochs",
+        type=float,
+        default=_default(Opt, "lr_warmup_epochs"),
+        help="linear lr warmup, epochs (default: per optimizer)",
+    )
+    g.add_argument("--min-lr", type=float, default=_default(Opt, "min_lr"), help="final lr of the cosine schedule")
     g.add_argument(
         "--exclude-bn-bias",
         action=argparse.BooleanOptionalAction,
-        default=None,
+        default=_default(Opt, "exclude_bn_bias"),
         help="no weight decay / LARS adaptation for BN and biases (default: per optimizer)",
     )
-    g.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="autocast for the forward passes")
+    g.add_argument("--amp", default=_default(T, "amp"), choices=AMP_MODES, help="autocast for the forward passes")
     g.add_argument(
         "--channels-last",
         action="store_true",
+        default=_default(T, "channels_last"),
         help="channels-last memory format for the training step (0.92x step time on CPU, README)",
     )
-    g.add_argument("--clip-grad", type=float, default=None, help="clip the global gradient norm")
-    g.add_argument("--max-bad-steps", type=int, default=20, help="stop after this many consecutive non-finite steps")
+    g.add_argument("--clip-grad", type=float, default=_default(Opt, "clip_grad"), help="clip the global gradient norm")
+    g.add_argument(
+        "--max-bad-steps",
+        type=int,
+        default=_default(T, "max_bad_steps"),
+        help="stop after this many consecutive non-finite steps",
+    )
 
     g = p.add_argument_group("PCL E-step")
     g.add_argument(
         "--num-cluster",
         type=_int_list,
-        default=[50, 100, 200],
+        default=_default(E, "num_cluster"),
         help="k per granularity, comma list (official ImageNet: 25000,50000,100000)",
     )
-    g.add_argument("--warmup-epochs", type=int, default=2, help="InfoNCE-only epochs before the first E-step")
-    g.add_argument("--kmeans-niter", type=int, default=20)
-    g.add_argument("--kmeans-nredo", type=int, default=5)
+    g.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=_default(T, "warmup_epochs"),
+        help="InfoNCE-only epochs before the first E-step",
+    )
+    g.add_argument("--kmeans-niter", type=int, default=_default(K, "niter"))
+    g.add_argument("--kmeans-nredo", type=int, default=_default(K, "nredo"))
     g.add_argument(
         "--kmeans-max-points",
         type=int,
-        default=2_000_000,
+        default=_default(E, "max_points"),
         help="k-means trains on all features up to this many, else on a uniform sample",
     )
-    g.add_argument("--feature-dir", type=Path, default=None, help="E-step shards (default <exp-dir>/features)")
-    g.add_argument("--feature-dtype", default="float32", choices=tuple(DTYPES))
-    g.add_argument("--feature-shard-rows", type=int, default=65536, help="rows per feature shard")
-    g.add_argument("--keep-features", action="store_true", help="keep each epoch's feature shards")
-    g.add_argument("--save-clusters", action="store_true", help="write <exp-dir>/clusters/epoch_XXXX.pth each E-step")
+    g.add_argument(
+        "--feature-dir",
+        type=Path,
+        default=_default(E, "feature_dir"),
+        help="E-step shards (default <exp-dir>/features)",
+    )
+    g.add_argument("--feature-dtype", default=_default(E, "feature_dtype"), choices=tuple(DTYPES))
+    g.add_argument("--feature-shard-rows", type=int, default=_default(E, "shard_rows"), help="rows per feature shard")
+    g.add_argument(
+        "--keep-features",
+        action="store_true",
+        default=_default(E, "keep_features"),
+        help="keep each epoch's feature shards",
+    )
+    g.add_argument(
+        "--save-clusters",
+        action="store_true",
+        default=_default(T, "save_clusters"),
+        help="write <exp-dir>/clusters/epoch_XXXX.pth each E-step",
+    )
 
     g = p.add_argument_group("run")
-    g.add_argument("--exp-dir", type=Path, default=Path("runs/default"))
-    g.add_argument("--resume", default=None, help="checkpoint path, or 'auto' for <exp-dir>/checkpoints/last.pth")
+    g.add_argument("--exp-dir", type=Path, default=_default(T, "exp_dir"))
+    g.add_argument(
+        "--resume",
+        default=_default(T, "resume"),
+        help="checkpoint path, or 'auto' for <exp-dir>/checkpoints/last.pth",
+    )
     g.add_argument(
         "--stop-after-epochs",
         type=int,
-        default=None,
+        default=_default(T, "stop_after_epochs"),
         help="run at most this many epochs in this invocation, then exit (for time-limited job slots)",
     )
-    g.add_argument("--save-freq", type=int, default=10, help="also keep checkpoint_XXXX.pth every N epochs")
-    g.add_argument("--print-freq", type=int, default=10, help="progress-bar update interval (steps)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    g.add_argument("--dist-backend", default="auto", choices=("auto", "nccl", "gloo"))
-    g.add_argument("--knn-k", type=int, default=200)
-    g.add_argument("--knn-t", type=float, default=0.1)
-    g.add_argument("--eval-batch-size", type=int, default=256)
+    g.add_argument(
+        "--save-freq",
+        type=int,
+        default=_default(T, "save_freq"),
+        help="also keep checkpoint_XXXX.pth every N epochs",
+    )
+    g.add_argument(
+        "--print-freq", type=int, default=_default(T, "print_freq"), help="progress-bar update interval (steps)"
+    )
+    g.add_argument("--seed", type=int, default=_default(T, "seed"))
+    g.add_argument("--device", default=_default(T, "device"), choices=("auto", "cpu", "cuda"))
+    g.add_argument("--dist-backend", default=_default(T, "dist_backend"), choices=("auto", "nccl", "gloo"))
+    g.add_argument("--knn-k", type=int, default=_default(T, "knn_k"))
+    g.add_argument("--knn-t", type=float, default=_default(T, "knn_t"))
+    g.add_argument("--eval-batch-size", type=int, default=_default(D, "eval_batch_size"))
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and fill derived defaults (blur, per-optimizer lr / wd / warmup, lr schedule, feature dir)."""
-    args = build_parser().parse_args(argv)
-    if args.blur_prob is None:
-        args.blur_prob = 0.0 if args.image_size <= 64 else 0.5
-    defaults = OPTIMIZER_DEFAULTS[args.optimizer]
-    for name in ("lr", "wd", "exclude_bn_bias", "lr_warmup_epochs"):
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(defaults, name))
-    if args.lr_schedule is None:
-        args.lr_schedule = default_schedule(args.optimizer)
-    if args.feature_dir is None:
-        args.feature_dir = args.exp_dir / "features"
-    return args
+def _fill(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """An instance of dataclass ``cls`` whose fields are read by flag dest from ``values`` (missing: default).
+
+    Nested dataclass fields are filled recursively, their dests prefixed as ``_PREFIX`` says.
+    """
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        default = _default(cls, f.name)
+        if dataclasses.is_dataclass(default):
+            kwargs[f.name] = _fill(type(default), values, prefix + _PREFIX.get((cls, f.name), ""))
+            continue
+        dest = prefix + _DEST.get((cls, f.name), f.name)
+        if dest in values:
+            kwargs[f.name] = values[dest]
+    return cls(**kwargs)
 
 
-def validate(args: argparse.Namespace, world: int = 1) -> None:
+def _flatten(cls: type, d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Inverse of :func:`_fill`: ``asdict`` form of ``cls`` -> ``{flag dest: value}``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        default = _default(cls, f.name)
+        if dataclasses.is_dataclass(default) and isinstance(d[f.name], dict):
+            out.update(_flatten(type(default), d[f.name], prefix + _PREFIX.get((cls, f.name), "")))
+        else:
+            out[prefix + _DEST.get((cls, f.name), f.name)] = d[f.name]
+    return out
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill the derived defaults in place (blur, per-optimizer lr / wd / warmup / schedule, feature dir)."""
+    cfg.data.aug = cfg.data.aug.resolved()
+    cfg.optim = cfg.optim.resolved()
+    if cfg.estep.feature_dir is None:
+        cfg.estep.feature_dir = cfg.run_dir.features
+    return cfg
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Parse the command line into a resolved :class:`Config`; a bad flag raises a one-line ``PCLError``."""
+    return resolve(_fill(Config, vars(build_parser().parse_args(argv))))
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """A :class:`Config` from its ``asdict`` form (``config.json``, checkpoints), or from the flat flag dict
+    that checkpoints written before the typed configs stored under ``args``. Unknown keys are ignored."""
+    values = _flatten(Config, d) if isinstance(d.get("model"), dict) else dict(d)
+    for key in ("exp_dir", "feature_dir"):
+        if values.get(key) is not None:
+            values[key] = Path(values[key])
+    return _fill(Config, values)
+
+
+def stored_config(ckpt: dict, path: Path | str = "checkpoint") -> Config:
+    """The configuration a checkpoint was trained with (typed ``config``, or the older flat ``args``)."""
+    if isinstance(ckpt.get("config"), dict):
+        return config_from_dict(ckpt["config"])
+    if isinstance(ckpt.get("args"), dict):
+        return config_from_dict(ckpt["args"])
+    raise PCLError(f"{path} holds no training configuration (not a main_pcl.py checkpoint?)")
+
+
+def validate(cfg: Config, world: int = 1) -> None:
     """Checks that need no data: raise ``PCLError`` with one line for a config that cannot work."""
-    if args.arch not in ARCHS:
-        raise PCLError(f"unknown arch {args.arch!r}; choose from {', '.join(ARCHS)}")
+    m, t, o, e = cfg.model, cfg.train, cfg.optim, cfg.estep
+    if m.arch not in ARCHS:
+        raise PCLError(f"unknown arch {m.arch!r}; choose from {', '.join(ARCHS)}")
     positive = {
-        "--epochs": args.epochs,
-        "--batch-size": args.batch_size,
-        "--pcl-r": args.pcl_r,
-        "--low-dim": args.low_dim,
-        "--image-size": args.image_size,
-        "--bn-splits": args.bn_splits,
-        "--feature-shard-rows": args.feature_shard_rows,
-        "--kmeans-max-points": args.kmeans_max_points,
-        "--max-bad-steps": args.max_bad_steps,
-        "--save-freq": args.save_freq,
-        "--print-freq": args.print_freq,
+        "--epochs": t.epochs,
+        "--batch-size": t.batch_size,
+        "--pcl-r": m.pcl_r,
+        "--low-dim": m.low_dim,
+        "--image-size": cfg.data.aug.image_size,
+        "--bn-splits": m.bn_splits,
+        "--feature-shard-rows": e.shard_rows,
+        "--kmeans-max-points": e.max_points,
+        "--max-bad-steps": t.max_bad_steps,
+        "--save-freq": t.save_freq,
+        "--print-freq": t.print_freq,
     }
     for flag, v in positive.items():
         if v <= 0:
             raise PCLError(f"{flag} must be positive, got {v}")
-    for flag, v in {"--lr": args.lr, "--temperature": args.temperature, "--knn-t": args.knn_t}.items():
+    for flag, v in {"--lr": o.lr, "--temperature": m.temperature, "--knn-t": t.knn_t}.items():
         if not v > 0:
             raise PCLError(f"{flag} must be positive, got {v}")
-    if args.warmup_epochs < 0 or args.lr_warmup_epochs < 0 or args.workers < 0:
+    if t.warmup_epochs < 0 or o.lr_warmup_epochs < 0 or cfg.data.workers < 0:
         raise PCLError("--warmup-epochs, --lr-warmup-epochs and --workers must be >= 0")
-    if not 0.0 <= args.moco_m < 1.0:
-        raise PCLError(f"--moco-m must be in [0, 1), got {args.moco_m}")
-    if not args.num_cluster or min(args.num_cluster) < 2:
-        raise PCLError(f"--num-cluster needs at least one value >= 2, got {args.num_cluster}")
-    if args.batch_size % world:
-        raise PCLError(f"--batch-size {args.batch_size} (global) is not divisible by the {world} processes")
-    per_rank = args.batch_size // world
-    splits = args.bn_splits if world == 1 else 1
+    if not 0.0 <= m.moco_m < 1.0:
+        raise PCLError(f"--moco-m must be in [0, 1), got {m.moco_m}")
+    if not e.num_cluster or min(e.num_cluster) < 2:
+        raise PCLError(f"--num-cluster needs at least one value >= 2, got {e.num_cluster}")
+    if t.batch_size % world:
+        raise PCLError(f"--batch-size {t.batch_size} (global) is not divisible by the {world} processes")
+    per_rank = t.batch_size // world
+    splits = m.bn_splits if world == 1 else 1
     if per_rank % splits:
-        raise PCLError(f"--batch-size {args.batch_size} is not divisible by --bn-splits {args.bn_splits}")
-    if args.batch_size > args.pcl_r:
+        raise PCLError(f"--batch-size {t.batch_size} is not divisible by --bn-splits {m.bn_splits}")
+    if t.batch_size > m.pcl_r:
         raise PCLError(
-            f"--batch-size {args.batch_size} is larger than the queue --pcl-r {args.pcl_r}: "
+            f"--batch-size {t.batch_size} is larger than the queue --pcl-r {m.pcl_r}: "
             "one batch of keys would overwrite itself; raise --pcl-r or lower the batch size"
         )
-    if args.clip_grad is not None and args.clip_grad <= 0:
-        raise PCLError(f"--clip-grad must be positive, got {args.clip_grad}")
+    if o.clip_grad is not None and o.clip_grad <= 0:
+        raise PCLError(f"--clip-grad must be positive, got {o.clip_grad}")
 
 
-def validate_data(args: argparse.Namespace, num_train: int) -> None:
+def validate_data(cfg: Config, num_train: int) -> None:
     """Checks that need the training-set size."""
-    if num_train < args.batch_size:
-        raise PCLError(f"only {num_train} training images: fewer than one batch of --batch-size {args.batch_size}")
-    if args.pcl_r >= num_train:
+    batch, r, ks = cfg.train.batch_size, cfg.model.pcl_r, cfg.estep.num_cluster
+    if num_train < batch:
+        raise PCLError(f"only {num_train} training images: fewer than one batch of --batch-size {batch}")
+    if r >= num_train:
         raise PCLError(
-            f"--pcl-r {args.pcl_r} is not smaller than the {num_train} training images: each image's own "
+            f"--pcl-r {r} is not smaller than the {num_train} training images: each image's own "
             "older keys would sit in the queue as negatives; use about a tenth of the data set"
         )
-    too_big = [k for k in args.num_cluster if k > num_train]
+    too_big = [k for k in ks if k > num_train]
     if too_big:
         raise PCLError(f"--num-cluster {','.join(map(str, too_big))} exceeds the {num_train} training images")
 
 
-def to_json(args: argparse.Namespace) -> str:
-    """Full resolved configuration as JSON (paths as strings)."""
-    return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())}, indent=2)
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """``asdict(cfg)`` with paths as strings: what ``config.json`` and checkpoints store."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def to_json(cfg: Config) -> str:
+    """Full resolved configuration as JSON, one object per stage."""
+    return json.dumps(to_dict(cfg), indent=2)

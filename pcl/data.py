@@ -13,7 +13,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -141,19 +141,37 @@ class GaussianBlur:
 
 @dataclass(frozen=True)
 class AugConfig:
-    """Augmentation strength; defaults are MoCo v2's ``--aug-plus`` recipe."""
+    """Augmentation strength (``--image-size`` ... ``--blur-prob``); MoCo v2's ``--aug-plus`` recipe at 32 px."""
 
-    image_size: int = 224
+    image_size: int = 32
     crop_min: float = 0.2
     color_jitter: float = 0.4
     color_jitter_prob: float = 0.8
     grayscale_prob: float = 0.2
-    blur_prob: float = 0.5
+    blur_prob: float | None = None  # None: 0.5, or 0 for images <= 64 px
     aug_plus: bool = True
+
+    def resolved(self) -> AugConfig:
+        """This config with the derived default filled in (``blur_prob``)."""
+        if self.blur_prob is not None:
+            return self
+        return replace(self, blur_prob=0.0 if self.image_size <= 64 else 0.5)
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are loaded (``DATA``, augmentation, workers, verification)."""
+
+    root: str | None = None  # ImageFolder root with train/ (and val/ or test/); None: the bundled subset
+    aug: AugConfig = field(default_factory=AugConfig)
+    workers: int = 2  # data-loading processes per rank
+    verify_images: str = "auto"  # auto | yes | no
+    eval_batch_size: int = 256  # E-step and kNN-monitor loaders
 
 
 def train_transform(cfg: AugConfig) -> transforms.Compose:
     """Random view for the M-step: MoCo v2 (``aug_plus``) or MoCo v1 augmentation."""
+    cfg = cfg.resolved()
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     crop = transforms.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_min, 1.0))
     j = cfg.color_jitter

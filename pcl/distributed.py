@@ -62,22 +62,35 @@ def init_distributed(device_pref: str = "auto", backend: str = "auto", timeout_m
 
 
 def shutdown() -> None:
+    """Leave the process group, if one was joined."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def _active() -> bool:
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank() -> int:
+    """This process's rank in the process group (0 in a single process)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """Number of processes in the group (1 in a single process)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def barrier() -> None:
-    if _active():
+    """Wait for every rank (no-op in a single process)."""
+    if is_distributed():
         dist.barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks; returns ``t``."""
-    if _active():
+    if is_distributed():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
@@ -85,7 +98,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def concat_all_gather(t: torch.Tensor) -> torch.Tensor:
     """``(B, ...)`` per rank -> ``(world*B, ...)`` in rank order (no gradient)."""
-    if not _active():
+    if not is_distributed():
         return t
     out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(out, t.contiguous())
@@ -94,7 +107,7 @@ def concat_all_gather(t: torch.Tensor) -> torch.Tensor:
 
 def broadcast_object(obj: object, src: int = 0) -> object:
     """Send a picklable object from ``src`` to all ranks."""
-    if not _active():
+    if not is_distributed():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
@@ -103,16 +116,16 @@ def broadcast_object(obj: object, src: int = 0) -> object:
 
 def all_gather_object(obj: object) -> list[object]:
     """Every rank's picklable ``obj``, in rank order (``[obj]`` in a single process)."""
-    if not _active():
+    if not is_distributed():
         return [obj]
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
 
 
-def broadcast_tensor(t: torch.Tensor, src: int = 0) -> torch.Tensor:
-    """In-place broadcast from ``src``; returns ``t``."""
-    if _active():
+def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In-place broadcast of a tensor from ``src``; returns ``t``."""
+    if is_distributed():
         dist.broadcast(t, src=src)
     return t
 
@@ -122,7 +135,7 @@ def gather_rows_to_main(rows: np.ndarray, device: torch.device) -> np.ndarray | 
 
     Sizes may differ per rank; rows travel through torch.distributed, so no shared file system is needed.
     """
-    if not _active():
+    if not is_distributed():
         return rows
     world = dist.get_world_size()
     n = torch.tensor([rows.shape[0]], device=device, dtype=torch.int64)

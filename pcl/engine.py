@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,28 +14,24 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pcl import distributed as pdist
+from pcl.amp import autocast_factory, grad_scaler
 from pcl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pcl.clustering import ClusterResult, Granularity
+from pcl.config import Config, to_dict
 from pcl.distributed import DistInfo
 from pcl.errors import NonFiniteError
-from pcl.estep import EStepConfig, run_estep
+from pcl.estep import run_estep
 from pcl.knn import extract, knn_top1
 from pcl.losses import info_nce, proto_nce
+from pcl.meters import EpochMeter, EpochStats, StepResult
 from pcl.model import PCL
+from pcl.run_dir import RunDir
 from pcl.tb import TBLogger
 
 REMEDIES = (
     "lower --lr or add --lr-warmup-epochs; try --clip-grad 1.0; use --amp bf16 or off instead of fp16; "
     "for lamb/lars try --exclude-bn-bias; or fall back to --optimizer sgd-cos"
 )
-
-
-def autocast_factory(device: torch.device, amp: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """Context-manager factory for ``--amp off|bf16|fp16`` (forward passes only)."""
-    if amp == "off":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass
@@ -66,94 +59,24 @@ class TrainState:
     consecutive_bad: int = 0
 
 
-@dataclass
-class StepResult:
-    """One step's values, averaged (losses, grad norm) or summed (hits, batch) over ranks."""
-
-    inst: float
-    protos: list[float]
-    grad_norm: float
-    hits_inst: float
-    hits_proto: list[float]
-    batch: float
-    lr: float
-    bad: list[str] = field(default_factory=list)  # names of the non-finite terms; empty for a good step
-
-    @property
-    def proto(self) -> float:
-        return sum(self.protos) / len(self.protos) if self.protos else 0.0
-
-    @property
-    def loss(self) -> float:
-        return self.inst + self.proto
-
-
-@dataclass
-class EpochStats:
-    loss: float = 0.0
-    loss_proto: float = math.nan
-    acc_inst: float = 0.0
-    acc_proto: float = math.nan
-    good_steps: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
-
-
-@dataclass
-class EpochMeter:
-    """Sample-weighted epoch averages over the applied (finite) steps only."""
-
-    seen: float = 0.0
-    loss_sum: float = 0.0
-    proto_sum: float = 0.0
-    hits_inst: float = 0.0
-    hits_proto: float = 0.0
-    good: int = 0
-    skipped: int = 0
-
-    def add(self, step: StepResult) -> None:
-        if step.bad:
-            self.skipped += 1
-            return
-        self.good += 1
-        self.seen += step.batch
-        self.loss_sum += step.loss * step.batch
-        self.proto_sum += step.proto * step.batch
-        self.hits_inst += step.hits_inst
-        self.hits_proto += sum(step.hits_proto) / max(1, len(step.hits_proto))
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / max(self.seen, 1.0)
-
-    @property
-    def acc_inst(self) -> float:
-        return 100.0 * self.hits_inst / max(self.seen, 1.0)
-
-    def stats(self, seconds: float, proto: bool) -> EpochStats:
-        out = EpochStats(good_steps=self.good, skipped=self.skipped, seconds=seconds)
-        if self.seen:
-            out.loss, out.acc_inst = self.loss, self.acc_inst
-            if proto:
-                out.loss_proto = self.proto_sum / self.seen
-                out.acc_proto = 100.0 * self.hits_proto / self.seen
-        return out
-
-
 class Trainer:
-    """Owns the model, optimisation state, loaders and logger; ``fit()`` runs the EM loop."""
+    """Runs the EM loop (:meth:`fit`) over a built model, optimizer, scheduler and loaders.
+
+    It owns the training state (counters, cluster result, GradScaler) and writes the run directory's
+    TensorBoard logs, checkpoints and cluster files through :class:`RunDir`.
+    """
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        cfg: Config,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         loaders: Loaders,
         info: DistInfo,
     ) -> None:
-        self.args, self.model, self.optimizer, self.scheduler, self.loaders, self.info = (
-            args,
+        self.cfg, self.model, self.optimizer, self.scheduler, self.loaders, self.info = (
+            cfg,
             model,
             optimizer,
             scheduler,
@@ -162,28 +85,21 @@ class Trainer:
         )
         self.raw: PCL = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.device = info.device
-        self.autocast = autocast_factory(self.device, args.amp)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == "fp16")
+        self.autocast = autocast_factory(self.device, cfg.train.amp)
+        self.scaler = grad_scaler(self.device, cfg.train.amp)
         self.state = TrainState()
         self.cluster_result: ClusterResult | None = None
-        self.exp_dir = Path(args.exp_dir)
-        self.ckpt_dir = self.exp_dir / "checkpoints"
-        self.tb = TBLogger(self.exp_dir / "tb", enabled=info.is_main)
+        self.run_dir = RunDir(cfg.train.exp_dir)
+        self.tb = TBLogger(self.run_dir.tb, enabled=info.is_main)
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
-        self.estep_cfg = EStepConfig(
-            num_cluster=list(args.num_cluster),
-            temperature=args.temperature,
-            feature_dir=Path(args.feature_dir),
-            max_points=args.kmeans_max_points,
-            feature_dtype=args.feature_dtype,
-            shard_rows=args.feature_shard_rows,
-            keep_features=args.keep_features,
-            seed=args.seed,
-        )
-        self.estep_cfg.kmeans.niter, self.estep_cfg.kmeans.nredo = args.kmeans_niter, args.kmeans_nredo
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict:
+        """Everything needed to continue bit-identically: counters, model (queue included), optimizer,
+        scheduler, scaler, cluster result, every rank's RNG states, and the configuration (``asdict``).
+
+        Collective under DDP (gathers the RNG states): every rank must call it.
+        """
         rngs = pdist.all_gather_object(rng_state())
         return {
             "epoch": self.state.epoch,
@@ -196,15 +112,18 @@ class Trainer:
             "cluster_result": None if self.cluster_result is None else self.cluster_result.state_dict(),
             "rng": rngs,
             "world": self.info.world,
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()},
+            "config": to_dict(self.cfg),
         }
 
     def save(self) -> None:
+        """Write ``last.pth`` (and the kept ``checkpoint_XXXX.pth`` every ``--save-freq`` epochs and at the end)
+        from rank 0, atomically; all ranks wait for it."""
         state = self.checkpoint_state()  # collective: every rank takes part
+        t = self.cfg.train
         if self.info.is_main:
-            save_checkpoint(state, self.ckpt_dir / "last.pth")
-            if self.state.epoch % self.args.save_freq == 0 or self.state.epoch == self.args.epochs:
-                save_checkpoint(state, self.ckpt_dir / f"checkpoint_{self.state.epoch:04d}.pth")
+            save_checkpoint(state, self.run_dir.last)
+            if self.state.epoch % t.save_freq == 0 or self.state.epoch == t.epochs:
+                save_checkpoint(state, self.run_dir.checkpoint(self.state.epoch))
         pdist.barrier()
 
     def resume(self, path: Path) -> None:
@@ -222,30 +141,33 @@ class Trainer:
         if len(rngs) == self.info.world:
             set_rng_state(rngs[self.info.rank])
         else:  # different number of processes: continue with fresh, rank-dependent seeds
-            torch.manual_seed(self.args.seed + 1000 * ckpt["epoch"] + self.info.rank)
+            torch.manual_seed(self.cfg.train.seed + 1000 * ckpt["epoch"] + self.info.rank)
         if self.info.is_main:
             print(f"resumed from {path}: {ckpt['epoch']} epochs done, step {ckpt['global_step']}")
 
     # ------------------------------------------------------------------ E-step
     def estep(self, epoch: int) -> ClusterResult:
+        """Cluster the momentum features of every training image (all granularities) for ``epoch``; logs the
+        cluster statistics and, with ``--save-clusters``, writes the result to the run directory."""
         self.model.eval()
         t0 = time.time()
         result = run_estep(
             self.raw.cluster_features,
             self.loaders.estep,
             self.loaders.num_train,
-            self.args.low_dim,
-            self.estep_cfg,
+            self.cfg.model.low_dim,
+            self.cfg.estep,
             self.info,
             epoch,
+            self.cfg.model.temperature,
             self.autocast,
         )
         self.model.train()
         scalars = {f"cluster/k{g.k}/{name}": v for g in result.levels for name, v in g.stats.items()}
         scalars["time/estep_seconds"] = time.time() - t0
         self.tb.scalars(scalars, epoch)
-        if self.args.save_clusters and self.info.is_main:
-            save_checkpoint(result.state_dict(), self.exp_dir / "clusters" / f"epoch_{epoch:04d}.pth")
+        if self.cfg.train.save_clusters and self.info.is_main:
+            save_checkpoint(result.state_dict(), self.run_dir.clusters_file(epoch))
         return result
 
     # ------------------------------------------------------------------ M-step
@@ -268,7 +190,7 @@ class Trainer:
             with warnings.catch_warnings():  # the schedule follows steps, skipped ones too
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
                 self.scheduler.step()
-            if self.info.is_main and self.state.global_step % self.args.print_freq == 0:
+            if self.info.is_main and self.state.global_step % self.cfg.train.print_freq == 0:
                 bar.set_postfix(loss=f"{meter.loss:.3f}", acc_inst=f"{meter.acc_inst:.1f}")
         return meter.stats(time.time() - t0, proto=bool(levels))
 
@@ -279,17 +201,17 @@ class Trainer:
 
         Returns the step's values, the keys ``(B, d)`` to enqueue, the gradients and their total norm.
         """
-        args, dev = self.args, self.device
-        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        m, dev = self.cfg.model, self.device
+        fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
         im_q = im_q.to(dev, non_blocking=True, memory_format=fmt)
         im_k = im_k.to(dev, non_blocking=True, memory_format=fmt)
         index = index.to(dev, non_blocking=True)
         with self.autocast():
             emb = self.model(im_q, im_k, with_cluster=bool(levels))
         k = emb.k.float()  # losses, the prototype softmax and the queue stay float32 under autocast
-        loss_inst, logits = info_nce(emb.q.float(), k, self.raw.queue, args.temperature)
+        loss_inst, logits = info_nce(emb.q.float(), k, self.raw.queue, m.temperature)
         protos = [
-            proto_nce(emb.q_cluster.float(), g.im2cluster[index], g.centroids, g.density, args.pcl_r) for g in levels
+            proto_nce(emb.q_cluster.float(), g.im2cluster[index], g.centroids, g.density, m.pcl_r) for g in levels
         ]
         loss = loss_inst + torch.stack([p[0] for p in protos]).mean() if protos else loss_inst
         self.optimizer.zero_grad(set_to_none=True)
@@ -328,8 +250,9 @@ class Trainer:
 
     def _apply(self, keys: torch.Tensor, grads: list[torch.Tensor], grad_norm: torch.Tensor) -> str:
         """A finite step: clip, optimizer step, momentum update, enqueue the keys."""
-        if self.args.clip_grad is not None:
-            torch.nn.utils.clip_grads_with_norm_(grads, self.args.clip_grad, grad_norm)
+        clip = self.cfg.optim.clip_grad
+        if clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(grads, clip, grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.raw.momentum_update()
@@ -360,8 +283,9 @@ class Trainer:
         )
         if self.info.is_main:
             tqdm.write(f"{diag}; step skipped ({st.consecutive_bad} in a row)")
-        if st.consecutive_bad >= self.args.max_bad_steps and not overflow_only:
-            return f"{self.args.max_bad_steps} consecutive non-finite steps, last {diag}. Remedies: {REMEDIES}"
+        limit = self.cfg.train.max_bad_steps
+        if st.consecutive_bad >= limit and not overflow_only:
+            return f"{limit} consecutive non-finite steps, last {diag}. Remedies: {REMEDIES}"
         return ""
 
     def _first_non_finite_grad(self) -> str:
@@ -401,7 +325,7 @@ class Trainer:
     # ------------------------------------------------------------------ kNN monitor
     def evaluate(self) -> float | None:
         """Weighted kNN top-1 (%) of query-backbone features on the eval split; rank 0 only."""
-        ld = self.loaders
+        ld, t = self.loaders, self.cfg.train
         if ld.knn_eval is None or not self.info.is_main:
             return None
         self.model.eval()
@@ -409,16 +333,16 @@ class Trainer:
         bank = extract(fn, ld.knn_train, self.device, self.autocast, "kNN bank")
         test = extract(fn, ld.knn_eval, self.device, self.autocast, "kNN eval")
         self.model.train()
-        return knn_top1(bank, ld.train_labels, test, ld.eval_labels, ld.num_classes, self.args.knn_k, self.args.knn_t)
+        return knn_top1(bank, ld.train_labels, test, ld.eval_labels, ld.num_classes, t.knn_k, t.knn_t)
 
     # ------------------------------------------------------------------ the EM loop
     def fit(self, stop_after: int | None = None) -> float | None:
         """Train from ``state.epoch`` to ``--epochs``; returns the last kNN top-1 (or None)."""
-        args, knn = self.args, None
+        t, knn = self.cfg.train, None
         start = self.state.epoch
-        end = args.epochs if stop_after is None else min(args.epochs, start + stop_after)
+        end = t.epochs if stop_after is None else min(t.epochs, start + stop_after)
         for epoch in range(start, end):
-            self.cluster_result = self.estep(epoch) if epoch >= args.warmup_epochs else None
+            self.cluster_result = self.estep(epoch) if epoch >= t.warmup_epochs else None
             stats = self.train_epoch(epoch, self.cluster_result)
             knn = self.evaluate()
             scalars = {

@@ -27,13 +27,15 @@ from pcl.feature_store import FeatureStore, ShardWriter
 
 @dataclass
 class EStepConfig:
-    """What the E-step needs from the run's configuration."""
+    """The E-step's settings (``--num-cluster``, ``--kmeans-*``, ``--feature-*``); defaults are the command line's.
 
-    num_cluster: list[int]
-    temperature: float
-    feature_dir: Path
+    The concentration's target mean (the temperature) and the feature dimension come from the model's config.
+    """
+
+    num_cluster: list[int] = field(default_factory=lambda: [50, 100, 200])  # k per granularity
+    feature_dir: Path | None = None  # shards go to <feature_dir>/epochXXXX; None: <exp-dir>/features
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
-    max_points: int = 2_000_000
+    max_points: int = 2_000_000  # k-means trains on all features up to this many, else on a uniform sample
     feature_dtype: str = "float32"
     shard_rows: int = 65536
     keep_features: bool = False
@@ -66,9 +68,18 @@ def kmeans_sample(store: FeatureStore, num_total: int, max_points: int, rng: np.
 
 
 def cluster_store(
-    store: FeatureStore, num_total: int, cfg: EStepConfig, info: DistInfo, epoch: int, show: bool = True
+    store: FeatureStore,
+    num_total: int,
+    cfg: EStepConfig,
+    info: DistInfo,
+    epoch: int,
+    temperature: float,
+    show: bool = True,
 ) -> ClusterResult:
-    """k-means for every granularity on this rank's ``store`` (and the other ranks'), streamed assignment."""
+    """k-means for every granularity on this rank's ``store`` (and the other ranks'), streamed assignment.
+
+    The concentrations of each granularity are rescaled to mean ``temperature``.
+    """
     dev = info.device
     rng = np.random.default_rng([cfg.seed, epoch, info.rank])
     sample = pdist.gather_rows_to_main(kmeans_sample(store, num_total, cfg.max_points, rng), dev)
@@ -77,7 +88,7 @@ def cluster_store(
         c = torch.empty(k, store.dim, dtype=torch.float32, device=dev)
         if info.is_main:  # official: seed = granularity index
             c.copy_(torch.from_numpy(train_kmeans(sample, k, seed=i, cfg=cfg.kmeans)))
-        centroids.append(pdist.broadcast_tensor(c))
+        centroids.append(pdist.broadcast(c))
     del sample
 
     levels = len(cfg.num_cluster)
@@ -105,7 +116,7 @@ def cluster_store(
             "phi_mean_raw": phi_raw_mean(counts[j], sums[j]),
             "objective": float(sq_total[j] / num_total),
         }
-        density = concentration(counts[j], sums[j], cfg.temperature)
+        density = concentration(counts[j], sums[j], temperature)
         c = torch.nn.functional.normalize(centroids[j], dim=1)
         out.append(Granularity(k, im2cluster[j], c, density.to(dev), stats))
     return ClusterResult(epoch, out)
@@ -119,15 +130,19 @@ def run_estep(
     cfg: EStepConfig,
     info: DistInfo,
     epoch: int,
+    temperature: float,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> ClusterResult:
-    """Whole E-step for ``epoch``: features of this rank's ``loader`` to shards, clustering, clean-up."""
+    """Whole E-step for ``epoch``: features ``(B, feat_dim)`` of this rank's ``loader`` to shards, clustering
+    (concentrations of mean ``temperature``), clean-up."""
+    if cfg.feature_dir is None:
+        raise ValueError("EStepConfig.feature_dir is unset (main_pcl sets it to <exp-dir>/features)")
     show = info.is_main
     writer = ShardWriter(
         cfg.feature_dir / f"epoch{epoch:04d}", feat_dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}"
     )
     store = extract_features(features_fn, loader, writer, info.device, autocast, show)
-    result = cluster_store(store, num_total, cfg, info, epoch, show)
+    result = cluster_store(store, num_total, cfg, info, epoch, temperature, show)
     if not cfg.keep_features:
         store.delete()
     return result

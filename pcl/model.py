@@ -11,13 +11,31 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from pcl import distributed as pdist
 from pcl.backbone import resnet_backbone
-from pcl.distributed import _active, concat_all_gather
 from pcl.heads import cluster_head, projection_head
+
+
+@dataclass
+class ModelConfig:
+    """The method's settings (``--arch`` ... ``--temperature``); the defaults are the command line's.
+
+    ``pcl_r`` is the queue size and the number of negative prototypes; ``temperature`` is InfoNCE's T and
+    the mean of the concentrations phi. ``bn_splits`` applies in a single process only (DDP uses 1).
+    """
+
+    arch: str = "resnet18"
+    stem: str = "imagenet"  # "small": CIFAR stem
+    low_dim: int = 128
+    pcl_r: int = 1024
+    moco_m: float = 0.99
+    mlp: bool = True
+    cluster_head: str = "none"
+    bn_splits: int = 8
+    temperature: float = 0.2
 
 
 class Encoder(nn.Module):
@@ -45,21 +63,25 @@ class Embeddings:
 
 
 class PCL(nn.Module):
-    """Query/key encoders with momentum ``m``, a queue of ``r`` keys and an optional cluster head."""
+    """Query/key encoders with momentum ``m``, a queue of ``r`` keys and an optional cluster head.
+
+    Build it with :meth:`from_config`; the keyword arguments have no defaults so that every caller states them.
+    """
 
     def __init__(
         self,
-        arch: str = "resnet50",
-        low_dim: int = 128,
-        r: int = 16384,
-        m: float = 0.999,
-        mlp: bool = True,
-        cluster_head_kind: str = "none",
-        small_stem: bool = False,
-        bn_splits: int = 1,
+        *,
+        arch: str,
+        low_dim: int,
+        r: int,
+        m: float,
+        mlp: bool,
+        cluster_head_kind: str,
+        small_stem: bool,
+        bn_splits: int,
     ) -> None:
         super().__init__()
-        self.r, self.m = r, m
+        self.r, self.m, self.low_dim = r, m, low_dim
         self.encoder_q = Encoder(arch, low_dim, mlp, small_stem, bn_splits)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         self.cluster_q = cluster_head(cluster_head_kind, low_dim)
@@ -68,6 +90,20 @@ class PCL(nn.Module):
             p.requires_grad = False
         self.register_buffer("queue", F.normalize(torch.randn(low_dim, r), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, bn_splits: int | None = None) -> PCL:
+        """The model described by ``cfg``; ``bn_splits`` overrides ``cfg.bn_splits`` (1 under DDP)."""
+        return cls(
+            arch=cfg.arch,
+            low_dim=cfg.low_dim,
+            r=cfg.pcl_r,
+            m=cfg.moco_m,
+            mlp=cfg.mlp,
+            cluster_head_kind=cfg.cluster_head,
+            small_stem=cfg.stem == "small",
+            bn_splits=cfg.bn_splits if bn_splits is None else bn_splits,
+        )
 
     def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         pairs = [(self.encoder_q, self.encoder_k)]
@@ -89,7 +125,7 @@ class PCL(nn.Module):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Write ``(B, d)`` keys (gathered from all ranks) at the pointer, wrapping around the ring."""
-        keys = concat_all_gather(keys.float())
+        keys = pdist.concat_all_gather(keys.float())
         b = keys.shape[0]
         idx = (int(self.queue_ptr) + torch.arange(b, device=keys.device)) % self.r
         self.queue[:, idx] = keys.T
@@ -98,7 +134,7 @@ class PCL(nn.Module):
     @torch.no_grad()
     def _shuffled_keys(self, im_k: torch.Tensor) -> torch.Tensor:
         """Key embeddings ``(B, d)`` computed on a shuffled batch (shuffle BN), returned in input order."""
-        if _active():
+        if pdist.is_distributed():
             return self._shuffled_keys_ddp(im_k)
         perm = torch.randperm(im_k.shape[0], device=im_k.device)
         k = self.encoder_k(im_k[perm])
@@ -108,13 +144,13 @@ class PCL(nn.Module):
     def _shuffled_keys_ddp(self, im_k: torch.Tensor) -> torch.Tensor:
         """MoCo's cross-rank batch shuffle: gather all keys' images, permute globally, unshuffle after."""
         b = im_k.shape[0]
-        x_all = concat_all_gather(im_k)
+        x_all = pdist.concat_all_gather(im_k)
         perm = torch.randperm(x_all.shape[0], device=im_k.device)
-        dist.broadcast(perm, src=0)
-        rank = dist.get_rank()
+        pdist.broadcast(perm, src=0)
+        rank = pdist.rank()
         mine = perm.view(-1, b)[rank]
         k = self.encoder_k(x_all[mine])
-        k_all = concat_all_gather(k)
+        k_all = pdist.concat_all_gather(k)
         out = torch.empty_like(k_all).index_copy_(0, perm, k_all)
         return out[rank * b : (rank + 1) * b]
 

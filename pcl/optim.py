@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -36,6 +36,31 @@ OPTIMIZER_DEFAULTS = {
 def default_schedule(optimizer: str) -> str:
     """``sgd`` keeps the step schedule (``--schedule`` milestones); every other optimizer decays by cosine."""
     return "step" if optimizer == "sgd" else "cos"
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, learning-rate schedule and gradient clipping; ``None`` fields default per optimizer."""
+
+    optimizer: str = "adamw"
+    lr: float | None = None  # base lr for the global batch
+    wd: float | None = None
+    momentum: float = 0.9  # SGD / LARS
+    lr_schedule: str | None = None  # None: step for sgd, cos otherwise
+    schedule: list[int] = field(default_factory=lambda: [120, 160])  # step-schedule milestones (epochs)
+    lr_warmup_epochs: float | None = None
+    min_lr: float = 0.0
+    exclude_bn_bias: bool | None = None
+    clip_grad: float | None = None  # max global gradient norm; None: no clipping
+
+    def resolved(self) -> OptimConfig:
+        """This config with every ``None`` replaced by the optimizer's default (``OPTIMIZER_DEFAULTS``)."""
+        defaults = OPTIMIZER_DEFAULTS[self.optimizer]
+        filled = {n: getattr(defaults, n) for n in ("lr", "wd", "exclude_bn_bias", "lr_warmup_epochs")}
+        out = replace(self, **{n: v for n, v in filled.items() if getattr(self, n) is None})
+        if out.lr_schedule is None:
+            out.lr_schedule = default_schedule(self.optimizer)
+        return out
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import main_pcl
-from tests.conftest import ROOT, TINY_ARGS
+from tests.helpers import ROOT, TINY_ARGS
 
 
 def error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:

@@ -58,12 +58,11 @@ def test_streamed_clustering_recovers_blobs_and_is_consistent(tmp_path: Path) ->
     store = w.close()
     cfg = EStepConfig(
         num_cluster=[5, 10],
-        temperature=0.2,
         feature_dir=tmp_path,
         max_points=120,  # sampled k-means
         kmeans=KMeansConfig(niter=10, nredo=2),
     )
-    result = cluster_store(store, len(x), cfg, DistInfo(), epoch=0, show=False)
+    result = cluster_store(store, len(x), cfg, DistInfo(), epoch=0, temperature=0.2, show=False)
     g5 = result.levels[0]
     # each true blob maps to exactly one cluster and vice versa
     pairs = {(int(a), int(b)) for a, b in zip(labels, g5.im2cluster, strict=True)}
@@ -86,12 +85,11 @@ def test_run_estep_deletes_shards_unless_kept(tmp_path: Path) -> None:
     for keep in (False, True):
         cfg = EStepConfig(
             num_cluster=[4],
-            temperature=0.2,
             feature_dir=tmp_path / str(keep),
             keep_features=keep,
             kmeans=KMeansConfig(niter=5, nredo=1),
         )
-        result = run_estep(features_fn, loader, 40, 6, cfg, DistInfo(), epoch=3)
+        result = run_estep(features_fn, loader, 40, 6, cfg, DistInfo(), epoch=3, temperature=0.2)
         shards = list((tmp_path / str(keep)).glob("epoch0003/*.npy"))
         assert (len(shards) > 0) == keep
         assert result.levels[0].im2cluster.shape == (40,) and result.epoch == 3

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import main_pcl
-from tests.conftest import ROOT, TINY_ARGS
-from tests.test_e2e import scalars
+from tests.helpers import ROOT, TINY_ARGS, scalars
 
 STEPS_PER_EPOCH = 48 // 8  # global batch 8 = 2 ranks x 4
 

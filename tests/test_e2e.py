@@ -7,18 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import main_pcl
-from tests.conftest import TINY_ARGS
+from tests.helpers import TINY_ARGS, scalars
 
 STEPS_PER_EPOCH = 48 // 8
-
-
-def scalars(exp_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(exp_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
 def run(data: Path, exp_dir: Path, *extra: str) -> int:
@@ -66,7 +59,7 @@ def test_tensorboard_tags_and_protonce_after_warmup(full_run: Path) -> None:
 
 def test_outputs_of_a_run(full_run: Path) -> None:
     cfg = json.loads((full_run / "config.json").read_text())
-    assert cfg["num_cluster"] == [3, 5] and cfg["warmup_epochs"] == 1
+    assert cfg["estep"]["num_cluster"] == [3, 5] and cfg["train"]["warmup_epochs"] == 1
     ckpt = torch.load(full_run / "checkpoints" / "last.pth", weights_only=False)
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * STEPS_PER_EPOCH
     assert [lv["k"] for lv in ckpt["cluster_result"]["levels"]] == [3, 5]

@@ -6,17 +6,11 @@ import pytest
 import torch
 
 from pcl.backbone import SplitBatchNorm
-from pcl.model import PCL
-
-
-def tiny_model(**kw: object) -> PCL:
-    args = {"arch": "resnet18", "low_dim": 8, "r": 10, "m": 0.9, "mlp": True, "cluster_head_kind": "none"}
-    args.update(kw)
-    return PCL(**args)
+from tests.helpers import tiny_model
 
 
 def test_key_encoder_starts_as_copy_and_is_frozen() -> None:
-    m = tiny_model(cluster_head_kind="mlp")
+    m = tiny_model(cluster_head="mlp")
     for pq, pk in zip(m.encoder_q.parameters(), m.encoder_k.parameters(), strict=True):
         assert torch.equal(pq, pk) and not pk.requires_grad
     for pq, pk in zip(m.cluster_q.parameters(), m.cluster_k.parameters(), strict=True):
@@ -24,7 +18,7 @@ def test_key_encoder_starts_as_copy_and_is_frozen() -> None:
 
 
 def test_momentum_update_formula() -> None:
-    m = tiny_model(cluster_head_kind="mlp")
+    m = tiny_model(cluster_head="mlp")
     with torch.no_grad():
         for p in [*m.encoder_q.parameters(), *m.cluster_q.parameters()]:
             p.add_(torch.randn_like(p))
@@ -70,7 +64,7 @@ def test_split_batchnorm_normalises_each_split() -> None:
 @pytest.mark.parametrize("kind", ["none", "mlp", "report"])
 def test_instance_task_never_goes_through_cluster_head(kind: str) -> None:
     torch.manual_seed(0)
-    m = tiny_model(cluster_head_kind=kind).eval()
+    m = tiny_model(cluster_head=kind).eval()
     x = torch.randn(4, 3, 32, 32)
     out = m(x, x, with_cluster=True)
     q_direct = torch.nn.functional.normalize(m.encoder_q(x), dim=1)
@@ -85,7 +79,7 @@ def test_instance_task_never_goes_through_cluster_head(kind: str) -> None:
 
 
 def test_cluster_head_gets_gradient_only_from_cluster_queries() -> None:
-    m = tiny_model(cluster_head_kind="mlp")
+    m = tiny_model(cluster_head="mlp")
     x = torch.randn(4, 3, 32, 32)
     out = m(x, x, with_cluster=True)
     out.q.sum().backward()

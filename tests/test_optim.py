@@ -87,9 +87,9 @@ def test_scheduler_follows_schedule_and_resumes() -> None:
 
 
 def test_per_optimizer_defaults_fill_only_unset_flags() -> None:
-    from pcl.config import parse_args
+    from pcl.config import parse_config
 
-    a = parse_args([])
+    a = parse_config([]).optim
     assert (a.optimizer, a.lr, a.wd, a.exclude_bn_bias, a.lr_warmup_epochs, a.lr_schedule) == (
         "adamw",
         1e-3,
@@ -98,7 +98,7 @@ def test_per_optimizer_defaults_fill_only_unset_flags() -> None:
         1.0,
         "cos",
     )
-    s = parse_args(["--optimizer", "sgd"])
+    s = parse_config(["--optimizer", "sgd"]).optim
     assert (s.lr, s.wd, s.exclude_bn_bias, s.lr_warmup_epochs, s.lr_schedule) == (0.06, 5e-4, False, 0.0, "step")
-    o = parse_args(["--optimizer", "lamb", "--lr", "0.5", "--no-exclude-bn-bias", "--lr-warmup-epochs", "0"])
+    o = parse_config(["--optimizer", "lamb", "--lr", "0.5", "--no-exclude-bn-bias", "--lr-warmup-epochs", "0"]).optim
     assert (o.lr, o.wd, o.exclude_bn_bias, o.lr_warmup_epochs) == (0.5, 0.05, False, 0.0)

@@ -10,8 +10,7 @@ import torch
 import main_pcl
 from pcl.checkpoint import non_finite_entries, save_checkpoint
 from pcl.errors import PCLError
-from tests.conftest import TINY_ARGS
-from tests.test_e2e import scalars
+from tests.helpers import TINY_ARGS, scalars
 
 
 def test_exploding_run_is_caught(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

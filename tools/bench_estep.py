@@ -74,7 +74,6 @@ def run_streamed(args: argparse.Namespace, work: Path) -> tuple[dict[str, float]
     t1 = time.perf_counter()
     cfg = EStepConfig(
         num_cluster=[args.k],
-        temperature=0.2,
         feature_dir=work,
         max_points=args.max_points,
         feature_dtype=args.feature_dtype,
@@ -83,7 +82,7 @@ def run_streamed(args: argparse.Namespace, work: Path) -> tuple[dict[str, float]
         seed=args.seed,
     )
     try:
-        result = cluster_store(store, args.n, cfg, DistInfo(), epoch=0, show=False)
+        result = cluster_store(store, args.n, cfg, DistInfo(), epoch=0, temperature=0.2, show=False)
     finally:
         store.delete()
     t2 = time.perf_counter()

@@ -20,15 +20,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pcl.engine import autocast_factory
+from pcl.amp import AMP_MODES, autocast_factory
 from pcl.losses import info_nce
-from pcl.model import PCL
+from pcl.model import PCL, ModelConfig
 
 
 def time_variant(name: str, a: argparse.Namespace, device: torch.device) -> float:
     """Seconds per step for variant ``name`` (eager | channels_last | compile | compile_channels_last)."""
     torch.manual_seed(0)
-    model = PCL(a.arch, 128, 4096, 0.99, True, "none", small_stem=a.stem == "small", bn_splits=a.bn_splits).to(device)
+    cfg = ModelConfig(arch=a.arch, stem=a.stem, pcl_r=4096, bn_splits=a.bn_splits)
+    model = PCL.from_config(cfg).to(device)
     fmt = torch.channels_last if "channels_last" in name else torch.contiguous_format
     model = model.to(memory_format=fmt)
     fwd = torch.compile(model) if name.startswith("compile") else model
@@ -39,7 +40,7 @@ def time_variant(name: str, a: argparse.Namespace, device: torch.device) -> floa
     def step() -> None:
         with autocast():
             emb = fwd(x, x, with_cluster=False)
-        loss, _ = info_nce(emb.q.float(), emb.k.float(), model.queue, 0.2)
+        loss, _ = info_nce(emb.q.float(), emb.k.float(), model.queue, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -64,7 +65,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--bn-splits", type=int, default=8)
-    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    p.add_argument("--amp", default="off", choices=AMP_MODES)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -17,6 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pcl.checkpoint import load_checkpoint
+from pcl.config import stored_config
+from pcl.errors import PCLError
 
 PREFIX = "encoder_q.backbone."
 
@@ -26,23 +28,28 @@ def backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     return {k.removeprefix(PREFIX): v.clone() for k, v in checkpoint["model"].items() if k.startswith(PREFIX)}
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("output", type=Path)
     a = p.parse_args()
-    ckpt = load_checkpoint(a.checkpoint)
+    try:
+        ckpt = load_checkpoint(a.checkpoint)
+        model_cfg = stored_config(ckpt, a.checkpoint).model
+    except PCLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     sd = backbone_state_dict(ckpt)
     a.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(sd, a.output)
-    args = ckpt.get("args", {})
-    arch, stem = args.get("arch", "resnet50"), args.get("stem", "imagenet")
+    arch, stem = model_cfg.arch, model_cfg.stem
     print(f"wrote {a.output}: {len(sd)} tensors of a torchvision {arch} (epoch {ckpt['epoch']})")
     print(f"load: m = torchvision.models.{arch}(); ", end="")
     if stem == "small":
         print("m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False); m.maxpool = torch.nn.Identity(); ", end="")
     print(f"m.load_state_dict(torch.load('{a.output}'), strict=False)  # missing: fc.*")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

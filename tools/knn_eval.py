@@ -18,10 +18,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pcl.checkpoint import load_checkpoint
+from pcl.config import stored_config
 from pcl.data import IndexedImageFolder, eval_loader, eval_transform, resolve_splits
 from pcl.errors import PCLError
 from pcl.knn import extract, knn_top1
-from pcl.model import PCL
+from pcl.model import PCL, ModelConfig
 
 
 def evaluate(model: PCL, data: str | None, image_size: int, k: int, t: float, workers: int, batch: int) -> float:
@@ -56,15 +57,13 @@ def main() -> int:
         torch.manual_seed(a.seed)
         if a.checkpoint is not None:
             ckpt = load_checkpoint(a.checkpoint)
-            c = ckpt["args"]
-            a.arch, a.stem, a.image_size = c["arch"], c["stem"], c["image_size"]
-            model = PCL(
-                c["arch"], c["low_dim"], c["pcl_r"], c["moco_m"], c["mlp"], c["cluster_head"], c["stem"] == "small"
-            )
+            cfg = stored_config(ckpt, a.checkpoint)
+            a.arch, a.stem, a.image_size = cfg.model.arch, cfg.model.stem, cfg.data.aug.image_size
+            model = PCL.from_config(cfg.model, bn_splits=1)
             model.load_state_dict(ckpt["model"])
             what = f"{a.checkpoint} (epoch {ckpt['epoch']})"
         else:
-            model = PCL(a.arch, small_stem=a.stem == "small", r=16)
+            model = PCL.from_config(ModelConfig(arch=a.arch, stem=a.stem, pcl_r=16), bn_splits=1)
             what = f"untrained {a.arch} (seed {a.seed})"
         acc = evaluate(model, a.data, a.image_size, a.knn_k, a.knn_t, a.workers, a.batch_size)
     except PCLError as e:

@@ -1,0 +1,84 @@
+"""Step and epoch meters of the M-step: one step's reduced values, sample-weighted epoch averages."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StepResult:
+    """One step's values, averaged (losses, grad norm) or summed (hits, batch) over ranks."""
+
+    inst: float
+    protos: list[float]
+    grad_norm: float
+    hits_inst: float
+    hits_proto: list[float]
+    batch: float
+    lr: float
+    bad: list[str] = field(default_factory=list)  # names of the non-finite terms; empty for a good step
+
+    @property
+    def proto(self) -> float:
+        return sum(self.protos) / len(self.protos) if self.protos else 0.0
+
+    @property
+    def loss(self) -> float:
+        return self.inst + self.proto
+
+
+@dataclass
+class EpochStats:
+    """One epoch's averages over its applied steps (NaN proto fields for an InfoNCE-only epoch)."""
+
+    loss: float = 0.0
+    loss_proto: float = math.nan
+    acc_inst: float = 0.0
+    acc_proto: float = math.nan
+    good_steps: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class EpochMeter:
+    """Sample-weighted epoch averages over the applied (finite) steps only."""
+
+    seen: float = 0.0
+    loss_sum: float = 0.0
+    proto_sum: float = 0.0
+    hits_inst: float = 0.0
+    hits_proto: float = 0.0
+    good: int = 0
+    skipped: int = 0
+
+    def add(self, step: StepResult) -> None:
+        """Count a skipped step, or add an applied one's values weighted by its batch size."""
+        if step.bad:
+            self.skipped += 1
+            return
+        self.good += 1
+        self.seen += step.batch
+        self.loss_sum += step.loss * step.batch
+        self.proto_sum += step.proto * step.batch
+        self.hits_inst += step.hits_inst
+        self.hits_proto += sum(step.hits_proto) / max(1, len(step.hits_proto))
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1.0)
+
+    @property
+    def acc_inst(self) -> float:
+        return 100.0 * self.hits_inst / max(self.seen, 1.0)
+
+    def stats(self, seconds: float, proto: bool) -> EpochStats:
+        """The epoch's averages; ``proto``: the epoch had ProtoNCE terms."""
+        out = EpochStats(good_steps=self.good, skipped=self.skipped, seconds=seconds)
+        if self.seen:
+            out.loss, out.acc_inst = self.loss, self.acc_inst
+            if proto:
+                out.loss_proto = self.proto_sum / self.seen
+                out.acc_proto = 100.0 * self.hits_proto / self.seen
+        return out

@@ -1,0 +1,76 @@
+"""Run-directory layout: the one place that names the files and folders of an ``--exp-dir``.
+
+    <exp-dir>/config.json                   resolved configuration of the last start
+    <exp-dir>/checkpoints/last.pth          latest epoch (what ``--resume auto`` continues from)
+    <exp-dir>/checkpoints/checkpoint_XXXX.pth   every ``--save-freq`` epochs and the final one
+    <exp-dir>/tb/                           TensorBoard event files
+    <exp-dir>/clusters/epoch_XXXX.pth       ``--save-clusters``: each E-step's cluster result
+    <exp-dir>/features/                     E-step feature shards (default ``--feature-dir``)
+    <exp-dir>/metrics.json, eval.json       per-epoch metrics and evaluation results
+
+Everything else asks a :class:`RunDir` for these paths instead of spelling them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one experiment directory ``root``; creating nothing until asked to."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        """The latest checkpoint, overwritten every epoch."""
+        return self.checkpoints / "last.pth"
+
+    def checkpoint(self, epoch: int) -> Path:
+        """The kept checkpoint after ``epoch`` completed epochs."""
+        return self.checkpoints / f"checkpoint_{epoch:04d}.pth"
+
+    @property
+    def tb(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def clusters(self) -> Path:
+        return self.root / "clusters"
+
+    def clusters_file(self, epoch: int) -> Path:
+        """The cluster result of the E-step at the start of ``epoch``."""
+        return self.clusters / f"epoch_{epoch:04d}.pth"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval.json"
+
+    def resume_path(self, resume: str | None) -> Path | None:
+        """``--resume``: ``auto`` -> :attr:`last` if it exists (else ``None``: fresh start); a path -> that path."""
+        if not resume:
+            return None
+        if resume == "auto":
+            return self.last if self.last.is_file() else None
+        return Path(resume)

@@ -1,0 +1,78 @@
+"""Helpers shared by the test modules: tiny data, tiny models, the tiny training flags, TensorBoard scalars.
+
+Test modules import from here (never from each other); the pytest fixtures built on these live in
+``conftest.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pcl.model import PCL, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# main_pcl.py flags for a seconds-long CPU run on ``tiny_data`` (48 train images: 6 steps per epoch)
+TINY_ARGS = [
+    "--image-size",
+    "16",
+    "--batch-size",
+    "8",
+    "--pcl-r",
+    "16",
+    "--bn-splits",
+    "2",
+    "--num-cluster",
+    "3,5",
+    "--workers",
+    "0",
+    "--epochs",
+    "2",
+    "--warmup-epochs",
+    "1",
+    "--low-dim",
+    "16",
+    "--eval-batch-size",
+    "16",
+    "--kmeans-nredo",
+    "1",
+    "--kmeans-niter",
+    "5",
+    "--print-freq",
+    "1",
+]
+
+
+def make_image_folder(root: Path, per_class: int, classes: int = 3, size: int = 16, seed: int = 0) -> Path:
+    """Write ``classes * per_class`` small JPEGs whose class sets the dominant colour; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+            img[..., c % 3] += 150
+            Image.fromarray(img).save(d / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def tiny_model(**overrides: object) -> PCL:
+    """A resnet18 PCL with an 8-d embedding, a queue of 10 and m = 0.9; ``overrides``: ``ModelConfig`` fields."""
+    cfg = ModelConfig(arch="resnet18", low_dim=8, pcl_r=10, moco_m=0.9, bn_splits=1)
+    for name, value in overrides.items():
+        setattr(cfg, name, value)
+    return PCL.from_config(cfg)
+
+
+def scalars(exp_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar of a run: ``{tag: [(step, value), ...]}``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pcl.run_dir import RunDir
+
+    acc = EventAccumulator(str(RunDir(exp_dir).tb), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
