@@ -1,4 +1,5 @@
-# Set-up and entry points. `make train` and `make test` create .venv and install requirements.txt first.
+# Set-up and entry points. `make train` and `make test` create .venv, install requirements.txt and the project
+# itself (`pip install -e .`, so `tools/` and `experiments/` import `pcl` from anywhere) first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
@@ -11,7 +12,13 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install -q -r requirements.txt
 	touch $@
 
-venv: $(VENV)/.installed
+# The project itself, editable. A .venv that is a symlink to another checkout's environment is shared between
+# checkouts: it is left alone (tests and `python main_pcl.py` find `pcl` from the repository root anyway).
+$(VENV)/.editable: $(VENV)/.installed pyproject.toml
+	if [ ! -L $(VENV) ]; then $(VENV)/bin/pip install -q -e .; fi
+	touch $@
+
+venv: $(VENV)/.editable
 
 ## Train on the bundled CIFAR-10 subset with the CPU-friendly defaults (extra flags: make train ARGS="...").
 train: venv

@@ -9,7 +9,8 @@
 - ``run_dir``: paths of an experiment directory - ``knn``: kNN monitor
 - ``checkpoint``: finite-only save / exact resume - ``atomic``: temp-file + rename writes
 - ``tb``: TensorBoard logging                   - ``distributed``: torchrun / DDP helpers
-- ``reference``: the official E-step, for tests and benchmarks
+
+The official code's E-step, kept as a reference for tests and benchmarks, is ``tools/reference.py``.
 """
 
 __version__ = "0.1.0"

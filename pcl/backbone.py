@@ -26,6 +26,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
         self.num_splits = num_splits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W)
+        """BatchNorm statistics over each of the ``num_splits`` interleaved sub-batches (training); plain BN in eval."""
         n, c, h, w = x.shape
         if not self.training or self.num_splits == 1:
             return super().forward(x)

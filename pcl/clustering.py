@@ -23,6 +23,7 @@ class KMeansConfig:
 
 
 def faiss_gpu_available() -> bool:
+    """True when the installed faiss has GPU support and sees a GPU."""
     import faiss
 
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
@@ -102,6 +103,7 @@ class Granularity:
     stats: dict[str, float] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> Granularity:
+        """The same granularity with its tensors on ``device``."""
         return Granularity(
             self.k, self.im2cluster.to(device), self.centroids.to(device), self.density.to(device), self.stats
         )
@@ -115,6 +117,7 @@ class ClusterResult:
     levels: list[Granularity]
 
     def to(self, device: torch.device) -> ClusterResult:
+        """The same result with every granularity's tensors on ``device``."""
         return ClusterResult(self.epoch, [g.to(device) for g in self.levels])
 
     def state_dict(self) -> dict:
@@ -135,6 +138,7 @@ class ClusterResult:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> ClusterResult:
+        """Inverse of :meth:`state_dict` (tensors on the CPU, ``im2cluster`` back to int64)."""
         levels = [
             Granularity(
                 int(lv["k"]), lv["im2cluster"].long(), lv["centroids"].float(), lv["density"].float(), dict(lv["stats"])

@@ -77,6 +77,7 @@ class Config:
 
     @property
     def run_dir(self) -> RunDir:
+        """The paths of ``--exp-dir``."""
         return RunDir(self.train.exp_dir)
 
 

@@ -135,6 +135,7 @@ class GaussianBlur:
         self.sigma = sigma
 
     def __call__(self, x: Image.Image) -> Image.Image:
+        """``x`` blurred with a sigma drawn uniformly from ``self.sigma``."""
         s = float(torch.empty(1).uniform_(*self.sigma))
         return x.filter(ImageFilter.GaussianBlur(radius=s))
 
@@ -207,6 +208,7 @@ class TwoCrops:
         self.base = base
 
     def __call__(self, x: Image.Image) -> list[torch.Tensor]:
+        """Two views of ``x``, each ``(3, H, W)``."""
         return [self.base(x), self.base(x)]
 
 

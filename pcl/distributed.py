@@ -25,10 +25,12 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """More than one process (torchrun)."""
         return self.world > 1
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that logs, evaluates and writes files."""
         return self.rank == 0
 
 

@@ -21,10 +21,12 @@ class StepResult:
 
     @property
     def proto(self) -> float:
+        """ProtoNCE averaged over the granularities (0 without prototypes)."""
         return sum(self.protos) / len(self.protos) if self.protos else 0.0
 
     @property
     def loss(self) -> float:
+        """Total loss: InfoNCE + mean ProtoNCE."""
         return self.inst + self.proto
 
 
@@ -67,10 +69,12 @@ class EpochMeter:
 
     @property
     def loss(self) -> float:
+        """Sample-weighted mean total loss over the applied steps."""
         return self.loss_sum / max(self.seen, 1.0)
 
     @property
     def acc_inst(self) -> float:
+        """Instance accuracy (%) over the applied steps' samples."""
         return 100.0 * self.hits_inst / max(self.seen, 1.0)
 
     def stats(self, seconds: float, proto: bool) -> EpochStats:

@@ -47,6 +47,7 @@ class Encoder(nn.Module):
         self.head = projection_head(self.feat_dim, low_dim, mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> ``(B, low_dim)`` (not normalised)."""
         return self.head(self.backbone(x))
 
 
@@ -112,6 +113,7 @@ class PCL(nn.Module):
         return pairs
 
     def key_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the momentum (key) side: key encoder and key cluster head; never trained by SGD."""
         return [p for _, k in self._pairs() for p in k.parameters()]
 
     @torch.no_grad()

@@ -113,6 +113,7 @@ class LRSchedule:
     gamma: float = 0.1
 
     def __call__(self, step: int) -> float:
+        """Learning rate at global step ``step`` (0-based)."""
         if step < self.warmup_steps:
             return self.base_lr * (step + 1) / self.warmup_steps
         if self.kind == "cos":

@@ -28,10 +28,12 @@ class RunDir:
 
     @property
     def config(self) -> Path:
+        """Resolved configuration of the last start (JSON)."""
         return self.root / "config.json"
 
     @property
     def checkpoints(self) -> Path:
+        """Folder of ``last.pth`` and the kept checkpoints."""
         return self.root / "checkpoints"
 
     @property
@@ -45,10 +47,12 @@ class RunDir:
 
     @property
     def tb(self) -> Path:
+        """TensorBoard log folder."""
         return self.root / "tb"
 
     @property
     def clusters(self) -> Path:
+        """Folder of the ``--save-clusters`` files."""
         return self.root / "clusters"
 
     def clusters_file(self, epoch: int) -> Path:
@@ -57,14 +61,17 @@ class RunDir:
 
     @property
     def features(self) -> Path:
+        """Default ``--feature-dir``: E-step feature shards."""
         return self.root / "features"
 
     @property
     def metrics(self) -> Path:
+        """Per-epoch metrics (JSON)."""
         return self.root / "metrics.json"
 
     @property
     def eval(self) -> Path:
+        """Evaluation results (JSON)."""
         return self.root / "eval.json"
 
     def resume_path(self, resume: str | None) -> Path | None:

@@ -16,14 +16,17 @@ class TBLogger:
             self.writer = SummaryWriter(str(log_dir))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
+        """Log every ``{tag: value}`` at ``step``."""
         if self.writer is not None:
             for tag, v in values.items():
                 self.writer.add_scalar(tag, v, step)
 
     def flush(self) -> None:
+        """Write pending events to disk."""
         if self.writer is not None:
             self.writer.flush()
 
     def close(self) -> None:
+        """Flush and close the event file."""
         if self.writer is not None:
             self.writer.close()

@@ -6,7 +6,11 @@ Test modules import from here (never from each other); the pytest fixtures built
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
@@ -76,3 +80,21 @@ def scalars(exp_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(RunDir(exp_dir).tb), size_guidance={"scalars": 0})
     acc.Reload()
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import ``tools/<name>.py`` (scripts, not a package) as a module, e.g. ``load_tool("reference")``."""
+    tools = str(ROOT / "tools")
+    if tools not in sys.path:  # the tools import their siblings (bench_estep -> reference) as scripts do
+        sys.path.append(tools)
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tool_env() -> dict[str, str]:
+    """Environment for running a tool as a subprocess: this checkout's ``pcl`` first on the path, so that the
+    tests check this checkout even where another one is installed in the environment."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}

@@ -1,45 +1,16 @@
-"""k-means E-step: concentration formula, streamed clustering on shards, cluster-result round trip."""
+"""k-means E-step: streamed clustering on shards, cluster-result round trip (phi: see test_reference.py)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pcl.clustering import ClusterResult, KMeansConfig, concentration
+from pcl.clustering import ClusterResult, KMeansConfig
 from pcl.distributed import DistInfo
 from pcl.estep import EStepConfig, cluster_store, run_estep
 from pcl.feature_store import ShardWriter
-
-
-def slow_concentration(members: list[list[float]], temperature: float) -> np.ndarray:
-    """Per-cluster Python loop over member distances, as in the official code."""
-    phi = np.zeros(len(members))
-    for c, dist in enumerate(members):
-        if len(dist) > 1:
-            phi[c] = np.mean(dist) / math.log(len(dist) + 10)
-    dmax = phi.max()
-    for c, dist in enumerate(members):
-        if len(dist) <= 1:
-            phi[c] = dmax
-    phi = phi.clip(np.percentile(phi, 10), np.percentile(phi, 90))
-    return temperature * phi / phi.mean()
-
-
-def test_concentration_matches_slow_reference() -> None:
-    rng = np.random.default_rng(0)
-    k = 30
-    assignment = rng.integers(0, k - 3, size=400)  # clusters 27..29 empty
-    assignment[:1] = k - 4  # make sure there are singletons too
-    dist = rng.random(400)
-    members = [[d for a, d in zip(assignment, dist, strict=True) if a == c] for c in range(k)]
-    counts = torch.bincount(torch.from_numpy(assignment), minlength=k)
-    sums = torch.bincount(torch.from_numpy(assignment), weights=torch.from_numpy(dist), minlength=k)
-    got = concentration(counts, sums, temperature=0.2).numpy()
-    np.testing.assert_allclose(got, slow_concentration(members, 0.2), rtol=1e-5)
-    assert abs(got.mean() - 0.2) < 1e-6
 
 
 def blobs(n_per: int, centres: np.ndarray, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ Usage:
 The data: ``k`` true centres on the unit sphere, each row one centre plus Gaussian noise (norm about
 ``--noise``), L2-normalised; generated chunk by chunk so that the streamed mode never holds ``(N, d)``.
 Streamed mode writes the rows through ``ShardWriter`` and clusters the store; ``--reference`` builds
-the same rows as one in-memory array and runs the official PCL E-step (``pcl.reference``).
+the same rows as one in-memory array and runs the official PCL E-step (``tools/reference.py``).
 
 Each measured run is a child process (hidden ``--child``); the parent reads its peak RSS from
 ``os.wait4`` (so the measurement is taken outside the measured process), computes the NMI of the
@@ -27,8 +27,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import pcl` from a repo checkout
 
 CHUNK = 65536  # generation chunk (rows); fixed so both modes see identical data
 
@@ -91,7 +89,7 @@ def run_streamed(args: argparse.Namespace, work: Path) -> tuple[dict[str, float]
 
 def run_reference(args: argparse.Namespace) -> tuple[dict[str, float], np.ndarray]:
     """Same rows as one ``(N, d)`` array, official E-step; returns ``(seconds per stage, im2cluster (N,))``."""
-    from pcl.reference import official_run_kmeans
+    from reference import official_run_kmeans  # tools/reference.py, beside this script
 
     t0 = time.perf_counter()
     x = np.empty((args.n, args.dim), dtype=np.float32)
@@ -126,6 +124,7 @@ def peak_rss_self_mib() -> float:
 
 
 def child_argv(args: argparse.Namespace, mode: str) -> list[str]:
+    """Command line of the measured child process for ``mode`` (streamed | reference)."""
     keys = ("n", "k", "dim", "work_dir", "shard_rows", "max_points", "niter", "nredo", "feature_dtype", "seed", "noise")
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", "--mode", mode]
     for key in keys:
@@ -161,6 +160,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, required=True, help="number of feature rows")
     p.add_argument("--k", type=int, required=True, help="number of clusters (and of true components)")
@@ -182,6 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the child(ren) and print one JSON line per mode (and a ratio line with ``--compare``)."""
     args = parse_args(argv)
     if args.child:
         child(args)

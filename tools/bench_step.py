@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pcl.amp import AMP_MODES, autocast_factory
 from pcl.losses import info_nce
@@ -59,6 +55,7 @@ def time_variant(name: str, a: argparse.Namespace, device: torch.device) -> floa
 
 
 def main() -> None:
+    """Time every ``--variants`` entry and print one JSON line each, then the relative times."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--stem", default="imagenet", choices=("imagenet", "small"))

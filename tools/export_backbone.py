@@ -14,8 +14,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pcl.checkpoint import load_checkpoint
 from pcl.config import stored_config
 from pcl.errors import PCLError
@@ -29,6 +27,7 @@ def backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
 
 
 def main() -> int:
+    """Write the backbone ``state_dict``; 2 with one ``error:`` line for a file that is no PCL checkpoint."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("output", type=Path)

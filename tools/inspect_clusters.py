@@ -13,12 +13,9 @@ class labels, and a PNG grid of member images of the largest clusters. Prints th
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import pcl` from a repo checkout
 
 
 def load_levels(path: Path) -> list[dict]:
@@ -122,6 +119,7 @@ def plot_grid(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The tool's command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("clusters", type=Path, help="a saved ClusterResult state dict (.pth)")
     p.add_argument("--labels-from", type=Path, help="ImageFolder train folder the clusters were computed on")
@@ -133,6 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Print each granularity's summary (and label agreement) and write its PNGs."""
     import matplotlib
 
     matplotlib.use("Agg")

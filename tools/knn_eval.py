@@ -15,8 +15,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pcl.checkpoint import load_checkpoint
 from pcl.config import stored_config
 from pcl.data import IndexedImageFolder, eval_loader, eval_transform, resolve_splits
@@ -39,6 +37,7 @@ def evaluate(model: PCL, data: str | None, image_size: int, k: int, t: float, wo
 
 
 def main() -> int:
+    """Print the kNN top-1 of a checkpoint or an untrained encoder; 2 with one ``error:`` line on bad input."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", default=None, help="ImageFolder root (default: bundled CIFAR-10 subset)")
     src = p.add_mutually_exclusive_group(required=True)

@@ -42,6 +42,7 @@ def build_subset(src: Path, out: Path, per_split: dict[str, int], name: str = "c
 
 
 def main() -> None:
+    """Write the class-balanced subset archive from the full CIFAR-10 JPEG archive."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", type=Path, default=Path("../shared/data/cifar10-jpg.tar.gz"))
     p.add_argument("--out", type=Path, default=Path("data/cifar10_subset.tar.gz"))
