@@ -25,7 +25,6 @@ from pcl.knn import extract, knn_top1
 from pcl.losses import info_nce, proto_nce
 from pcl.meters import EpochMeter, EpochStats, StepResult
 from pcl.model import PCL
-from pcl.run_dir import RunDir
 from pcl.tb import TBLogger
 
 REMEDIES = (
@@ -63,7 +62,7 @@ class Trainer:
     """Runs the EM loop (:meth:`fit`) over a built model, optimizer, scheduler and loaders.
 
     It owns the training state (counters, cluster result, GradScaler) and writes the run directory's
-    TensorBoard logs, checkpoints and cluster files through :class:`RunDir`.
+    TensorBoard logs, checkpoints and cluster files through ``cfg.run_dir`` (:class:`pcl.run_dir.RunDir`).
     """
 
     def __init__(
@@ -89,7 +88,7 @@ class Trainer:
         self.scaler = grad_scaler(self.device, cfg.train.amp)
         self.state = TrainState()
         self.cluster_result: ClusterResult | None = None
-        self.run_dir = RunDir(cfg.train.exp_dir)
+        self.run_dir = cfg.run_dir
         self.tb = TBLogger(self.run_dir.tb, enabled=info.is_main)
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
 

@@ -92,3 +92,19 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(full_run: Path, tiny_d
         assert torch.equal(t, b["model"][name]), name  # queue, pointer and all weights
     for la, lb in zip(a["cluster_result"]["levels"], b["cluster_result"]["levels"], strict=True):
         assert torch.equal(la["im2cluster"], lb["im2cluster"])
+
+
+def test_checkpoint_from_before_the_typed_configs_resumes(
+    full_run: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Checkpoints written before the typed configs stored the flat flag dict under ``args``."""
+    ckpt = torch.load(full_run / "checkpoints" / "last.pth", weights_only=False)
+    cfg = ckpt.pop("config")
+    ckpt["args"] = {**cfg["model"], **cfg["data"]["aug"], "num_cluster": cfg["estep"]["num_cluster"]}
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(ckpt, tmp_path / "checkpoints" / "last.pth")
+    capsys.readouterr()
+    assert run(tiny_data, tmp_path, "--epochs", "3", "--resume", "auto") == 0
+    assert "2 epochs done" in capsys.readouterr().out
+    new = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
+    assert new["epoch"] == 3 and new["config"]["train"]["epochs"] == 3
