@@ -3,6 +3,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+# the quick CPU schedule of `make train` (the command line's defaults are the official 200 epochs / 20 warmup)
+TRAIN_ARGS ?= --epochs 6 --warmup-epochs 2
 
 .PHONY: venv train test test-all lint bench-estep clean
 
@@ -22,7 +24,7 @@ venv: $(VENV)/.editable
 
 ## Train on the bundled CIFAR-10 subset with the CPU-friendly defaults (extra flags: make train ARGS="...").
 train: venv
-	$(PY) main_pcl.py $(ARGS)
+	$(PY) main_pcl.py $(TRAIN_ARGS) $(ARGS)
 
 ## Fast test suite (CI runs this).
 test: venv

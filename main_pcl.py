@@ -103,6 +103,11 @@ def run(cfg: Config) -> Trainer:
     info = pdist.init_distributed(t.device, t.dist_backend)
     try:
         validate(cfg, info.world)
+        if t.warmup_epochs >= t.epochs and info.is_main:
+            print(
+                f"note: --warmup-epochs {t.warmup_epochs} >= --epochs {t.epochs}: no E-step will run, "
+                "this trains MoCo v2 (InfoNCE only)"
+            )
         random.seed(t.seed + info.rank)
         np.random.seed(t.seed + info.rank)
         torch.manual_seed(t.seed + info.rank)

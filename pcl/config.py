@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,11 @@ from pcl.run_dir import RunDir
 class TrainConfig:
     """The loop's own settings: epochs, batch, warmup, AMP, guard, checkpoints, logging, devices, kNN monitor."""
 
-    epochs: int = 6
+    epochs: int = 200  # the official schedule; `make train` passes its quick CPU one (6 epochs, 2 warmup)
     batch_size: int = 128  # global batch (all ranks together)
-    warmup_epochs: int = 2  # InfoNCE-only epochs before the first E-step
+    warmup_epochs: int = 20  # InfoNCE-only epochs before the first E-step (>= epochs: MoCo v2)
+    proto_weight: float = 1.0  # loss = InfoNCE + proto_weight * mean_m ProtoNCE_m (official: 1)
+    fixed_concentration: bool = False  # ablation: phi = temperature for every prototype
     amp: str = "off"  # autocast for the forward passes: off | bf16 | fp16
     channels_last: bool = False
     max_bad_steps: int = 20  # stop after this many consecutive non-finite steps
@@ -247,7 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup-epochs",
         type=int,
         default=_default(T, "warmup_epochs"),
-        help="InfoNCE-only epochs before the first E-step",
+        help="InfoNCE-only epochs before the first E-step (>= --epochs: MoCo v2, no E-step)",
+    )
+    g.add_argument(
+        "--proto-weight", type=float, default=_default(T, "proto_weight"), help="weight of the ProtoNCE term"
+    )
+    g.add_argument(
+        "--fixed-concentration",
+        action="store_true",
+        default=_default(T, "fixed_concentration"),
+        help="ablation: phi = --temperature for every prototype instead of the estimated concentration",
     )
     g.add_argument("--kmeans-niter", type=int, default=_default(K, "niter"))
     g.add_argument("--kmeans-nredo", type=int, default=_default(K, "nredo"))
@@ -414,6 +426,8 @@ def validate(cfg: Config, world: int = 1) -> None:
             f"--batch-size {t.batch_size} is larger than the queue --pcl-r {m.pcl_r}: "
             "one batch of keys would overwrite itself; raise --pcl-r or lower the batch size"
         )
+    if not (t.proto_weight >= 0 and math.isfinite(t.proto_weight)):
+        raise PCLError(f"--proto-weight must be a finite number >= 0, got {t.proto_weight}")
     if o.clip_grad is not None and o.clip_grad <= 0:
         raise PCLError(f"--clip-grad must be positive, got {o.clip_grad}")
 

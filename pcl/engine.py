@@ -24,6 +24,7 @@ from pcl.estep import run_estep
 from pcl.knn import extract, knn_top1
 from pcl.losses import info_nce, proto_nce
 from pcl.meters import EpochMeter, EpochStats, StepResult
+from pcl.metrics import MetricsLog, peak_memory_mib
 from pcl.model import PCL
 from pcl.tb import TBLogger
 
@@ -58,6 +59,18 @@ class TrainState:
     consecutive_bad: int = 0
 
 
+def total_loss(inst: torch.Tensor, protos: list[torch.Tensor], proto_weight: float = 1.0) -> torch.Tensor:
+    """InfoNCE + ``proto_weight`` x the mean of the ProtoNCE losses over granularities (all scalars).
+
+    With weight 1 this is the official ``loss = InfoNCE + mean_m ProtoNCE_m`` (same operations, same rounding);
+    without granularities it is InfoNCE.
+    """
+    if not protos:
+        return inst
+    proto = torch.stack(protos).mean()
+    return inst + proto if proto_weight == 1.0 else inst + proto_weight * proto
+
+
 class Trainer:
     """Runs the EM loop (:meth:`fit`) over a built model, optimizer, scheduler and loaders.
 
@@ -90,6 +103,9 @@ class Trainer:
         self.cluster_result: ClusterResult | None = None
         self.run_dir = cfg.run_dir
         self.tb = TBLogger(self.run_dir.tb, enabled=info.is_main)
+        t = cfg.train
+        self.metrics = MetricsLog(self.run_dir.metrics, t.epochs, t.warmup_epochs, enabled=info.is_main)
+        self.epoch_scalars: dict[str, float] = {}  # this epoch's scalars logged at step = epoch (metrics.json)
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ checkpoints
@@ -165,6 +181,7 @@ class Trainer:
         scalars = {f"cluster/k{g.k}/{name}": v for g in result.levels for name, v in g.stats.items()}
         scalars["time/estep_seconds"] = time.time() - t0
         self.tb.scalars(scalars, epoch)
+        self.epoch_scalars.update(scalars)
         if self.cfg.train.save_clusters and self.info.is_main:
             save_checkpoint(result.state_dict(), self.run_dir.clusters_file(epoch))
         return result
@@ -210,9 +227,9 @@ class Trainer:
         k = emb.k.float()  # losses, the prototype softmax and the queue stay float32 under autocast
         loss_inst, logits = info_nce(emb.q.float(), k, self.raw.queue, m.temperature)
         protos = [
-            proto_nce(emb.q_cluster.float(), g.im2cluster[index], g.centroids, g.density, m.pcl_r) for g in levels
+            proto_nce(emb.q_cluster.float(), g.im2cluster[index], g.centroids, self._phi(g), m.pcl_r) for g in levels
         ]
-        loss = loss_inst + torch.stack([p[0] for p in protos]).mean() if protos else loss_inst
+        loss = total_loss(loss_inst, [p[0] for p in protos], self.cfg.train.proto_weight)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -240,12 +257,20 @@ class Trainer:
             hits_proto=v[3 + n : 3 + 2 * n],
             batch=v[-1],
             lr=self.optimizer.param_groups[0]["lr"],
+            proto_weight=self.cfg.train.proto_weight,
         )
         names = ["InfoNCE", *[f"ProtoNCE k={g.k}" for g in levels]]
         step.bad = [name for name, x in zip(names, [step.inst, *step.protos], strict=True) if not math.isfinite(x)]
         if not math.isfinite(step.grad_norm):
             step.bad.append(f"gradients (first: {self._first_non_finite_grad()})")
         return step, k, grads, grad_norm
+
+    def _phi(self, g: Granularity) -> torch.Tensor:
+        """Per-prototype temperatures ``(k,)``: the estimated concentration, or T for every prototype with
+        ``--fixed-concentration`` (the PCL paper's ablation)."""
+        if self.cfg.train.fixed_concentration:
+            return torch.full_like(g.density, self.cfg.model.temperature)
+        return g.density
 
     def _apply(self, keys: torch.Tensor, grads: list[torch.Tensor], grad_norm: torch.Tensor) -> str:
         """A finite step: clip, optimizer step, momentum update, enqueue the keys."""
@@ -340,7 +365,9 @@ class Trainer:
         t, knn = self.cfg.train, None
         start = self.state.epoch
         end = t.epochs if stop_after is None else min(t.epochs, start + stop_after)
+        self.metrics.resume(start)
         for epoch in range(start, end):
+            t_epoch, self.epoch_scalars = time.time(), {}
             self.cluster_result = self.estep(epoch) if epoch >= t.warmup_epochs else None
             stats = self.train_epoch(epoch, self.cluster_result)
             knn = self.evaluate()
@@ -354,8 +381,12 @@ class Trainer:
                 scalars.update({"epoch/acc_proto": stats.acc_proto, "epoch/loss_proto": stats.loss_proto})
             if knn is not None:
                 scalars["eval/knn_top1"] = knn
+            scalars["time/epoch_total_seconds"] = time.time() - t_epoch  # E-step + M-step + kNN monitor
+            scalars.update({f"memory/{k}": v for k, v in peak_memory_mib(self.device).items()})
             self.tb.scalars(scalars, epoch)
             self.tb.flush()
+            self.epoch_scalars.update(scalars)
+            self.metrics.add(epoch, self.epoch_scalars)  # before the checkpoint: a resume redoes this epoch
             self.state.epoch = epoch + 1
             self.save()
             if self.info.is_main:

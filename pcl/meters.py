@@ -18,6 +18,7 @@ class StepResult:
     batch: float
     lr: float
     bad: list[str] = field(default_factory=list)  # names of the non-finite terms; empty for a good step
+    proto_weight: float = 1.0  # --proto-weight
 
     @property
     def proto(self) -> float:
@@ -26,8 +27,8 @@ class StepResult:
 
     @property
     def loss(self) -> float:
-        """Total loss: InfoNCE + mean ProtoNCE."""
-        return self.inst + self.proto
+        """Total loss: InfoNCE + proto_weight x mean ProtoNCE."""
+        return self.inst + self.proto_weight * self.proto
 
 
 @dataclass

@@ -1,0 +1,242 @@
+"""Experiments stage, read side: a suite's results table (Markdown + CSV) and curve plots.
+
+Reads only files the runs wrote: ``suite.json`` (written by the runner), and per ``RUN/seedS/``
+``metrics.json`` (engine), ``status.json`` (runner) and ``eval.json`` (``tools/evaluate.py``, optional).
+Never parses printed output.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pcl.curves import plot_curves
+from pcl.errors import PCLError
+from pcl.suite import flags_to_argv
+
+PLOTS = {"knn_top1": "eval/knn_top1", "acc_inst": "epoch/acc_inst", "acc_proto": "epoch/acc_proto"}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _mean(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def _std(xs: list[float]) -> float | None:
+    return statistics.stdev(xs) if len(xs) > 1 else None
+
+
+@dataclass
+class SeedResult:
+    """Final figures of one (run, seed)."""
+
+    seed: int
+    status: str  # done | stopped | failed | running/not started
+    error: str = ""
+    epochs_done: int = 0
+    knn: float | None = None
+    linear: float | None = None
+    ami: float | None = None
+    acc_proto: float | None = None
+    best_acc_proto: float | None = None
+    skipped: int = 0
+    sec_per_epoch: float | None = None
+    peak_rss_mib: float | None = None
+    cuda_peak_mib: float | None = None
+
+
+@dataclass
+class RunRow:
+    name: str
+    flags: dict
+    planned: int
+    seeds: list[SeedResult] = field(default_factory=list)
+
+    def done(self) -> list[SeedResult]:
+        return [s for s in self.seeds if s.status == "done"]
+
+    def values(self, attr: str) -> list[float]:
+        return [getattr(s, attr) for s in self.done() if getattr(s, attr) is not None]
+
+
+def _ami(metrics: dict, evaluation: dict) -> float | None:
+    """Mean AMI over granularities: from eval.json, else the last epoch's ``cluster/k*/ami`` scalars."""
+    cl = evaluation.get("cluster") or {}
+    vals = [v["ami"] for v in cl.values() if isinstance(v, dict) and v.get("ami") is not None]
+    if not vals and metrics.get("epochs"):
+        last = metrics["epochs"][-1]
+        vals = [v for k, v in last.items() if k.startswith("cluster/") and k.endswith("/ami") and v is not None]
+    return _mean(vals)
+
+
+def read_seed(exp_dir: Path, seed: int) -> SeedResult:
+    metrics, status = _read_json(exp_dir / "metrics.json"), _read_json(exp_dir / "status.json")
+    evaluation = _read_json(exp_dir / "eval.json")
+    state = status.get("status") or ("running or interrupted" if metrics else "not started")
+    if state == "done" and not metrics.get("complete"):
+        state = "stopped"
+    final = metrics.get("final", {})
+    knn = evaluation.get("knn_top1") if evaluation.get("knn_top1") is not None else final.get("knn_top1")
+    return SeedResult(
+        seed=seed,
+        status=state,
+        error=status.get("error", ""),
+        epochs_done=len(metrics.get("epochs", [])),
+        knn=knn,
+        linear=evaluation.get("linear_top1"),
+        ami=_ami(metrics, evaluation),
+        acc_proto=final.get("acc_proto"),
+        best_acc_proto=final.get("best_acc_proto"),
+        skipped=int(final.get("skipped_steps") or 0),
+        sec_per_epoch=final.get("seconds_per_epoch"),
+        peak_rss_mib=final.get("peak_rss_mib"),
+        cuda_peak_mib=final.get("cuda_max_allocated_mib"),
+    )
+
+
+def collect(suite_dir: Path) -> tuple[dict, list[RunRow]]:
+    """The runner's ``suite.json`` and one row per run, in suite order."""
+    info = _read_json(suite_dir / "suite.json")
+    if not info:
+        raise PCLError(f"{suite_dir} has no suite.json; run the suite with experiments/run.py first")
+    rows = []
+    for run in info["runs"]:
+        row = RunRow(run["name"], run["flags"], info["seeds"])
+        for seed in range(info["seeds"]):
+            row.seeds.append(read_seed(suite_dir / run["name"] / f"seed{seed}", seed))
+        rows.append(row)
+    return info, rows
+
+
+def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+
+def _row_cells(row: RunRow, ref_sec: float | None) -> dict[str, object]:
+    v = row.values
+    sec = _mean(v("sec_per_epoch"))
+    rss = v("peak_rss_mib")
+    cuda = v("cuda_peak_mib")
+    failed = [s for s in row.seeds if s.status == "failed"]
+    return {
+        "run": row.name,
+        "seeds_done": len(row.done()),
+        "seeds_planned": row.planned,
+        "knn_mean": _mean(v("knn")),
+        "knn_std": _std(v("knn")),
+        "linear_mean": _mean(v("linear")),
+        "linear_std": _std(v("linear")),
+        "ami_mean": _mean(v("ami")),
+        "ami_std": _std(v("ami")),
+        "acc_proto_final": _mean(v("acc_proto")),
+        "acc_proto_best": _mean(v("best_acc_proto")),
+        "skipped_steps": sum(s.skipped for s in row.done()),
+        "sec_per_epoch": sec,
+        "sec_per_epoch_rel": sec / ref_sec if sec is not None and ref_sec else None,
+        "peak_rss_mib": max(rss) if rss else None,
+        "cuda_peak_mib": max(cuda) if cuda else None,
+        "flags": " ".join(flags_to_argv(row.flags)),
+        "failed": "; ".join(f"seed{s.seed}: {s.error}" for s in failed),
+    }
+
+
+def table(rows: list[RunRow]) -> list[dict[str, object]]:
+    """Per-run cells; seconds per epoch relative to the first row that has a figure."""
+    secs = [_mean(r.values("sec_per_epoch")) for r in rows]
+    ref = next((s for s in secs if s), None)
+    return [_row_cells(r, ref) for r in rows]
+
+
+def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> str:
+    has = {k: any(c[k] is not None for c in cells) for k in ("linear_mean", "ami_mean", "cuda_peak_mib")}
+    head = ["run", "seeds", "kNN top-1 (%)"]
+    head += ["linear top-1 (%)"] * has["linear_mean"] + ["AMI"] * has["ami_mean"]
+    head += ["acc_proto final", "acc_proto best", "skipped steps", "s/epoch (rel.)", "peak RSS (MiB)"]
+    head += ["CUDA peak (MiB)"] * has["cuda_peak_mib"] + ["flags vs base"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for c in cells:
+        rel = c["sec_per_epoch_rel"]
+        row = [str(c["run"]), f"{c['seeds_done']}/{c['seeds_planned']}", _fmt(c["knn_mean"], c["knn_std"])]
+        if has["linear_mean"]:
+            row.append(_fmt(c["linear_mean"], c["linear_std"]))
+        if has["ami_mean"]:
+            row.append(_fmt(c["ami_mean"], c["ami_std"], 3))
+        row += [
+            _fmt(c["acc_proto_final"], None, 1),
+            _fmt(c["acc_proto_best"], None, 1),
+            str(c["skipped_steps"]),
+            "–" if rel is None else f"{rel:.2f}",
+            _fmt(c["peak_rss_mib"], None, 0),
+        ]
+        if has["cuda_peak_mib"]:
+            row.append(_fmt(c["cuda_peak_mib"], None, 0))
+        row.append(f"`{c['flags']}`" if c["flags"] else "(base)")
+        lines.append("| " + " | ".join(row) + " |")
+    m = info.get("machine", {})
+    out = [
+        f"# Suite `{info['suite']}`",
+        "",
+        info.get("description", ""),
+        "",
+        f"Command: `{info.get('command', '')}`  ",
+        f"Machine: {m.get('cores', '?')} CPU cores ({m.get('cpu', '?')}), {m.get('gpu', '?')}, "
+        f"torch {m.get('torch', '?')}.  ",
+        f"Base flags: `{' '.join(flags_to_argv(info.get('base', {})))}`  ",
+        f"Seeds: {info['seeds']} (0..{info['seeds'] - 1}). Values are mean ± sample std over the finished seeds, "
+        "taken at the last epoch; acc_proto best = best epoch, averaged over seeds; s/epoch = E-step + M-step + "
+        "kNN monitor, relative to the first row.",
+        "",
+        *lines,
+        "",
+    ]
+    failed = [c for c in cells if c["failed"]]
+    if failed:
+        out += ["Failed runs:", ""] + [f"- `{c['run']}`: {c['failed']}" for c in failed] + [""]
+    incomplete = [c for c in cells if c["seeds_done"] < c["seeds_planned"]]
+    if incomplete:
+        names = ", ".join(f"`{c['run']}` ({c['seeds_done']}/{c['seeds_planned']})" for c in incomplete)
+        out += [f"Not all seeds finished: {names}. Rerun the command to continue (finished runs are skipped).", ""]
+    out += [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(out) + "\n"
+
+
+def summarize(suite_dir: Path, dest: Path | None = None) -> Path:
+    """Write ``results.md``, ``results.csv``, ``results_seeds.csv`` and the curve PNGs to ``dest``
+    (default: ``suite_dir``); returns the Markdown path."""
+    dest = dest or suite_dir
+    dest.mkdir(parents=True, exist_ok=True)
+    info, rows = collect(suite_dir)
+    cells = table(rows)
+    with open(dest / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(cells[0]))
+        w.writeheader()
+        w.writerows({k: ("" if v is None else v) for k, v in c.items()} for c in cells)
+    with open(dest / "results_seeds.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "seed", "status", "epochs_done", "knn_top1", "linear_top1", "ami", "acc_proto",
+                    "best_acc_proto", "skipped_steps", "sec_per_epoch", "peak_rss_mib", "error"])  # fmt: skip
+        for r in rows:
+            for s in r.seeds:
+                vals = [s.knn, s.linear, s.ami, s.acc_proto, s.best_acc_proto]
+                w.writerow([r.name, s.seed, s.status, s.epochs_done, *["" if v is None else v for v in vals],
+                            s.skipped, "" if s.sec_per_epoch is None else s.sec_per_epoch,
+                            "" if s.peak_rss_mib is None else s.peak_rss_mib, s.error])  # fmt: skip
+    groups = {r.name: [suite_dir / r.name / f"seed{s.seed}" for s in r.seeds if s.epochs_done] for r in rows}
+    groups = {k: v for k, v in groups.items() if v}
+    plots = []
+    for stem, tag in PLOTS.items():
+        plots += plot_curves(groups, [tag], dest / f"{stem}.png", title=f"{info['suite']}: {tag}") if groups else []
+    md = dest / "results.md"
+    md.write_text(_markdown(info, cells, plots))
+    return md
