@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from pcl.errors import PCLError
-from pcl.summary import summarize
 from pcl.suite import ROOT, Job, command_line, is_finished, load_suite, machine_info, plan, run_job
+from pcl.summary import summarize
 
 
 class _Parser(argparse.ArgumentParser):

@@ -29,10 +29,10 @@ import shlex
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomllib
 import torch
 
 from pcl.errors import PCLError
@@ -72,7 +72,7 @@ class Job:
 
 
 def flags_to_argv(flags: dict[str, FlagValue]) -> list[str]:
-    """``{"epochs": 3, "mlp": False, "save-clusters": True}`` -> ``["--epochs", "3", "--no-mlp", "--save-clusters"]``."""
+    """``{"epochs": 3, "mlp": False, "save-clusters": True}`` -> ``--epochs 3 --no-mlp --save-clusters``."""
     argv: list[str] = []
     for key, v in flags.items():
         if isinstance(v, bool):
