@@ -1,6 +1,6 @@
 """Rebuild a suite's results table and plots from its run folders (the runner calls the same code).
 
-    python experiments/summarize.py runs/experiments/baseline [--dest experiments/results/baseline]
+python experiments/summarize.py runs/experiments/baseline [--dest experiments/results/baseline]
 """
 
 from __future__ import annotations

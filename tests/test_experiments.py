@@ -16,14 +16,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 import main_pcl
-from pcl.config import parse_args
+from pcl.config import parse_config
 from pcl.curves import aggregate, load_curves
 from pcl.engine import Trainer, total_loss
 from pcl.errors import PCLError
 from pcl.losses import proto_nce
 from pcl.metrics import MetricsLog
 from pcl.suite import flags_to_argv, last_error_line, load_suite
-from tests.conftest import ROOT, TINY_ARGS
+from tests.helpers import ROOT, TINY_ARGS
 
 _spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
 runner = importlib.util.module_from_spec(_spec)
@@ -60,7 +60,7 @@ def suite_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 def test_suite_table_has_mean_and_std_over_seeds(suite_run: tuple[Path, Path]) -> None:
     _, out = suite_run
-    rows = {r["run"]: r for r in csv.DictReader(open(out / "tiny" / "results.csv"))}
+    rows = {r["run"]: r for r in csv.DictReader((out / "tiny" / "results.csv").read_text().splitlines())}
     assert list(rows) == ["moco", "pcl", "too-many-clusters"]
     for name in ("moco", "pcl"):
         knns = [json.loads((out / "tiny" / name / f"seed{s}" / "metrics.json").read_text())["final"]["knn_top1"]
@@ -162,7 +162,7 @@ def test_shipped_suites_parse() -> None:
     for name in ("baseline", "warmup", "optimizers", "protonce", "batch"):
         suite = load_suite(name)
         for run in suite.runs:  # every run's flags are accepted by main_pcl's parser
-            parse_args(flags_to_argv({**suite.base, **run.flags}))
+            parse_config(flags_to_argv({**suite.base, **run.flags}))
     assert load_suite("baseline").seeds >= 3
 
 
@@ -243,23 +243,26 @@ def test_fixed_concentration_uses_temperature_for_every_prototype() -> None:
     c = F.normalize(torch.randn(10, 8), dim=1)
     g = types.SimpleNamespace(density=torch.rand(10) + 0.1)
     pos = torch.tensor([0, 1, 1, 2, 3, 3])
-    fixed = types.SimpleNamespace(args=types.SimpleNamespace(fixed_concentration=True, temperature=0.2))
+    model = types.SimpleNamespace(temperature=0.2)
+    fixed = types.SimpleNamespace(
+        cfg=types.SimpleNamespace(train=types.SimpleNamespace(fixed_concentration=True), model=model)
+    )
     phi = Trainer._phi(fixed, g)
     assert torch.equal(phi, torch.full((10,), 0.2))
     torch.manual_seed(1)
     loss, _ = proto_nce(q, pos, c, phi, r=10)
     ids = torch.cat([pos, torch.tensor([4, 5, 6, 7, 8, 9])])  # r >= free clusters: all negatives, in order
     assert loss.item() == pytest.approx(F.cross_entropy(q @ c[ids].T / 0.2, torch.arange(6)).item(), rel=1e-6)
-    estimated = types.SimpleNamespace(args=types.SimpleNamespace(fixed_concentration=False, temperature=0.2))
+    estimated = types.SimpleNamespace(cfg=types.SimpleNamespace(train=types.SimpleNamespace(fixed_concentration=False)))
     assert Trainer._phi(estimated, g) is g.density
 
 
 def test_official_defaults_cluster_after_warmup_and_moco_note(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = parse_args(["--warmup-epochs", "20", "--optimizer", "sgd-cos"])
-    assert args.epochs == 200 and args.warmup_epochs < args.epochs and args.proto_weight == 1.0
-    assert not args.fixed_concentration
+    t = parse_config(["--warmup-epochs", "20", "--optimizer", "sgd-cos"]).train
+    assert t.epochs == 200 and t.warmup_epochs < t.epochs and t.proto_weight == 1.0
+    assert not t.fixed_concentration
     assert main_pcl.main([str(tiny_data), *TINY_ARGS, "--warmup-epochs", "2", "--exp-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "note: --warmup-epochs 2 >= --epochs 2: no E-step will run" in out
