@@ -29,10 +29,10 @@ import shlex
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
 import torch
 
 from pcl.errors import PCLError
