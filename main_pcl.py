@@ -7,14 +7,18 @@ torchrun --nproc_per_node 8 main_pcl.py DATA ...     # DDP (see README)
 
 from __future__ import annotations
 
+import os
 import random
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from pcl import distributed as pdist
+from pcl import exp_dir as exp_dir_checks
+from pcl.checkpoint import load_checkpoint
 from pcl.config import Config, parse_config, to_json, validate, validate_data
 from pcl.data import (
     IndexedImageFolder,
@@ -30,6 +34,8 @@ from pcl.engine import Loaders, Trainer
 from pcl.errors import PCLError
 from pcl.model import PCL
 from pcl.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
+from pcl.resume_check import check_compatible, check_training_checkpoint
+from pcl.signals import STOP, Preempted, slurm_requeue
 
 VERIFY_AUTO_LIMIT = 200_000
 
@@ -42,6 +48,10 @@ def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
     train_set = IndexedImageFolder(splits.train, TwoCrops(train_transform(d.aug)))
     size = d.aug.image_size
     eval_set = IndexedImageFolder(splits.eval, eval_transform(size)) if splits.eval else None
+    if eval_set is not None:  # labels by class name, as train/ numbers them
+        warning = eval_set.relabel_like(train_set, splits.eval.name)
+        if warning and info.is_main:
+            print(warning, file=sys.stderr)
     verify = d.verify_images == "yes" or (d.verify_images == "auto" and len(train_set) <= VERIFY_AUTO_LIMIT)
     if verify:
         paths = [p for p, _ in train_set.samples] + ([p for p, _ in eval_set.samples] if eval_set else [])
@@ -97,10 +107,29 @@ def build_trainer(cfg: Config, info: pdist.DistInfo) -> Trainer:
     return Trainer(cfg, model, optimizer, build_scheduler(optimizer, schedule), loaders, info)
 
 
+def _agree(check: Callable[[], None], info: pdist.DistInfo) -> None:
+    """Run ``check`` on rank 0; its ``PCLError`` stops every rank with the same line."""
+    error = None
+    if info.is_main:
+        try:
+            check()
+        except PCLError as e:
+            error = str(e)
+    errors = [e for e in pdist.all_gather_object(error) if e]
+    if errors:
+        raise PCLError(errors[0])
+
+
 def run(cfg: Config) -> Trainer:
-    """Set up (and tear down) the process group, build everything, train; returns the trainer."""
+    """Set up (and tear down) the process group, build everything, train; returns the trainer.
+
+    Before anything is built: the exp-dir is checked and locked and the checkpoint to resume is read and
+    compared with ``cfg`` (README, "Reliability").
+    """
     t, run_dir = cfg.train, cfg.run_dir
     info = pdist.init_distributed(t.device, t.dist_backend)
+    lock, ckpt = None, {}
+    STOP.install()  # SIGTERM / SIGUSR1 / SIGUSR2: checkpoint after the current step, then exit
     try:
         validate(cfg, info.world)
         if t.warmup_epochs >= t.epochs and info.is_main:
@@ -108,13 +137,23 @@ def run(cfg: Config) -> Trainer:
                 f"note: --warmup-epochs {t.warmup_epochs} >= --epochs {t.epochs}: no E-step will run, "
                 "this trains MoCo v2 (InfoNCE only)"
             )
+        lock = exp_dir_checks.prepare(run_dir, cfg.estep.feature_dir, t.resume, t.overwrite, info)
+        resume = run_dir.resume_path(t.resume)
+        if resume is not None:
+
+            def read() -> None:
+                ckpt["state"] = check_training_checkpoint(load_checkpoint(resume), resume)
+                check_compatible(ckpt["state"], cfg, resume)
+
+            _agree(read, info)
         random.seed(t.seed + info.rank)
         np.random.seed(t.seed + info.rank)
         torch.manual_seed(t.seed + info.rank)
         trainer = build_trainer(cfg, info)
-        resume = run_dir.resume_path(t.resume)
         if resume is not None:
-            trainer.resume(resume)
+            num_train = trainer.loaders.num_train
+            _agree(lambda: check_compatible(ckpt["state"], cfg, resume, num_train), info)
+            trainer.resume(resume, ckpt.get("state"))
         elif t.resume == "auto" and info.is_main:
             print(f"--resume auto: no checkpoint in {run_dir.checkpoints}, starting from scratch")
         if info.is_main:
@@ -128,11 +167,23 @@ def run(cfg: Config) -> Trainer:
                 print(f"final kNN top-1: {knn:.2f}%")
         return trainer
     finally:
+        STOP.uninstall()
+        if lock is not None:
+            lock.release()
         pdist.shutdown()
 
 
+def _resume_hint(cfg: Config) -> str:
+    last = cfg.run_dir.last
+    if last.is_file():
+        return f"the latest checkpoint is {last}; rerun with --resume auto to continue"
+    return f"no checkpoint was written in {cfg.run_dir.root}; rerun to start again"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: 0 on success, 2 with one ``error:`` line for bad input, 130 on Ctrl-C."""
+    """Command-line entry point. Exit codes: 0 done; 2 bad input or environment (one ``error:`` line);
+    130 Ctrl-C; 128 + N after a graceful stop on signal N with a checkpoint written (SIGTERM 143, SIGUSR1 138,
+    SIGUSR2 140)."""
     cfg = None
     try:
         cfg = parse_config(argv)
@@ -143,9 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {last.removeprefix('pcl.errors.PCLError: ')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        where = f" is in {cfg.run_dir.last}" if cfg is not None else " is in the run's checkpoints"
-        print(f"interrupted: the last completed epoch{where}; rerun with --resume auto to continue", file=sys.stderr)
+        print(f"interrupted: {_resume_hint(cfg) if cfg is not None else 'nothing was written'}", file=sys.stderr)
         return 130
+    except Preempted as e:
+        assert cfg is not None
+        main_rank = os.environ.get("RANK", "0") == "0"
+        if main_rank:
+            where = f"checkpoint written: {e.checkpoint}" if e.checkpoint else _resume_hint(cfg)
+            print(f"stopped by {e}: {where}; rerun with --resume auto to continue", file=sys.stderr)
+        STOP.chain()  # the handler installed before ours, e.g. submitit's checkpoint + requeue (exits)
+        if cfg.train.requeue and main_rank:
+            print(slurm_requeue(), file=sys.stderr)
+        return e.code
     return 0
 
 

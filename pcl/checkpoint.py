@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,19 @@ def save_checkpoint(state: dict, path: Path) -> None:
         raise PCLError(f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda f: torch.save(state, f), "checkpoint")
+
+
+def link_or_save(src: Path, dst: Path, state: dict) -> None:
+    """Make ``dst`` a copy of the just-written ``src`` atomically: a hard link renamed into place (no second
+    write), or, where the file system has no hard links, ``save_checkpoint(state, dst)``."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        save_checkpoint(state, dst)
 
 
 def load_checkpoint(path: Path) -> dict:

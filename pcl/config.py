@@ -59,6 +59,10 @@ class TrainConfig:
     resume: str | None = None  # checkpoint path, or "auto"
     stop_after_epochs: int | None = None
     save_freq: int = 10
+    save_every_minutes: float = 0.0  # mid-epoch last.pth every M minutes (0 = off)
+    save_every_steps: int = 0  # mid-epoch last.pth every N steps (0 = off)
+    overwrite: bool = False  # start from scratch over an exp-dir that holds checkpoints
+    requeue: bool = False  # under SLURM: scontrol requeue after a signal-triggered checkpoint
     print_freq: int = 10
     save_clusters: bool = False
     seed: int = 0
@@ -108,7 +112,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        items = [x.strip() for x in text.split(",")]
+        if text.strip() and "" in items:  # "10,,20": a missing value, not "10,20"
+            raise ValueError
+        return [int(x) for x in items if x]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
@@ -310,6 +317,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="also keep checkpoint_XXXX.pth every N epochs",
     )
     g.add_argument(
+        "--save-every-minutes",
+        type=float,
+        default=_default(T, "save_every_minutes"),
+        help="also write a resumable mid-epoch last.pth every M minutes (0 = off)",
+    )
+    g.add_argument(
+        "--save-every-steps",
+        type=int,
+        default=_default(T, "save_every_steps"),
+        help="also write a resumable mid-epoch last.pth every N steps (0 = off)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=_default(T, "overwrite"),
+        help="start from scratch in an exp-dir that holds checkpoints, deleting that run's outputs",
+    )
+    g.add_argument(
+        "--requeue",
+        action="store_true",
+        default=_default(T, "requeue"),
+        help="under SLURM: after a SIGTERM/SIGUSR1 checkpoint, scontrol requeue this job",
+    )
+    g.add_argument(
         "--print-freq", type=int, default=_default(T, "print_freq"), help="progress-bar update interval (steps)"
     )
     g.add_argument("--seed", type=int, default=_default(T, "seed"))
@@ -402,6 +433,8 @@ def validate(cfg: Config, world: int = 1) -> None:
         "--max-bad-steps": t.max_bad_steps,
         "--save-freq": t.save_freq,
         "--print-freq": t.print_freq,
+        "--eval-batch-size": cfg.data.eval_batch_size,
+        "--knn-k": t.knn_k,
     }
     for flag, v in positive.items():
         if v <= 0:
@@ -411,6 +444,20 @@ def validate(cfg: Config, world: int = 1) -> None:
             raise PCLError(f"{flag} must be positive, got {v}")
     if t.warmup_epochs < 0 or o.lr_warmup_epochs < 0 or cfg.data.workers < 0:
         raise PCLError("--warmup-epochs, --lr-warmup-epochs and --workers must be >= 0")
+    aug = cfg.data.aug.resolved()
+    if not 0.0 < aug.crop_min <= 1.0:
+        raise PCLError(f"--crop-min must be in (0, 1], got {aug.crop_min}")
+    if not aug.color_jitter >= 0:
+        raise PCLError(f"--color-jitter must be >= 0, got {aug.color_jitter}")
+    probs = {"--color-jitter-prob": aug.color_jitter_prob, "--grayscale-prob": aug.grayscale_prob}
+    probs["--blur-prob"] = aug.blur_prob
+    for flag, v in probs.items():
+        if not 0.0 <= v <= 1.0:
+            raise PCLError(f"{flag} must be in [0, 1], got {v}")
+    if not (t.save_every_minutes >= 0 and t.save_every_steps >= 0):
+        raise PCLError("--save-every-minutes and --save-every-steps must be >= 0 (0 = off)")
+    if t.overwrite and t.resume:
+        raise PCLError("--overwrite starts from scratch and --resume continues: pass only one of them")
     if not 0.0 <= m.moco_m < 1.0:
         raise PCLError(f"--moco-m must be in [0, 1), got {m.moco_m}")
     if not e.num_cluster or min(e.num_cluster) < 2:

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageFilter
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
 from pcl.errors import PCLError
+from pcl.folder_scan import align_to_train, scan_class_folder
+from pcl.midepoch import ResumableSampler
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ARCHIVE = REPO_ROOT / "data" / "cifar10_subset.tar.gz"
@@ -95,6 +97,36 @@ class IndexedImageFolder(datasets.ImageFolder):
         except (FileNotFoundError, RuntimeError) as e:
             msg = str(e).splitlines()[0]
             raise PCLError(f"no images found under {root}: {msg}") from None
+
+    @staticmethod
+    def make_dataset(
+        directory: str | Path,
+        class_to_idx: dict[str, int],
+        extensions: tuple[str, ...] | None = None,
+        is_valid_file: Callable[[str], bool] | None = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
+        """torchvision's scan, except that a directory-symlink loop is an error naming it (``folder_scan``)."""
+        if is_valid_file is None:
+            exts = tuple(e.lower() for e in (extensions or datasets.folder.IMG_EXTENSIONS))
+            is_valid_file = lambda p: p.lower().endswith(exts)  # noqa: E731
+        out = []
+        for name in sorted(class_to_idx):
+            target = os.path.join(os.path.expanduser(directory), name)
+            if os.path.isdir(target):
+                out.extend((p, class_to_idx[name]) for p in scan_class_folder(target, is_valid_file))
+        present = {t for _, t in out}
+        empty = {c for c, i in class_to_idx.items() if i not in present}
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(sorted(empty))}.")
+        return out
+
+    def relabel_like(self, train: IndexedImageFolder, split: str) -> str | None:
+        """Use ``train``'s class indices (matched by folder name); returns a warning when the classes differ."""
+        self.samples, warning = align_to_train(train.classes, self.classes, self.samples, split)
+        self.imgs, self.targets = self.samples, [t for _, t in self.samples]
+        self.classes, self.class_to_idx = list(train.classes), dict(train.class_to_idx)
+        return warning
 
     def with_transform(self, transform: Callable) -> IndexedImageFolder:
         """The same files (no second folder scan) under another transform."""
@@ -219,7 +251,7 @@ def train_loader(
 
     ``batch_size`` is the per-process batch. Call ``loader.sampler.set_epoch(e)`` each epoch.
     """
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(
         dataset,
         batch_size=batch_size,

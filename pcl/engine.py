@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 from pcl import distributed as pdist
 from pcl.amp import autocast_factory, grad_scaler
-from pcl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pcl.checkpoint import link_or_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pcl.clustering import ClusterResult, Granularity
 from pcl.config import Config, to_dict
 from pcl.distributed import DistInfo
@@ -25,7 +26,10 @@ from pcl.knn import extract, knn_top1
 from pcl.losses import info_nce, proto_nce
 from pcl.meters import EpochMeter, EpochStats, StepResult
 from pcl.metrics import MetricsLog, peak_memory_mib
+from pcl.midepoch import SavePolicy
 from pcl.model import PCL
+from pcl.resume_check import apply_hyperparams, snapshot_hyperparams
+from pcl.signals import STOP, Preempted
 from pcl.tb import TBLogger
 
 REMEDIES = (
@@ -107,17 +111,25 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir.metrics, t.epochs, t.warmup_epochs, enabled=info.is_main)
         self.epoch_scalars: dict[str, float] = {}  # this epoch's scalars logged at step = epoch (metrics.json)
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
+        # mid-epoch resume: steps already done in epoch ``state.epoch``, that epoch's meter, the RNG to restore
+        # once the epoch's loader iterator exists (creating it draws from the RNG)
+        self.position, self.resumed_meter, self.pending_rng = 0, None, None
+        self.policy = SavePolicy(cfg.train.save_every_steps, cfg.train.save_every_minutes)
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_state(self) -> dict:
+    def checkpoint_state(self, step_in_epoch: int = 0, meter: EpochMeter | None = None) -> dict:
         """Everything needed to continue bit-identically: counters, model (queue included), optimizer,
         scheduler, scaler, cluster result, every rank's RNG states, and the configuration (``asdict``).
 
+        Mid-epoch (``step_in_epoch`` > 0): also the steps done in epoch ``epoch`` and that epoch's meter.
         Collective under DDP (gathers the RNG states): every rank must call it.
         """
         rngs = pdist.all_gather_object(rng_state())
         return {
             "epoch": self.state.epoch,
+            "step_in_epoch": step_in_epoch,
+            "epoch_meter": None if meter is None else vars(meter).copy(),
+            "num_train": self.loaders.num_train,
             "global_step": self.state.global_step,
             "skipped_steps": self.state.skipped_steps,
             "model": self.raw.state_dict(),
@@ -130,35 +142,65 @@ class Trainer:
             "config": to_dict(self.cfg),
         }
 
-    def save(self) -> None:
-        """Write ``last.pth`` (and the kept ``checkpoint_XXXX.pth`` every ``--save-freq`` epochs and at the end)
-        from rank 0, atomically; all ranks wait for it."""
-        state = self.checkpoint_state()  # collective: every rank takes part
+    def numbered(self, epoch: int) -> Path | None:
+        """The kept ``checkpoint_XXXX.pth`` after ``epoch`` completed epochs (every ``--save-freq`` and the
+        last), or None."""
         t = self.cfg.train
-        if self.info.is_main:
-            save_checkpoint(state, self.run_dir.last)
-            if self.state.epoch % t.save_freq == 0 or self.state.epoch == t.epochs:
-                save_checkpoint(state, self.run_dir.checkpoint(self.state.epoch))
-        pdist.barrier()
+        return self.run_dir.checkpoint(epoch) if epoch % t.save_freq == 0 or epoch == t.epochs else None
 
-    def resume(self, path: Path) -> None:
-        """Restore everything ``save`` wrote; rank 0 reads the file and sends it to the other ranks."""
-        ckpt = load_checkpoint(path) if self.info.is_main else None
-        ckpt = pdist.broadcast_object(ckpt)
+    def save(self, step_in_epoch: int = 0, meter: EpochMeter | None = None) -> Path:
+        """Write ``last.pth`` from rank 0, atomically; all ranks wait for it. At an epoch end the kept
+        ``checkpoint_XXXX.pth`` is written first and ``last.pth`` made from it, so a kill between the two
+        cannot lose the numbered one."""
+        state = self.checkpoint_state(step_in_epoch, meter)  # collective: every rank takes part
+        last = self.run_dir.last
+        if self.info.is_main:
+            numbered = None if step_in_epoch else self.numbered(self.state.epoch)
+            if numbered is not None:
+                save_checkpoint(state, numbered)
+                link_or_save(numbered, last, state)
+            else:
+                save_checkpoint(state, last)
+        self.policy.reset()
+        pdist.barrier()
+        return last
+
+    def resume(self, path: Path, ckpt: dict | None = None) -> None:
+        """Restore everything ``save`` wrote; rank 0 reads the file (or passes ``ckpt``) and sends it on.
+
+        The new configuration's lr / wd / momentum replace the stored ones (README, "Reliability").
+        """
+        if self.info.is_main and ckpt is None:
+            ckpt = load_checkpoint(path)
+        ckpt = pdist.broadcast_object(ckpt if self.info.is_main else None)
+        fresh = snapshot_hyperparams(self.optimizer, self.scheduler)
         self.raw.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        changes = apply_hyperparams(self.optimizer, self.scheduler, fresh)
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(ckpt["epoch"], ckpt["global_step"], ckpt["skipped_steps"])
         if ckpt["cluster_result"] is not None:
             self.cluster_result = ClusterResult.from_state_dict(ckpt["cluster_result"]).to(self.device)
+        self.position = ckpt.get("step_in_epoch", 0)
+        self.resumed_meter = ckpt.get("epoch_meter")
         rngs = ckpt["rng"]
-        if len(rngs) == self.info.world:
-            set_rng_state(rngs[self.info.rank])
-        else:  # different number of processes: continue with fresh, rank-dependent seeds
+        rng = rngs[self.info.rank] if len(rngs) == self.info.world else None
+        if rng is None:  # different number of processes: continue with fresh, rank-dependent seeds
             torch.manual_seed(self.cfg.train.seed + 1000 * ckpt["epoch"] + self.info.rank)
+        elif self.position:
+            self.pending_rng = rng
+        else:
+            set_rng_state(rng)
         if self.info.is_main:
-            print(f"resumed from {path}: {ckpt['epoch']} epochs done, step {ckpt['global_step']}")
+            where = f", {self.position} steps into epoch {ckpt['epoch']}" if self.position else ""
+            print(f"resumed from {path}: {ckpt['epoch']} epochs done{where}, step {ckpt['global_step']}")
+            for c in changes:
+                print(f"resume: {c} applied from step {ckpt['global_step']} on")
+            numbered = None if self.position else self.numbered(self.state.epoch)
+            if numbered is not None and not numbered.exists() and self.state.epoch > 0:
+                save_checkpoint(ckpt, numbered)  # lost by a kill between the two writes (older versions)
+                print(f"recreated {numbered}")
 
     # ------------------------------------------------------------------ E-step
     def estep(self, epoch: int) -> ClusterResult:
@@ -166,17 +208,18 @@ class Trainer:
         cluster statistics and, with ``--save-clusters``, writes the result to the run directory."""
         self.model.eval()
         t0 = time.time()
-        result = run_estep(
-            self.raw.cluster_features,
-            self.loaders.estep,
-            self.loaders.num_train,
-            self.cfg.model.low_dim,
-            self.cfg.estep,
-            self.info,
-            epoch,
-            self.cfg.model.temperature,
-            self.autocast,
-        )
+        with STOP.stop_at_once():  # nothing resumable inside the E-step: a signal stops it at once
+            result = run_estep(
+                self.raw.cluster_features,
+                self.loaders.estep,
+                self.loaders.num_train,
+                self.cfg.model.low_dim,
+                self.cfg.estep,
+                self.info,
+                epoch,
+                self.cfg.model.temperature,
+                self.autocast,
+            )
         self.model.train()
         scalars = {f"cluster/k{g.k}/{name}": v for g in result.levels for name, v in g.stats.items()}
         scalars["time/estep_seconds"] = time.time() - t0
@@ -188,12 +231,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ M-step
     def train_epoch(self, epoch: int, clusters: ClusterResult | None) -> EpochStats:
-        """One pass over the training set; ProtoNCE on every granularity of ``clusters`` when given."""
+        """One pass over the training set; ProtoNCE on every granularity of ``clusters`` when given.
+
+        Starts after ``self.position`` steps when resuming a mid-epoch checkpoint.
+        """
         self.model.train()
-        self.loaders.train.sampler.set_epoch(epoch)
         levels = clusters.levels if clusters is not None else []
-        meter, t0 = EpochMeter(), time.time()
-        bar = tqdm(self.loaders.train, desc=f"epoch {epoch}", disable=not self.info.is_main, leave=False)
+        sampler = self.loaders.train.sampler
+        sampler.set_epoch(epoch)
+        done, self.position = self.position, 0
+        sampler.skip = done * self.loaders.train.batch_size
+        meter, t0 = EpochMeter(**(self.resumed_meter or {})), time.time()
+        self.resumed_meter = None
+        batches = iter(self.loaders.train)  # draws the epoch's loader seed from the RNG
+        if self.pending_rng is not None:
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
+        show = self.info.is_main
+        bar = tqdm(batches, f"epoch {epoch}", self.steps_per_epoch, disable=not show, leave=False, initial=done)
         for (im_q, im_k), index in bar:
             step, keys, grads, grad_norm = self._forward_backward(im_q, im_k, index, levels)
             stop = self._skip(step) if step.bad else self._apply(keys, grads, grad_norm)
@@ -208,7 +263,24 @@ class Trainer:
                 self.scheduler.step()
             if self.info.is_main and self.state.global_step % self.cfg.train.print_freq == 0:
                 bar.set_postfix(loss=f"{meter.loss:.3f}", acc_inst=f"{meter.acc_inst:.1f}")
+            done += 1
+            self._maybe_save_mid_epoch(done, meter)
         return meter.stats(time.time() - t0, proto=bool(levels))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.loaders.train.sampler.num_samples // self.loaders.train.batch_size
+
+    def _maybe_save_mid_epoch(self, done: int, meter: EpochMeter) -> None:
+        """After step ``done`` of the epoch: a mid-epoch checkpoint when ``--save-every-*`` says so or a stop
+        signal arrived (on any rank); after a signal, ``Preempted`` once it is written."""
+        save, stop = self.policy.due(done, STOP.requested, self.info.world, self.device)
+        if not save or (done == self.steps_per_epoch and not stop):  # the epoch-end checkpoint follows anyway
+            return
+        self.tb.flush()
+        path = self.save(step_in_epoch=done, meter=meter)
+        if stop:
+            raise Preempted(STOP.signum or signal.SIGTERM, f"{path} (epoch {self.state.epoch}, step {done})")
 
     def _forward_backward(
         self, im_q: torch.Tensor, im_k: torch.Tensor, index: torch.Tensor, levels: list[Granularity]
@@ -366,9 +438,11 @@ class Trainer:
         start = self.state.epoch
         end = t.epochs if stop_after is None else min(t.epochs, start + stop_after)
         self.metrics.resume(start)
+        self.policy.reset()
         for epoch in range(start, end):
             t_epoch, self.epoch_scalars = time.time(), {}
-            self.cluster_result = self.estep(epoch) if epoch >= t.warmup_epochs else None
+            if not self.position:  # mid-epoch resume: the checkpoint holds this epoch's cluster result
+                self.cluster_result = self.estep(epoch) if epoch >= t.warmup_epochs else None
             stats = self.train_epoch(epoch, self.cluster_result)
             knn = self.evaluate()
             scalars = {

@@ -108,3 +108,102 @@ def test_checkpoint_from_before_the_typed_configs_resumes(
     assert "2 epochs done" in capsys.readouterr().out
     new = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
     assert new["epoch"] == 3 and new["config"]["train"]["epochs"] == 3
+
+
+def assert_identical(a_dir: Path, b_dir: Path) -> None:
+    a = torch.load(a_dir / "checkpoints" / "last.pth", weights_only=False)
+    b = torch.load(b_dir / "checkpoints" / "last.pth", weights_only=False)
+    assert (a["epoch"], a["global_step"], a["step_in_epoch"]) == (b["epoch"], b["global_step"], b["step_in_epoch"])
+    for name, t in a["model"].items():
+        assert torch.equal(t, b["model"][name]), name  # queue, pointer and all weights
+    for la, lb in zip(a["cluster_result"]["levels"], b["cluster_result"]["levels"], strict=True):
+        assert torch.equal(la["im2cluster"], lb["im2cluster"])
+        assert torch.equal(la["centroids"], lb["centroids"])
+    assert a["epoch_meter"] is None and b["epoch_meter"] is None
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes_at_the_next_batch_identically(
+    full_run: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """SIGTERM during step 3 of the PCL epoch: that step finishes, a mid-epoch checkpoint is written, exit 143;
+    the resumed run starts at step 4 of the same epoch and ends bit-identical to the uninterrupted run."""
+    import os
+    import signal
+
+    from pcl.engine import Trainer
+
+    log_step = Trainer._log_step
+
+    def log_then_signal(self: Trainer, step: object) -> None:
+        log_step(self, step)
+        if self.state.global_step == STEPS_PER_EPOCH + 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Trainer, "_log_step", log_then_signal)
+    assert run(tiny_data, tmp_path) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (1, 3, STEPS_PER_EPOCH + 3)
+    assert ckpt["cluster_result"]["epoch"] == 1  # this epoch's clusters: the E-step is not redone
+    monkeypatch.setattr(Trainer, "_log_step", log_step)
+    assert run(tiny_data, tmp_path, "--resume", "auto") == 0
+    assert "3 steps into epoch 1" in capsys.readouterr().out
+    assert_identical(full_run, tmp_path)
+    lossy = scalars(tmp_path)["train/loss"]
+    assert sorted({s for s, _ in lossy}) == list(range(2 * STEPS_PER_EPOCH))
+
+
+def test_sigterm_in_the_estep_stops_at_once_and_resumes_identically(
+    full_run: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import os
+    import signal
+
+    import pcl.engine
+
+    real = pcl.engine.run_estep
+
+    def signal_inside(*a: object, **kw: object) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)  # raises Preempted here, inside the E-step
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pcl.engine, "run_estep", signal_inside)
+    assert run(tiny_data, tmp_path) == 128 + signal.SIGTERM
+    assert "latest checkpoint is" in capsys.readouterr().err
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 0)
+    monkeypatch.setattr(pcl.engine, "run_estep", real)
+    assert run(tiny_data, tmp_path, "--resume", "auto") == 0
+    assert_identical(full_run, tmp_path)
+
+
+def test_sigkill_mid_epoch_with_save_every_steps_resumes_identically(
+    full_run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    """A run killed with SIGKILL (no chance to save) after a ``--save-every-steps`` checkpoint inside the PCL epoch
+    continues from that step and still matches the uninterrupted run."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+
+    argv = [sys.executable, str(ROOT / "main_pcl.py"), str(tiny_data), *TINY_ARGS, "--exp-dir", str(tmp_path)]
+    proc = subprocess.Popen(
+        [*argv, "--save-every-steps", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last, deadline, ckpt = tmp_path / "checkpoints" / "last.pth", time.monotonic() + 400, None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if last.exists():
+                ckpt = torch.load(last, weights_only=False)
+                if ckpt["epoch"] == 1 and ckpt["step_in_epoch"] > 0:
+                    break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert ckpt is not None and ckpt["epoch"] == 1 and ckpt["step_in_epoch"] in (2, 4), "no mid-epoch checkpoint"
+    assert run(tiny_data, tmp_path, "--resume", "auto") == 0
+    assert_identical(full_run, tmp_path)
