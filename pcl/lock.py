@@ -20,6 +20,19 @@ from pathlib import Path
 from pcl.errors import PCLError
 
 LOCK_NAME = ".lock"
+_HELD: set[int] = set()  # lock fds of this process
+
+
+def _close_in_child() -> None:
+    """A forked child (DataLoader worker) must not keep the lock alive after the run dies: close its copies
+    (the parent's lock stays: ``flock`` is released only when every copy is closed)."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 def _owner() -> dict:
@@ -79,6 +92,7 @@ class ExpDirLock:
         os.pwrite(fd, json.dumps(_owner()).encode(), 0)
         os.fsync(fd)
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     def _check_without_flock(self) -> None:
@@ -106,6 +120,7 @@ class ExpDirLock:
         with contextlib.suppress(OSError):
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
+        _HELD.discard(self._fd)
         self._fd = None
 
     def __enter__(self) -> ExpDirLock:

@@ -228,6 +228,24 @@ def test_lock_is_exclusive_and_released() -> None:
             assert again.stale is None  # released cleanly: not reported as stale
 
 
+def test_forked_children_do_not_keep_the_lock(tmp_path: Path) -> None:
+    """DataLoader workers are forked: a worker outliving a killed run must not block the restarted run."""
+    lock = ExpDirLock(tmp_path).acquire()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: signal that it runs (the at-fork hook has run), then linger like a worker
+        os.write(w, b"x")
+        time.sleep(5)
+        os._exit(0)
+    try:
+        assert os.read(r, 1) == b"x"
+        os.close(lock._fd)  # the run dies without releasing (as under SIGKILL)
+        ExpDirLock(tmp_path).acquire().release()  # the lingering child does not hold it
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
 def test_fresh_run_over_a_checkpoint_needs_resume_or_overwrite(
     tiny_data: Path, exp_copy: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
