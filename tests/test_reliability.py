@@ -160,6 +160,7 @@ def test_resume_from_an_exported_backbone_is_a_clear_error(
         text=True,
         cwd=ROOT,
         timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0, proc.stderr
     assert run(tiny_data, tmp_path / "new", "--resume", str(out)) == 2
