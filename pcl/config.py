@@ -70,6 +70,7 @@ class TrainConfig:
     dist_backend: str = "auto"  # auto | nccl | gloo
     knn_k: int = 200
     knn_t: float = 0.1
+    knn_freq: int = 1  # kNN monitor every N epochs and after the last one; 0 = never
 
 
 @dataclass
@@ -346,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=_default(T, "seed"))
     g.add_argument("--device", default=_default(T, "device"), choices=("auto", "cpu", "cuda"))
     g.add_argument("--dist-backend", default=_default(T, "dist_backend"), choices=("auto", "nccl", "gloo"))
+    g.add_argument(
+        "--knn-freq",
+        type=int,
+        default=_default(T, "knn_freq"),
+        help="kNN monitor every N epochs and after the last one (0 = never); costs a full train+val feature pass",
+    )
     g.add_argument("--knn-k", type=int, default=_default(T, "knn_k"))
     g.add_argument("--knn-t", type=float, default=_default(T, "knn_t"))
     g.add_argument("--eval-batch-size", type=int, default=_default(D, "eval_batch_size"))
@@ -442,8 +449,8 @@ def validate(cfg: Config, world: int = 1) -> None:
     for flag, v in {"--lr": o.lr, "--temperature": m.temperature, "--knn-t": t.knn_t}.items():
         if not v > 0:
             raise PCLError(f"{flag} must be positive, got {v}")
-    if t.warmup_epochs < 0 or o.lr_warmup_epochs < 0 or cfg.data.workers < 0:
-        raise PCLError("--warmup-epochs, --lr-warmup-epochs and --workers must be >= 0")
+    if t.warmup_epochs < 0 or o.lr_warmup_epochs < 0 or cfg.data.workers < 0 or t.knn_freq < 0:
+        raise PCLError("--warmup-epochs, --lr-warmup-epochs, --workers and --knn-freq must be >= 0")
     aug = cfg.data.aug.resolved()
     if not 0.0 < aug.crop_min <= 1.0:
         raise PCLError(f"--crop-min must be in (0, 1], got {aug.crop_min}")

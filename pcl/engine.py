@@ -31,6 +31,7 @@ from pcl.model import PCL
 from pcl.resume_check import apply_hyperparams, snapshot_hyperparams
 from pcl.signals import STOP, Preempted
 from pcl.tb import TBLogger
+from pcl.timing import PhaseTimer
 
 REMEDIES = (
     "lower --lr or add --lr-warmup-epochs; try --clip-grad 1.0; use --amp bf16 or off instead of fp16; "
@@ -110,6 +111,7 @@ class Trainer:
         t = cfg.train
         self.metrics = MetricsLog(self.run_dir.metrics, t.epochs, t.warmup_epochs, enabled=info.is_main)
         self.epoch_scalars: dict[str, float] = {}  # this epoch's scalars logged at step = epoch (metrics.json)
+        self.timer = PhaseTimer(self.device)  # per-epoch time/<part>_seconds scalars
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
         # mid-epoch resume: steps already done in epoch ``state.epoch``, that epoch's meter, the RNG to restore
         # once the epoch's loader iterator exists (creating it draws from the RNG)
@@ -219,6 +221,7 @@ class Trainer:
                 epoch,
                 self.cfg.model.temperature,
                 self.autocast,
+                self.timer,
             )
         self.model.train()
         scalars = {f"cluster/k{g.k}/{name}": v for g in result.levels for name, v in g.stats.items()}
@@ -249,7 +252,7 @@ class Trainer:
             self.pending_rng = None
         show = self.info.is_main
         bar = tqdm(batches, f"epoch {epoch}", self.steps_per_epoch, disable=not show, leave=False, initial=done)
-        for (im_q, im_k), index in bar:
+        for (im_q, im_k), index in self.timer.timed_iter(bar, "mstep_data_wait"):
             step, keys, grads, grad_norm = self._forward_backward(im_q, im_k, index, levels)
             stop = self._skip(step) if step.bad else self._apply(keys, grads, grad_norm)
             meter.add(step)
@@ -443,17 +446,22 @@ class Trainer:
             t_epoch, self.epoch_scalars = time.time(), {}
             if not self.position:  # mid-epoch resume: the checkpoint holds this epoch's cluster result
                 self.cluster_result = self.estep(epoch) if epoch >= t.warmup_epochs else None
-            stats = self.train_epoch(epoch, self.cluster_result)
-            knn = self.evaluate()
+            with self.timer.phase("mstep"):
+                stats = self.train_epoch(epoch, self.cluster_result)
+            knn_due = bool(t.knn_freq) and ((epoch + 1) % t.knn_freq == 0 or epoch + 1 == end)
+            if knn_due:
+                with self.timer.phase("knn"):
+                    knn = self.evaluate()
             scalars = {
                 "epoch/acc_inst": stats.acc_inst,
                 "epoch/loss": stats.loss,
                 "epoch/skipped_steps": float(stats.skipped),
                 "time/epoch_seconds": stats.seconds,
+                **self.timer.pop(),
             }
             if self.cluster_result is not None:
                 scalars.update({"epoch/acc_proto": stats.acc_proto, "epoch/loss_proto": stats.loss_proto})
-            if knn is not None:
+            if knn_due and knn is not None:
                 scalars["eval/knn_top1"] = knn
             scalars["time/epoch_total_seconds"] = time.time() - t_epoch  # E-step + M-step + kNN monitor
             scalars.update({f"memory/{k}": v for k, v in peak_memory_mib(self.device).items()})
@@ -462,12 +470,17 @@ class Trainer:
             self.epoch_scalars.update(scalars)
             self.metrics.add(epoch, self.epoch_scalars)  # before the checkpoint: a resume redoes this epoch
             self.state.epoch = epoch + 1
-            self.save()
+            with self.timer.phase("checkpoint"):
+                self.save()
+            ckpt_time = self.timer.pop()  # time/checkpoint_seconds
+            self.tb.scalars(ckpt_time, epoch)
+            self.epoch_scalars.update(ckpt_time)
+            self.metrics.add(epoch, self.epoch_scalars)  # the same record, now with the checkpoint's time
             if self.info.is_main:
                 msg = f"epoch {epoch}: loss {stats.loss:.4f} acc_inst {stats.acc_inst:.1f}"
                 if self.cluster_result is not None:
                     msg += f" acc_proto {stats.acc_proto:.1f}"
-                if knn is not None:
+                if "eval/knn_top1" in scalars:
                     msg += f" knn_top1 {knn:.2f}"
                 msg += f" skipped {stats.skipped} ({stats.seconds:.0f}s)"
                 tqdm.write(msg)

@@ -23,6 +23,7 @@ from pcl import distributed as pdist
 from pcl.clustering import ClusterResult, Granularity, KMeansConfig, assign, concentration, phi_raw_mean, train_kmeans
 from pcl.distributed import DistInfo
 from pcl.feature_store import FeatureStore, ShardWriter
+from pcl.timing import NULL_TIMER, PhaseTimer
 
 
 @dataclass
@@ -75,11 +76,23 @@ def cluster_store(
     epoch: int,
     temperature: float,
     show: bool = True,
+    timer: PhaseTimer = NULL_TIMER,
 ) -> ClusterResult:
     """k-means for every granularity on this rank's ``store`` (and the other ranks'), streamed assignment.
 
-    The concentrations of each granularity are rescaled to mean ``temperature``.
+    The concentrations of each granularity are rescaled to mean ``temperature``. ``timer`` gets the phases
+    ``kmeans`` (sample + training) and ``assign`` (streamed assignment, concentrations).
     """
+    with timer.phase("kmeans"):
+        centroids = _train_centroids(store, num_total, cfg, info, epoch)
+    with timer.phase("assign"):
+        return _assign_all(store, centroids, num_total, cfg, info, epoch, temperature, show)
+
+
+def _train_centroids(
+    store: FeatureStore, num_total: int, cfg: EStepConfig, info: DistInfo, epoch: int
+) -> list[torch.Tensor]:
+    """Rank 0 trains ``(k, d)`` centroids per granularity on a gathered sample; broadcast to every rank."""
     dev = info.device
     rng = np.random.default_rng([cfg.seed, epoch, info.rank])
     sample = pdist.gather_rows_to_main(kmeans_sample(store, num_total, cfg.max_points, rng), dev)
@@ -89,8 +102,21 @@ def cluster_store(
         if info.is_main:  # official: seed = granularity index
             c.copy_(torch.from_numpy(train_kmeans(sample, k, seed=i, cfg=cfg.kmeans)))
         centroids.append(pdist.broadcast(c))
-    del sample
+    return centroids
 
+
+def _assign_all(
+    store: FeatureStore,
+    centroids: list[torch.Tensor],
+    num_total: int,
+    cfg: EStepConfig,
+    info: DistInfo,
+    epoch: int,
+    temperature: float,
+    show: bool,
+) -> ClusterResult:
+    """Nearest centroid of every stored feature, all-reduced counts and distance sums, concentrations."""
+    dev = info.device
     levels = len(cfg.num_cluster)
     im2cluster = [torch.zeros(num_total, dtype=torch.long, device=dev) for _ in range(levels)]
     counts = [torch.zeros(k, dtype=torch.float64, device=dev) for k in cfg.num_cluster]
@@ -132,17 +158,19 @@ def run_estep(
     epoch: int,
     temperature: float,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    timer: PhaseTimer = NULL_TIMER,
 ) -> ClusterResult:
     """Whole E-step for ``epoch``: features ``(B, feat_dim)`` of this rank's ``loader`` to shards, clustering
-    (concentrations of mean ``temperature``), clean-up."""
+    (concentrations of mean ``temperature``), clean-up. ``timer`` gets ``estep_features``, ``kmeans``, ``assign``."""
     if cfg.feature_dir is None:
         raise ValueError("EStepConfig.feature_dir is unset (main_pcl sets it to <exp-dir>/features)")
     show = info.is_main
     writer = ShardWriter(
         cfg.feature_dir / f"epoch{epoch:04d}", feat_dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}"
     )
-    store = extract_features(features_fn, loader, writer, info.device, autocast, show)
-    result = cluster_store(store, num_total, cfg, info, epoch, temperature, show)
+    with timer.phase("estep_features"):
+        store = extract_features(features_fn, loader, writer, info.device, autocast, show)
+    result = cluster_store(store, num_total, cfg, info, epoch, temperature, show, timer)
     if not cfg.keep_features:
         store.delete()
     return result

@@ -77,3 +77,79 @@ def test_sampling_is_roughly_uniform() -> None:
     assert counts[0] == 0
     expected = 2000 * 5 / 19
     assert ((counts[1:] - expected).abs() < 0.15 * expected).all()
+
+
+def _proto_nce_reference(
+    q: torch.Tensor, positives: torch.Tensor, centroids: torch.Tensor, density: torch.Tensor, neg: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The formula as first written: gather, ``q @ c.T``, divide the logits by phi, cross-entropy."""
+    ids = torch.cat([positives, neg])
+    logits = (q @ centroids[ids].T) / density[ids]
+    loss = F.cross_entropy(logits, torch.arange(q.shape[0]))
+    return loss, (ids[logits.argmax(dim=1)] == positives).sum()
+
+
+def _random_problem(b: int, k: int, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    centroids = F.normalize(torch.randn(k, d, generator=g), dim=1)
+    density = 0.1 + 0.3 * torch.rand(k, generator=g)
+    positives = torch.randint(0, k, (b,), generator=g)
+    positives[1] = positives[0]  # a shared positive
+    return q, positives, centroids, density
+
+
+def test_proto_nce_masked_path_equals_reference_loss_and_gradient() -> None:
+    """k <= r: all free clusters are negatives; the masked fixed-shape logits give the same loss and grad."""
+    q, positives, centroids, density = _random_problem(b=12, k=30)
+    free = torch.ones(30, dtype=torch.bool)
+    free[positives] = False
+    q1, q2 = q.clone().requires_grad_(), q.clone().requires_grad_()
+    loss, correct = proto_nce(q1, positives, centroids, density, r=64)
+    ref, ref_correct = _proto_nce_reference(q2, positives, centroids, density, free.nonzero().squeeze(1))
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-5, atol=1e-7)
+    assert int(correct) == int(ref_correct)
+
+
+def test_proto_nce_sampled_path_equals_reference_for_the_same_negatives() -> None:
+    """k - B >= r: with the same RNG state the negatives and therefore loss, grad and hits are the reference's."""
+    q, positives, centroids, density = _random_problem(b=12, k=200, seed=3)
+    torch.manual_seed(7)
+    neg = sample_negative_prototypes(positives, 200, 50)
+    torch.manual_seed(7)
+    q1, q2 = q.clone().requires_grad_(), q.clone().requires_grad_()
+    loss, correct = proto_nce(q1, positives, centroids, density, r=50)
+    ref, ref_correct = _proto_nce_reference(q2, positives, centroids, density, neg)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-5, atol=1e-7)
+    assert int(correct) == int(ref_correct)
+
+
+def test_sampling_without_host_sync_is_uniform_over_free_clusters() -> None:
+    """The top-k-of-uniform-scores path (k - B >= r): positives never drawn, free clusters equally often
+    (chi-square at p = 0.001), and pairs of free clusters equally often together (pair inclusion rate)."""
+    from scipy.stats import chi2
+
+    torch.manual_seed(2)
+    k, r, draws = 40, 12, 4000
+    pos = torch.tensor([0, 5, 5, 9, 17, 33])
+    counts, pair = torch.zeros(k), 0
+    for _ in range(draws):
+        neg = sample_negative_prototypes(pos, k, r)
+        assert neg.numel() == r and neg.unique().numel() == r
+        counts[neg] += 1
+        pair += int(torch.isin(torch.tensor([1, 2]), neg).all())
+    free = torch.ones(k, dtype=torch.bool)
+    free[pos] = False
+    assert counts[~free].sum() == 0
+    n_free = int(free.sum())
+    expected = draws * r / n_free
+    stat = float(((counts[free] - expected) ** 2 / expected).sum())
+    assert stat < chi2.ppf(0.999, n_free - 1)
+    p_pair = r * (r - 1) / (n_free * (n_free - 1))  # P(both of two given free clusters are drawn)
+    assert abs(pair / draws - p_pair) < 4 * math.sqrt(p_pair * (1 - p_pair) / draws)
