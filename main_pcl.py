@@ -32,6 +32,8 @@ from pcl.data import (
 )
 from pcl.engine import Loaders, Trainer
 from pcl.errors import PCLError
+from pcl.gpu_aug import GpuAugLoader
+from pcl.image_cache import attach_cache
 from pcl.model import PCL
 from pcl.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
 from pcl.resume_check import check_compatible, check_training_checkpoint
@@ -52,15 +54,21 @@ def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
         warning = eval_set.relabel_like(train_set, splits.eval.name)
         if warning and info.is_main:
             print(warning, file=sys.stderr)
+    cache_mode = "yes" if d.gpu_aug and d.cache_images == "auto" else d.cache_images
+    cached = attach_cache([train_set, *([eval_set] if eval_set else [])], cache_mode, d.cache_budget_mb, info.is_main)
+    if d.gpu_aug and not cached:
+        raise PCLError("--gpu-aug needs the decoded images in RAM: use --cache-images yes (or raise --cache-budget-mb)")
     verify = d.verify_images == "yes" or (d.verify_images == "auto" and len(train_set) <= VERIFY_AUTO_LIMIT)
-    if verify:
+    if verify and not cached:  # building the cache decoded every image already
         paths = [p for p, _ in train_set.samples] + ([p for p, _ in eval_set.samples] if eval_set else [])
         verify_images(paths, show=info.is_main)
     validate_data(cfg, len(train_set))
     estep_set = train_set.with_transform(eval_transform(size))
     per_rank = batch // info.world
     loaders = Loaders(
-        train=train_loader(train_set, per_rank, d.workers, seed, info.rank, info.world),
+        train=GpuAugLoader(train_set.cache.as_tensor(), d.aug, per_rank, seed, info.device, info.rank, info.world)
+        if d.gpu_aug
+        else train_loader(train_set, per_rank, d.workers, seed, info.rank, info.world),
         estep=eval_loader(estep_set, d.eval_batch_size, d.workers, info.rank, info.world),
         num_train=len(train_set),
     )

@@ -189,6 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("-j", "--workers", type=int, default=_default(D, "workers"), help="data-loading processes per rank")
     g.add_argument(
+        "--cache-images",
+        default=_default(D, "cache_images"),
+        choices=("auto", "yes", "no"),
+        help="decode every image once into RAM (uint8) instead of every epoch; auto: when they fit the budget",
+    )
+    g.add_argument(
+        "--cache-budget-mb",
+        type=float,
+        default=_default(D, "cache_budget_mb"),
+        help="RAM budget of --cache-images, per process",
+    )
+    g.add_argument(
+        "--gpu-aug",
+        action="store_true",
+        default=_default(D, "gpu_aug"),
+        help="augment batches on the training device with kornia (needs the image cache and one image size)",
+    )
+    g.add_argument(
         "--verify-images",
         default=_default(D, "verify_images"),
         choices=("auto", "yes", "no"),

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from pcl.errors import PCLError
 from pcl.folder_scan import align_to_train, scan_class_folder
+from pcl.image_cache import ImageCache
 from pcl.midepoch import ResumableSampler
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +90,12 @@ def load_rgb(path: str) -> Image.Image:
 
 
 class IndexedImageFolder(datasets.ImageFolder):
-    """ImageFolder whose items are ``(transformed image, dataset index)``; ``targets`` holds the labels."""
+    """ImageFolder whose items are ``(transformed image, dataset index)``; ``targets`` holds the labels.
+
+    ``cache``: an ``ImageCache`` of ``samples``' files (``--cache-images``), shared by ``with_transform`` copies.
+    """
+
+    cache: ImageCache | None = None
 
     def __init__(self, root: Path, transform: Callable | None = None) -> None:
         try:
@@ -135,8 +141,7 @@ class IndexedImageFolder(datasets.ImageFolder):
         return other
 
     def __getitem__(self, index: int) -> tuple[object, int]:
-        path, _ = self.samples[index]
-        sample = load_rgb(path)
+        sample = self.cache[index] if self.cache is not None else load_rgb(self.samples[index][0])
         if self.transform is not None:
             sample = self.transform(sample)
         return sample, index
@@ -199,6 +204,9 @@ class DataConfig:
     aug: AugConfig = field(default_factory=AugConfig)
     workers: int = 2  # data-loading processes per rank
     verify_images: str = "auto"  # auto | yes | no
+    cache_images: str = "auto"  # decoded uint8 images in RAM: auto (when they fit the budget) | yes | no
+    cache_budget_mb: float = 1024.0  # per process
+    gpu_aug: bool = False  # kornia augmentation on the training device (needs the cache)
     eval_batch_size: int = 256  # E-step and kNN-monitor loaders
 
 

@@ -59,7 +59,8 @@ def test_corrupt_image_met_during_training_names_the_file(
 ) -> None:
     bad = data_copy / "train" / "class2" / "0001.jpg"
     bad.write_bytes(b"garbage")
-    line = error_line(capsys, [str(data_copy), *TINY_ARGS, "--verify-images", "no", "--exp-dir", str(tmp_path / "r")])
+    flags = ["--verify-images", "no", "--cache-images", "no"]  # no up-front decoding at all
+    line = error_line(capsys, [str(data_copy), *TINY_ARGS, *flags, "--exp-dir", str(tmp_path / "r")])
     assert str(bad) in line
 
 

@@ -1,7 +1,7 @@
 """Seconds per training step of the engine's own step: MoCo v2 vs PCL, side by side, interleaved.
 
     python tools/bench_step.py                                    # CIFAR protocol: k=500,1000,2000, r=4096
-    python tools/bench_step.py --num-cluster 25000,50000,100000 --pcl-r 16384 --num-train 1281167
+    python tools/bench_step.py --imagenet-clusters                # k=25000,50000,100000, r=16384, N=1.28M
     python tools/bench_step.py --compare pcl,pcl+channels_last,pcl+compile --device cuda --amp bf16
     python tools/bench_step.py --json --profile                   # + torch.profiler top ops of the pcl step
 
@@ -16,7 +16,8 @@ wraps it in ``torch.compile``.
 
 Variants are interleaved (moco, pcl, moco, pcl, ... for ``--rounds`` rounds of ``--steps`` steps each)
 so that background load hits all of them alike; the figure per variant is the median over rounds and the
-ratio is the median of the per-round ratios. On CUDA every timed block is synchronised.
+ratio is the median of the per-round ratios. On CUDA every timed block is synchronised. Besides wall
+time the process's CPU time is reported (``cpu_*``): on a shared CPU it counts only this process's work.
 """
 
 from __future__ import annotations
@@ -126,16 +127,16 @@ class StepBench:
             raise PCLError(f"benchmark step went non-finite: {result.bad}")
         tr._apply(keys, grads, grad_norm)
 
-    def time(self, steps: int) -> float:
-        """Seconds per step over ``steps`` steps."""
+    def time(self, steps: int) -> tuple[float, float]:
+        """Wall seconds and this process's CPU seconds per step over ``steps`` steps."""
         if self.sync:
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             self.step()
         if self.sync:
             torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / steps
+        return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
 
     def close(self) -> None:
         self.trainer.tb.close()
@@ -166,6 +167,7 @@ def run(a: argparse.Namespace) -> dict:
         raise PCLError(f"--num-cluster {max(num_cluster)} exceeds --num-train {a.num_train}")
     device = torch.device(a.device)
     times: dict[str, list[float]] = {v.name: [] for v in variants}
+    cpu: dict[str, list[float]] = {v.name: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="bench_step_") as tmp:
         clusters = synthetic_clusters(num_cluster, a.num_train, a.low_dim, a.temperature, device, a.seed)
         benches = [StepBench(v, a, Path(tmp), clusters) for v in variants]
@@ -173,20 +175,26 @@ def run(a: argparse.Namespace) -> dict:
             b.time(a.warmup)
         for _ in range(a.rounds):
             for b in benches:
-                times[b.v.name].append(b.time(a.steps))
+                wall, proc = b.time(a.steps)
+                times[b.v.name].append(wall)
+                cpu[b.v.name].append(proc)
         prof = profile_step(next((b for b in benches if b.v.proto), benches[-1]), a.steps) if a.profile else None
         for b in benches:
             b.close()
     base = variants[0].name
+
+    def ratios(t: dict[str, list[float]]) -> dict[str, float]:
+        return {n: round(statistics.median(x / y for x, y in zip(v, t[base], strict=True)), 4) for n, v in t.items()}
+
     out = {
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "settings": {k: getattr(a, k) for k in SETTINGS},
         "s_per_step": {n: round(statistics.median(t), 5) for n, t in times.items()},
         "s_per_step_rounds": {n: [round(x, 5) for x in t] for n, t in times.items()},
-        f"ratio_to_{base}": {
-            n: round(statistics.median(x / y for x, y in zip(t, times[base], strict=True)), 4) for n, t in times.items()
-        },
+        f"ratio_to_{base}": ratios(times),
+        "cpu_s_per_step": {n: round(statistics.median(t), 5) for n, t in cpu.items()},
+        f"cpu_ratio_to_{base}": ratios(cpu),
     }
     if prof is not None:
         out["profile_top_ops"] = prof
@@ -202,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--pcl-r", type=int, default=CIFAR["pcl_r"], help="queue and negative prototypes")
     p.add_argument("--num-cluster", default=CIFAR["num_cluster"])
+    p.add_argument(
+        "--imagenet-clusters",
+        action="store_true",
+        help="ImageNet granularities: --num-cluster 25000,50000,100000 --pcl-r 16384 --num-train 1281167",
+    )
     p.add_argument("--num-train", type=int, default=CIFAR["num_train"], help="images covered by the clusters")
     p.add_argument("--moco-m", type=float, default=0.99)
     p.add_argument("--low-dim", type=int, default=128)
@@ -215,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--profile", action="store_true", help="add torch.profiler's top ops of the first pcl variant")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("extra", nargs="*", help="further main_pcl.py flags after --, e.g. -- --cluster-head mlp")
@@ -228,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             raise PCLError("--device cuda was asked for but no CUDA device is available")
         if a.steps < 1 or a.rounds < 1 or a.warmup < 0:
             raise PCLError("--steps and --rounds must be >= 1, --warmup >= 0")
+        if a.imagenet_clusters:
+            a.num_cluster, a.pcl_r, a.num_train = IMAGENET["num_cluster"], IMAGENET["pcl_r"], IMAGENET["num_train"]
+        if a.threads is not None:
+            torch.set_num_threads(a.threads)
         a.extra = [*a.extra, "--low-dim", str(a.low_dim), "--temperature", str(a.temperature)]
         out = run(a)
     except PCLError as e:
@@ -239,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     ref = a.compare.split(",")[0]
     print(f"{out['device']}, {out['torch_threads']} threads, {out['settings']}")
     for name, s in out["s_per_step"].items():
-        print(f"{name:28s} {s:8.4f} s/step   {out[f'ratio_to_{ref}'][name]:.3f}x {ref}")
+        print(
+            f"{name:28s} {s:8.4f} s/step ({out[f'ratio_to_{ref}'][name]:.3f}x {ref})   "
+            f"CPU {out['cpu_s_per_step'][name]:8.4f} s/step ({out[f'cpu_ratio_to_{ref}'][name]:.3f}x {ref})"
+        )
     for op in out.get("profile_top_ops", []):
         print(f"  {op['self_ms_per_step']:9.3f} ms/step  {op['calls']:6d} calls  {op['op']}")
     return 0
