@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 TINY_STEP = [
     *("--stem", "imagenet", "--image-size", "16", "--batch-size", "8", "--bn-splits", "2", "--pcl-r", "32"),

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -64,8 +64,10 @@ def test_bench_step_on_cuda_prints_json() -> None:
 
 
 def test_tiny_training_run_on_cuda_with_bf16_and_gpu_aug(tiny_data: Path, tmp_path: Path) -> None:
-    from tests.test_e2e import run
+    import main_pcl
+    from tests.helpers import TINY_ARGS
 
-    assert run(tiny_data, tmp_path, "--device", "cuda", "--amp", "bf16", "--gpu-aug", "--channels-last") == 0
+    flags = [str(tiny_data), *TINY_ARGS, "--exp-dir", str(tmp_path)]
+    assert main_pcl.main([*flags, "--device", "cuda", "--amp", "bf16", "--gpu-aug", "--channels-last"]) == 0
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False, map_location="cpu")
     assert ckpt["epoch"] == 2 and ckpt["cluster_result"] is not None
