@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, tool_env
 
 TINY_STEP = [
     *("--stem", "imagenet", "--image-size", "16", "--batch-size", "8", "--bn-splits", "2", "--pcl-r", "32"),
@@ -16,7 +16,8 @@ TINY_STEP = [
 
 
 def _tool(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, *argv]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=tool_env())
 
 
 def test_bench_step_compares_moco_and_pcl_and_profiles() -> None:

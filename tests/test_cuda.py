@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, tool_env
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -57,7 +57,7 @@ def test_bench_step_on_cuda_prints_json() -> None:
         [sys.executable, "tools/bench_step.py", "--device", "cuda", "--json", "--stem", "imagenet", "--image-size",
          "16", "--batch-size", "16", "--bn-splits", "2", "--pcl-r", "64", "--num-cluster", "5,80", "--num-train",
          "200", "--steps", "2", "--rounds", "2", "--warmup", "1", "--compare", "moco,pcl,pcl+channels_last"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT, capture_output=True, text=True, check=True, env=tool_env(),
     )  # fmt: skip
     res = json.loads(out.stdout)
     assert res["device"] == "cuda" and set(res["s_per_step"]) == {"moco", "pcl", "pcl+channels_last"}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import main_pcl
@@ -50,7 +52,11 @@ def test_epoch_breakdown_is_logged_and_knn_runs_every_knn_freq_epochs(tiny_data:
             assert all(v >= 0 for _, v in values), tag
     mstep, wait = dict(tags["time/mstep_seconds"]), dict(tags["time/mstep_data_wait_seconds"])
     assert all(wait[e] <= mstep[e] for e in mstep)
+    records = {r["epoch"]: r for r in json.loads((tmp_path / "metrics.json").read_text())["epochs"]}
+    for part in ("estep_features", "kmeans", "assign", "mstep", "mstep_data_wait", "knn", "checkpoint"):
+        assert records[2][f"time/{part}_seconds"] == pytest.approx(dict(tags[f"time/{part}_seconds"])[2]), part
     estep, parts = dict(tags["time/estep_seconds"]), ("estep_features", "kmeans", "assign")
+
     for e in (1, 2):  # the parts add up to (almost all of) the E-step's wall time
         total = sum(dict(tags[f"time/{p}_seconds"])[e] for p in parts)
         assert 0.5 * estep[e] <= total <= estep[e] + 1e-3

@@ -20,13 +20,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
+import bench_step  # tools/bench_step.py, beside this file
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import bench_step
 
 from pcl.data import (
     AugConfig,

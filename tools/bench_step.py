@@ -6,7 +6,7 @@
     python tools/bench_step.py --json --profile                   # + torch.profiler top ops of the pcl step
 
 What is timed is ``Trainer._forward_backward`` followed by ``Trainer._apply`` (losses, backward, optimizer
-step, momentum update, enqueue) of a ``Trainer`` built by ``main_pcl.py``'s own builders from the same
+step, momentum update, enqueue) of a ``Trainer`` built from ``main_pcl.py``'s own config parser and the same
 flags as a training run, on synthetic batches (random images, random dataset indices). ``moco`` runs the
 step without cluster results (InfoNCE only, as in the warmup epochs); ``pcl`` runs it with a synthetic
 cluster result of ``--num-cluster`` granularities over ``--num-train`` images (random assignments,
