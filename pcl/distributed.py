@@ -59,8 +59,36 @@ def init_distributed(device_pref: str = "auto", backend: str = "auto", timeout_m
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
         kw = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_min), **kw)
+        timeout = datetime.timedelta(minutes=timeout_min)
+        store = elastic_store(rank, world, timeout)
+        if store is not None:
+            kw.update(store=store, rank=rank, world_size=world)
+        dist.init_process_group(backend, timeout=timeout, **kw)
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def elastic_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun: the rendezvous store with a per-restart key prefix (None otherwise: ``env://``).
+
+    torchrun's agent keeps ONE TCPStore for all restarts (its rendezvous store is shared with the workers) and
+    ``env://`` adds no per-attempt prefix, so after ``--max-restarts`` a fast rank could read the dead previous
+    attempt's gloo address of a slower peer from the store and fail with "connectFullMesh ... Connection
+    refused" (the restart test failed about 1 in 3 on a loaded machine). ``attempt_<TORCHELASTIC_RESTART_COUNT>/``
+    keeps each attempt's keys apart.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or "MASTER_ADDR" not in os.environ:
+        return None
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    base = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=not agent_hosts and rank == 0,
+        timeout=timeout,
+        multi_tenant=not agent_hosts,
+    )
+    return dist.PrefixStore(f"/pcl/attempt_{attempt}/", base)
 
 
 def shutdown() -> None:
