@@ -19,6 +19,7 @@ from torch import nn
 from pcl import distributed as pdist
 from pcl import exp_dir as exp_dir_checks
 from pcl.checkpoint import load_checkpoint
+from pcl.cluster_metrics import has_classes
 from pcl.config import Config, parse_config, to_json, validate, validate_data
 from pcl.data import (
     IndexedImageFolder,
@@ -72,6 +73,8 @@ def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
         estep=eval_loader(estep_set, d.eval_batch_size, d.workers, info.rank, info.world),
         num_train=len(train_set),
     )
+    if cfg.train.cluster_metrics and info.is_main and has_classes(estep_set.targets):
+        loaders.class_labels = torch.tensor(estep_set.targets)
     if eval_set is not None and info.is_main:
         loaders.knn_train = eval_loader(estep_set, d.eval_batch_size, d.workers)
         loaders.knn_eval = eval_loader(eval_set, d.eval_batch_size, d.workers)

@@ -65,6 +65,7 @@ class TrainConfig:
     requeue: bool = False  # under SLURM: scontrol requeue after a signal-triggered checkpoint
     print_freq: int = 10
     save_clusters: bool = False
+    cluster_metrics: bool = True  # NMI/AMI/purity against the train labels after each E-step
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     dist_backend: str = "auto"  # auto | nccl | gloo
@@ -314,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=_default(T, "save_clusters"),
         help="write <exp-dir>/clusters/epoch_XXXX.pth each E-step",
+    )
+    g.add_argument(
+        "--cluster-metrics",
+        action=argparse.BooleanOptionalAction,
+        default=_default(T, "cluster_metrics"),
+        help="log NMI/AMI/purity of each E-step's clusters against the train labels (when > 1 class)",
     )
 
     g = p.add_argument_group("run")

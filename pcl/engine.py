@@ -17,12 +17,14 @@ from tqdm import tqdm
 from pcl import distributed as pdist
 from pcl.amp import autocast_factory, grad_scaler
 from pcl.checkpoint import link_or_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pcl.cluster_metrics import cluster_scalars
 from pcl.clustering import ClusterResult, Granularity
 from pcl.config import Config, to_dict
 from pcl.distributed import DistInfo
 from pcl.errors import NonFiniteError
 from pcl.estep import run_estep
-from pcl.knn import extract, knn_top1
+from pcl.features import extract
+from pcl.knn import knn_top1
 from pcl.losses import info_nce, proto_nce
 from pcl.meters import EpochMeter, EpochStats, StepResult
 from pcl.metrics import MetricsLog, peak_memory_mib
@@ -42,7 +44,8 @@ REMEDIES = (
 @dataclass
 class Loaders:
     """``train``: two-crop views with indices; ``estep``: eval view of the train images, this rank's part;
-    ``knn_train`` / ``knn_eval``: full train and val sets (eval view) for the kNN monitor, rank 0 only."""
+    ``knn_train`` / ``knn_eval``: full train and val sets (eval view) for the kNN monitor, rank 0 only;
+    ``class_labels``: the train set's class labels ``(N,)`` for cluster metrics, rank 0 only, None without."""
 
     train: DataLoader
     estep: DataLoader
@@ -52,6 +55,7 @@ class Loaders:
     train_labels: torch.Tensor | None = None
     eval_labels: torch.Tensor | None = None
     num_classes: int = 0
+    class_labels: torch.Tensor | None = None
 
 
 @dataclass
@@ -226,6 +230,10 @@ class Trainer:
         self.model.train()
         scalars = {f"cluster/k{g.k}/{name}": v for g in result.levels for name, v in g.stats.items()}
         scalars["time/estep_seconds"] = time.time() - t0
+        if self.loaders.class_labels is not None and self.info.is_main:
+            t1 = time.time()
+            scalars.update(cluster_scalars(result, self.loaders.class_labels))
+            scalars["time/cluster_metrics_seconds"] = time.time() - t1
         self.tb.scalars(scalars, epoch)
         self.epoch_scalars.update(scalars)
         if self.cfg.train.save_clusters and self.info.is_main:

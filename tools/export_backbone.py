@@ -17,13 +17,7 @@ import torch
 from pcl.checkpoint import load_checkpoint
 from pcl.config import stored_config
 from pcl.errors import PCLError
-
-PREFIX = "encoder_q.backbone."
-
-
-def backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
-    """torchvision-named tensors of the query encoder's backbone (no ``fc``)."""
-    return {k.removeprefix(PREFIX): v.clone() for k, v in checkpoint["model"].items() if k.startswith(PREFIX)}
+from pcl.pretrained import backbone_state_dict
 
 
 def main() -> int:

@@ -53,19 +53,6 @@ def summary(im2cluster: np.ndarray, density: np.ndarray, k: int) -> dict[str, fl
     }
 
 
-def label_scores(im2cluster: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """NMI, AMI and purity of the assignment ``(N,)`` against class ``labels (N,)``."""
-    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
-    from sklearn.metrics.cluster import contingency_matrix
-
-    table = contingency_matrix(im2cluster, labels, sparse=True)  # (clusters, classes)
-    return {
-        "nmi": float(normalized_mutual_info_score(labels, im2cluster)),
-        "ami": float(adjusted_mutual_info_score(labels, im2cluster)),
-        "purity": float(table.max(axis=1).sum() / len(labels)),
-    }
-
-
 def plot_stats(im2cluster: np.ndarray, density: np.ndarray, k: int, out: Path) -> None:
     """PNG: histogram of non-empty cluster sizes and of the concentrations phi ``(k,)``."""
     import matplotlib.pyplot as plt
@@ -163,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(
                 f"{args.labels_from} has {len(dataset.targets)} images, the clusters cover {len(im2cluster)}"
             )
+        from pcl.cluster_metrics import label_scores
+
         labels = np.asarray(dataset.targets)
         sc = label_scores(im2cluster, labels)
         print(f"k={k}: NMI {sc['nmi']:.4f}  AMI {sc['ami']:.4f}  purity {sc['purity']:.4f}")

@@ -1,0 +1,99 @@
+"""Cluster quality metrics: values against scikit-learn and by hand; TensorBoard tags after warmup, with labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+import main_pcl
+from pcl.cluster_metrics import cluster_scalars, has_classes, label_scores
+from pcl.clustering import ClusterResult, Granularity
+from pcl.config import parse_config
+from pcl.distributed import DistInfo
+from pcl.evaluation import evaluate_run
+from tests.helpers import TINY_ARGS, make_image_folder, scalars
+
+
+def test_label_scores_equal_sklearn_and_hand_purity() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    im2cluster = np.array([4, 4, 1, 1, 1, 0, 0, 0, 3, 3])
+    s = label_scores(torch.from_numpy(im2cluster), labels)
+    assert s["nmi"] == pytest.approx(normalized_mutual_info_score(labels, im2cluster), abs=1e-12)
+    assert s["ami"] == pytest.approx(adjusted_mutual_info_score(labels, im2cluster), abs=1e-12)
+    # majority counts per cluster: 0 -> 2 (class 2), 1 -> 2 (class 1), 3 -> 2, 4 -> 2: 8 of 10
+    assert s["purity"] == pytest.approx(0.8)
+    perfect = label_scores(labels * 7, labels)  # a relabelling of the classes
+    assert perfect == pytest.approx({"nmi": 1.0, "ami": 1.0, "purity": 1.0})
+
+
+def test_random_assignment_has_ami_near_zero() -> None:
+    rng = np.random.default_rng(0)
+    labels, im2cluster = rng.integers(0, 10, 5000), rng.integers(0, 50, 5000)
+    s = label_scores(im2cluster, labels)
+    assert abs(s["ami"]) < 0.01 and s["nmi"] > s["ami"]  # NMI is not chance-corrected
+
+
+def test_cluster_scalars_tags_per_granularity() -> None:
+    labels = torch.tensor([0, 0, 1, 1])
+    levels = [Granularity(k, torch.tensor(a), torch.eye(4)[:k], torch.ones(k)) for k, a in ((2, [1, 1, 0, 0]),)]
+    levels.append(Granularity(3, torch.tensor([0, 1, 2, 2]), torch.eye(4)[:3], torch.ones(3)))
+    out = cluster_scalars(ClusterResult(1, levels), labels)
+    assert set(out) == {f"cluster/k{k}/{m}" for k in (2, 3) for m in ("nmi", "ami", "purity")}
+    assert out["cluster/k2/ami"] == pytest.approx(1.0) and out["cluster/k3/purity"] == pytest.approx(1.0)
+    assert has_classes(labels) and not has_classes(torch.zeros(4)) and not has_classes(None)
+
+
+def _run(data: Path, exp: Path, *extra: str) -> dict:
+    assert main_pcl.main([str(data), *TINY_ARGS, "--exp-dir", str(exp), *extra]) == 0
+    return scalars(exp)
+
+
+@pytest.fixture(scope="module")
+def labelled_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    exp = tmp_path_factory.mktemp("labelled")
+    return exp, _run(tiny_data, exp)  # 2 epochs, the first one is the warmup
+
+
+def test_tags_only_after_warmup_and_with_labels(
+    labelled_run: tuple[Path, dict], tiny_data: Path, tmp_path: Path
+) -> None:
+    tags = labelled_run[1]
+    for k in (3, 5):
+        for m in ("nmi", "ami", "purity"):
+            assert [s for s, _ in tags[f"cluster/k{k}/{m}"]] == [1]  # epoch 0: no E-step, no tag
+            assert all(-0.1 <= v <= 1.0 for _, v in tags[f"cluster/k{k}/{m}"])
+    assert [s for s, _ in tags["time/cluster_metrics_seconds"]] == [1]
+    # the engine logs them only when the loaders carry labels: not with --no-cluster-metrics ...
+    off = _run(tiny_data, tmp_path / "off", "--no-cluster-metrics", "--epochs", "1", "--warmup-epochs", "0")
+    assert "cluster/k3/objective" in off and not any(t.endswith(("/ami", "/nmi", "/purity")) for t in off)
+    # ... and not for a training set of a single class
+    one = make_image_folder(tmp_path / "one" / "train", per_class=48, classes=1).parent
+    args = [*TINY_ARGS, "--exp-dir", str(tmp_path / "x")]
+    assert main_pcl.build_loaders(parse_config([str(one), *args]), DistInfo()).class_labels is None
+    labels = main_pcl.build_loaders(parse_config([str(tiny_data), *args]), DistInfo()).class_labels
+    assert labels is not None and labels.tolist() == sorted(labels.tolist()) and labels.unique().tolist() == [0, 1, 2]
+
+
+def test_evaluate_run_agrees_with_the_training_logs(labelled_run: tuple[Path, dict]) -> None:
+    exp, tags = labelled_run
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny problem on a loaded 2-core machine (see test_linear_eval)
+    try:
+        res = evaluate_run(exp, batch_size=16, workers=0, wds=(1e-3, 1e-1), max_iter=30, device="cpu", show=False)
+    finally:
+        torch.set_num_threads(threads)
+    written = json.loads((exp / "eval.json").read_text())
+    assert written == json.loads(json.dumps(res))
+    assert set(written) == {"knn_top1", "linear_top1", "linear_top5", "cluster", "settings"}
+    assert set(written["cluster"]) == {"3", "5"}
+    for k in (3, 5):  # the checkpoint's cluster result is the one logged after the last E-step
+        for m in ("nmi", "ami", "purity"):
+            assert written["cluster"][str(k)][m] == pytest.approx(tags[f"cluster/k{k}/{m}"][-1][1], abs=1e-6)
+    assert written["knn_top1"] == pytest.approx(tags["eval/knn_top1"][-1][1], abs=1e-4)  # same features, same kNN
+    assert 0.0 <= written["linear_top1"] <= 100.0
+    assert written["settings"]["cluster_epoch"] == 1 and written["settings"]["linear"]["protocol"] == "features"

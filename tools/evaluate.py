@@ -1,0 +1,98 @@
+"""Evaluate a training run: kNN, linear probe (features protocol) and cluster quality, in one table.
+
+    python tools/evaluate.py runs/default                          # writes runs/default/eval.json
+    python tools/evaluate.py runs/default/checkpoints/checkpoint_0010.pth --out /tmp/eval10.json
+    python tools/evaluate.py RUN_DIR --no-linear                   # kNN and clusters only
+
+The run's own data (``config.json``) is used unless DATA is given with ``--data``. Cluster metrics (NMI, AMI,
+purity against the train labels) are those of the run's last cluster result: the newer of the checkpoint's
+stored one and ``RUN_DIR/clusters/epoch_*.pth`` (``--save-clusters``). ``eval.json``::
+
+    {"knn_top1": %, "linear_top1": %, "linear_top5": %, "cluster": {"<K>": {"nmi", "ami", "purity"}}, "settings"}
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pcl.errors import PCLError
+from pcl.evaluation import evaluate_run
+from pcl.linear_probe import DEFAULT_WDS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise PCLError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="run directory (its checkpoints/last.pth) or a checkpoint file")
+    p.add_argument("--data", default=None, help="ImageFolder root (default: the run's own data)")
+    p.add_argument("--out", type=Path, help="where to write the JSON (default RUN_DIR/eval.json)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--no-knn", dest="knn", action="store_false")
+    p.add_argument("--no-linear", dest="linear", action="store_false")
+    p.add_argument("--no-clusters", dest="clusters", action="store_false")
+    p.add_argument("--knn-k", type=int, default=200)
+    p.add_argument("--knn-t", type=float, default=0.1)
+    p.add_argument("--wd-grid", type=lambda s: tuple(float(x) for x in s.split(",")), default=DEFAULT_WDS)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--max-iter", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-batch-size", type=int, default=256)
+    p.add_argument("-j", "--workers", type=int, default=2)
+    p.add_argument("--feature-cache", type=Path, help="keep extracted features in this folder and reuse them")
+    return p
+
+
+def table(result: dict) -> str:
+    """The evaluation as a small text table."""
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}%"
+
+    rows = [("kNN top-1", pct(result["knn_top1"])), ("linear top-1", pct(result["linear_top1"]))]
+    rows.append(("linear top-5", pct(result["linear_top5"])))
+    for k, s in result["cluster"].items():
+        rows.append((f"k={k} NMI / AMI / purity", f"{s['nmi']:.4f} / {s['ami']:.4f} / {s['purity']:.4f}"))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        a = build_parser().parse_args(argv)
+        result = evaluate_run(
+            a.run,
+            data=a.data,
+            device=a.device,
+            knn=a.knn,
+            linear=a.linear,
+            clusters=a.clusters,
+            knn_k=a.knn_k,
+            knn_t=a.knn_t,
+            wds=a.wd_grid,
+            val_fraction=a.val_fraction,
+            max_iter=a.max_iter,
+            seed=a.seed,
+            batch_size=a.eval_batch_size,
+            workers=a.workers,
+            cache_dir=a.feature_cache,
+            out=a.out,
+        )
+    except (PCLError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    s = result["settings"]
+    print(f"{s['source']}, {s['arch']}, stem {s['stem']}, data {s['data'] or 'bundled subset'}")
+    print(table(result))
+    if s.get("written"):
+        print(f"wrote {s['written']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
