@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-DEFAULT_WDS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_WDS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 @dataclass
