@@ -182,11 +182,14 @@ def linear_official(
 
 
 def _last_cluster_result(run: RunDir | None, ckpt: dict | None) -> ClusterResult | None:
-    """The newest of the checkpoint's ``cluster_result`` and ``RUN_DIR/clusters/epoch_*.pth`` (or None)."""
+    """The newest of the checkpoint's ``cluster_result`` and the ``RUN_DIR/clusters/epoch_*.pth`` written up to
+    the checkpoint's epoch (or None)."""
     found: list[ClusterResult] = []
     if ckpt is not None and ckpt.get("cluster_result") is not None:
         found.append(ClusterResult.from_state_dict(ckpt["cluster_result"]))
+    done = ckpt.get("epoch") if ckpt is not None else None  # completed epochs: later clusters are not its own
     files = sorted(run.clusters.glob("epoch_*.pth")) if run is not None else []
+    files = [f for f in files if done is None or int(f.stem.removeprefix("epoch_")) < int(done)]
     if files:
         try:
             found.append(ClusterResult.from_state_dict(torch.load(files[-1], map_location="cpu", weights_only=True)))
@@ -230,7 +233,7 @@ def evaluate_run(
     """kNN, ``features`` linear probe and cluster metrics of a run (``run_dir``) or of a checkpoint file.
 
     ``data`` defaults to the data the run was trained on (the checkpoint's stored configuration). Writes the
-    result to ``out`` (default ``RUN_DIR/eval.json``; for a checkpoint outside a run, only when given)
+    result to ``out`` (default ``RUN_DIR/eval.json`` for the run's last checkpoint; otherwise only when given)
     and returns it (shape in the module docstring).
     """
     t0 = time.time()
@@ -275,7 +278,8 @@ def evaluate_run(
             settings["cluster_epoch"] = found.epoch
     settings["seconds"] = round(time.time() - t0, 2)
     result["settings"] = settings
-    target = out if out is not None else (run.eval if run is not None else None)
+    own = run is not None and ckpt_path == run.last  # an older checkpoint does not overwrite the run's eval.json
+    target = out if out is not None else (run.eval if own else None)
     settings["written"] = None if target is None else str(target)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)

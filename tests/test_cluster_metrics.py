@@ -15,7 +15,8 @@ from pcl.cluster_metrics import cluster_scalars, has_classes, label_scores
 from pcl.clustering import ClusterResult, Granularity
 from pcl.config import parse_config
 from pcl.distributed import DistInfo
-from pcl.evaluation import evaluate_run
+from pcl.evaluation import _last_cluster_result, evaluate_run
+from pcl.run_dir import RunDir
 from tests.helpers import TINY_ARGS, make_image_folder, scalars
 
 
@@ -97,3 +98,18 @@ def test_evaluate_run_agrees_with_the_training_logs(labelled_run: tuple[Path, di
     assert written["knn_top1"] == pytest.approx(tags["eval/knn_top1"][-1][1], abs=1e-4)  # same features, same kNN
     assert 0.0 <= written["linear_top1"] <= 100.0
     assert written["settings"]["cluster_epoch"] == 1 and written["settings"]["linear"]["protocol"] == "features"
+
+
+def test_an_older_checkpoint_uses_its_own_clusters_and_keeps_eval_json(
+    labelled_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    exp, _ = labelled_run
+    res = evaluate_run(exp / "checkpoints" / "checkpoint_0002.pth", knn=False, linear=False, show=False)
+    assert res["settings"]["written"] is None and set(res["cluster"]) == {"3", "5"}
+    run = RunDir(tmp_path)
+    for epoch in (1, 4):  # clusters of the E-steps at the start of epochs 1 and 4
+        level = Granularity(2, torch.tensor([0, 1]), torch.eye(2), torch.ones(2))
+        run.clusters.mkdir(exist_ok=True)
+        torch.save(ClusterResult(epoch, [level]).state_dict(), run.clusters_file(epoch))
+    found = _last_cluster_result(run, {"epoch": 3, "cluster_result": None})  # 3 epochs done: epoch 4 is later
+    assert found is not None and found.epoch == 1
