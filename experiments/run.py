@@ -53,13 +53,15 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def _evaluate(job: Job) -> None:
     """Linear probe + kNN + cluster metrics of a finished run into ``eval.json`` (when the tool exists)."""
+    import os
     import subprocess
 
     tool = ROOT / "tools" / "evaluate.py"
     if not tool.is_file() or (job.exp_dir / "eval.json").is_file():
         return
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with open(job.exp_dir / "eval.log", "w") as log:
-        subprocess.call([sys.executable, str(tool), str(job.exp_dir)], stdout=log, stderr=log, cwd=ROOT)
+        subprocess.call([sys.executable, str(tool), str(job.exp_dir)], stdout=log, stderr=log, cwd=ROOT, env=env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from tests.helpers import ROOT, TINY_ARGS
 
 
 def error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    if "--exp-dir" not in argv:  # never the default runs/default: a user's `make train` run may live there
+        argv = [*argv, "--exp-dir", tempfile.mkdtemp(prefix="pcl-bad-input-")]
     assert main_pcl.main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -91,7 +94,7 @@ def test_config_that_cannot_work(
 
 def test_command_line_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "main_pcl.py"), str(tmp_path / "missing")],
+        [sys.executable, str(ROOT / "main_pcl.py"), str(tmp_path / "missing"), "--exp-dir", str(tmp_path / "run")],
         capture_output=True,
         text=True,
         cwd=ROOT,
