@@ -31,6 +31,10 @@ def _mean(xs: list[float]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
 def _std(xs: list[float]) -> float | None:
     return statistics.stdev(xs) if len(xs) > 1 else None
 
@@ -125,7 +129,7 @@ def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
 
 def _row_cells(row: RunRow, ref_sec: float | None) -> dict[str, object]:
     v = row.values
-    sec = _mean(v("sec_per_epoch"))
+    sec = _median(v("sec_per_epoch"))  # one seed run on a loaded machine must not skew it
     rss = v("peak_rss_mib")
     cuda = v("cuda_peak_mib")
     failed = [s for s in row.seeds if s.status == "failed"]
@@ -153,7 +157,7 @@ def _row_cells(row: RunRow, ref_sec: float | None) -> dict[str, object]:
 
 def table(rows: list[RunRow]) -> list[dict[str, object]]:
     """Per-run cells; seconds per epoch relative to the first row that has a figure."""
-    secs = [_mean(r.values("sec_per_epoch")) for r in rows]
+    secs = [_median(r.values("sec_per_epoch")) for r in rows]
     ref = next((s for s in secs if s), None)
     return [_row_cells(r, ref) for r in rows]
 
@@ -195,7 +199,7 @@ def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> 
         f"Base flags: `{' '.join(flags_to_argv(info.get('base', {})))}`  ",
         f"Seeds: {info['seeds']} (0..{info['seeds'] - 1}). Values are mean ± sample std over the finished seeds, "
         "taken at the last epoch; acc_proto best = best epoch, averaged over seeds; s/epoch = E-step + M-step + "
-        "kNN monitor, relative to the first row.",
+        "kNN monitor, median over seeds, relative to the first row.",
         "",
         *lines,
         "",
@@ -238,5 +242,18 @@ def summarize(suite_dir: Path, dest: Path | None = None) -> Path:
     for stem, tag in PLOTS.items():
         plots += plot_curves(groups, [tag], dest / f"{stem}.png", title=f"{info['suite']}: {tag}") if groups else []
     md = dest / "results.md"
-    md.write_text(_markdown(info, cells, plots))
+    md.write_text(_markdown(info, cells, plots) + _kept_notes(md))
     return md
+
+
+NOTES_HEADING = "## Notes"
+
+
+def _kept_notes(md: Path) -> str:
+    """The hand-written tail of an existing ``results.md``, from its ``## Notes`` heading on ('' if none),
+    so that regenerating the table does not erase the reading of it."""
+    if not md.is_file():
+        return ""
+    text = md.read_text()
+    i = text.find(f"\n{NOTES_HEADING}")
+    return "" if i < 0 else "\n" + text[i + 1 :].rstrip("\n") + "\n"

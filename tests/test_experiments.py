@@ -24,6 +24,7 @@ from pcl.losses import proto_nce
 from pcl.metrics import MetricsLog
 from pcl.run_dir import RunDir
 from pcl.suite import flags_to_argv, last_error_line, load_suite
+from pcl.summary import RunRow, SeedResult, summarize, table
 from tests.helpers import ROOT, TINY_ARGS
 
 _spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
@@ -75,6 +76,18 @@ def test_suite_table_has_mean_and_std_over_seeds(suite_run: tuple[Path, Path]) -
     assert rows["pcl"]["flags"] == "" and rows["moco"]["flags"] == "--warmup-epochs 2"
     md = (out / "tiny" / "results.md").read_text()
     assert "| moco | 2/2 |" in md and "| pcl | 2/2 |" in md and " ± " in md
+
+
+def test_resummarizing_keeps_hand_written_notes(suite_run: tuple[Path, Path], tmp_path: Path) -> None:
+    _, out = suite_run
+    md = summarize(out / "tiny", tmp_path)
+    table = md.read_text()
+    assert "## Notes" not in table
+    notes = "## Notes (written by hand)\n\n- PCL wins here, says the reader.\n"
+    md.write_text(table + "\n" + notes)
+    summarize(out / "tiny", tmp_path)
+    summarize(out / "tiny", tmp_path)  # twice: the notes are kept once, not appended again
+    assert md.read_text() == table + "\n" + notes
 
 
 def test_failed_run_is_reported_and_the_others_still_ran(suite_run: tuple[Path, Path]) -> None:
@@ -213,6 +226,18 @@ def test_aggregate_over_seeds() -> None:
     x, mean, lo, hi = aggregate([{0: 1.0, 1: 3.0, 2: 5.0}, {0: 3.0, 1: 5.0}])
     assert x.tolist() == [0, 1] and mean.tolist() == [2.0, 4.0] and lo.tolist() == [1.0, 3.0]
     assert hi.tolist() == [3.0, 5.0]
+
+
+def test_seconds_per_epoch_is_the_median_over_seeds() -> None:
+    """One seed run on a loaded machine (10x slower) must not decide the relative cost column."""
+
+    def row(name: str, secs: list[float]) -> RunRow:
+        seeds = [SeedResult(seed=i, status="done", knn=30.0, sec_per_epoch=t) for i, t in enumerate(secs)]
+        return RunRow(name, {}, len(secs), seeds)
+
+    cells = table([row("moco", [160.0, 16.0, 16.0]), row("pcl", [18.0, 18.0, 20.0])])
+    assert cells[0]["sec_per_epoch"] == 16.0 and cells[1]["sec_per_epoch"] == 18.0
+    assert cells[0]["sec_per_epoch_rel"] == 1.0 and cells[1]["sec_per_epoch_rel"] == pytest.approx(18.0 / 16.0)
 
 
 def test_plot_curves_tool(suite_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
