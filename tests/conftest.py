@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,28 @@ if str(ROOT) not in sys.path:  # `import pcl` / `import main_pcl` without `pip i
     sys.path.insert(0, str(ROOT))
 
 from tests.helpers import make_image_folder  # noqa: E402 - needs the path above
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Marks the module of a failing test, so that ``module_tmp`` keeps its folder for a post-mortem."""
+    report = yield
+    if report.failed:
+        item.module.pcl_failed = True  # type: ignore[attr-defined]
+    return report
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder for one test module's shared run, removed when the module is done unless one of its tests failed.
+
+    Every tiny training run writes ~180 MB of checkpoints (two ResNet-18 encoders and the optimizer state); kept
+    until the session ends, the suite's runs once filled a CI machine's disk.
+    """
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    if not getattr(request.module, "pcl_failed", False):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -55,8 +55,8 @@ def _run(data: Path, exp: Path, *extra: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def labelled_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    exp = tmp_path_factory.mktemp("labelled")
+def labelled_run(tiny_data: Path, module_tmp: Path) -> tuple[Path, dict]:
+    exp = module_tmp
     return exp, _run(tiny_data, exp)  # 2 epochs, the first one is the warmup
 
 

@@ -35,8 +35,8 @@ def torchrun(out: Path, argv: list[str], restarts: int = 0, **env_extra: str) ->
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    exp = tmp_path_factory.mktemp("ddp")
+def ddp_run(tiny_data: Path, module_tmp: Path) -> Path:
+    exp = module_tmp
     proc = torchrun(exp / "dump", [str(tiny_data), *TINY_ARGS, "--exp-dir", str(exp)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return exp

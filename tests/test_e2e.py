@@ -19,8 +19,8 @@ def run(data: Path, exp_dir: Path, *extra: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def full_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    exp = tmp_path_factory.mktemp("full")
+def full_run(tiny_data: Path, module_tmp: Path) -> Path:
+    exp = module_tmp
     assert run(tiny_data, exp, "--save-clusters") == 0
     return exp
 

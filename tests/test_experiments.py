@@ -50,9 +50,9 @@ name = "pcl"
 
 
 @pytest.fixture(scope="module")
-def suite_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def suite_run(tiny_data: Path, module_tmp: Path) -> tuple[Path, Path]:
     """2 runs x 2 seeds x 2 epochs, plus a third run that fails; returns (suite file, out dir)."""
-    tmp = tmp_path_factory.mktemp("suite")
+    tmp = module_tmp
     failing = '\n[[runs]]\nname = "too-many-clusters"\nflags = { num-cluster = "1000" }\n'
     suite = write_suite(tmp / "tiny.toml", TWO_RUNS + failing)
     out = tmp / "out"

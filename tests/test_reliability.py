@@ -37,9 +37,9 @@ def one_error_line(err: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def after_one_epoch(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def after_one_epoch(tiny_data: Path, module_tmp: Path) -> Path:
     """An exp-dir after epoch 1 of 2 (``last.pth`` at epoch 1)."""
-    exp = tmp_path_factory.mktemp("one_epoch")
+    exp = module_tmp
     assert run(tiny_data, exp, "--stop-after-epochs", "1") == 0
     return exp
 
