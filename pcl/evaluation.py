@@ -5,9 +5,12 @@ serves both kNN (on the L2-normalised features) and the ``features`` linear prob
 whole evaluation of a run directory (``tools/evaluate.py``); it writes ``RUN_DIR/eval.json``::
 
     {"knn_top1": float|null, "linear_top1": float|null, "linear_top5": float|null,
-     "cluster": {"<K>": {"nmi": float, "ami": float, "purity": float}, ...}, "settings": {...}}
+     "cluster": {"<K>": {"nmi": float, "ami": float, "purity": float}, ...},
+     "kmeans": {"<K>": {"nmi": ..., "ami": ..., "purity": ...}, ...}, "settings": {...}}
 
-Accuracies are in percent, NMI / AMI / purity in [0, 1].
+``cluster`` scores the run's own last E-step clusters (PCL runs only); ``kmeans`` (``--kmeans K,K``) clusters
+the frozen backbone features of the train split with the E-step's faiss settings, so that any checkpoint,
+MoCo v2's included, gets comparable cluster-quality figures. Accuracies are in percent, NMI / AMI / purity in [0, 1].
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import torch.nn.functional as F
 from torchvision import transforms
 
 from pcl.atomic import write_atomic
-from pcl.cluster_metrics import cluster_scores, has_classes
-from pcl.clustering import ClusterResult
+from pcl.cluster_metrics import cluster_scores, has_classes, label_scores
+from pcl.clustering import ClusterResult, KMeansConfig, assign, train_kmeans
 from pcl.config import stored_config
 from pcl.data import IMAGENET_MEAN, IMAGENET_STD, IndexedImageFolder, eval_loader, eval_transform, resolve_splits
 from pcl.errors import PCLError
@@ -107,6 +110,22 @@ def knn_accuracy(feats: FrozenFeatures, k: int = 200, t: float = 0.1) -> float:
     """Weighted kNN top-1 (%) on the L2-normalised features (train split as the bank)."""
     bank, query = F.normalize(feats.train, dim=1), F.normalize(feats.test, dim=1)
     return knn_top1(bank, feats.train_labels, query, feats.test_labels, feats.num_classes, k, t)
+
+
+def kmeans_scores(
+    x: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...], seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """NMI / AMI / purity against ``labels (N,)`` of faiss k-means (official settings) on the L2-normalised rows
+    of ``x (N, D)``, per ``k`` in ``ks``; keyed by ``str(k)``."""
+    rows = F.normalize(x.float(), dim=1).cpu()
+    out = {}
+    for k in ks:
+        if not 2 <= k <= rows.shape[0]:
+            raise PCLError(f"--kmeans: k = {k} needs 2 <= k <= {rows.shape[0]} (the number of train images)")
+        centroids = torch.from_numpy(train_kmeans(rows.numpy(), k, seed, KMeansConfig(use_gpu=False)))
+        ids, _ = assign(rows, centroids)
+        out[str(k)] = label_scores(ids, labels.cpu())
+    return out
 
 
 def linear_features(
@@ -218,6 +237,7 @@ def evaluate_run(
     knn: bool = True,
     linear: bool = True,
     clusters: bool = True,
+    kmeans: tuple[int, ...] = (),
     knn_k: int = 200,
     knn_t: float = 0.1,
     wds: tuple[float, ...] = DEFAULT_WDS,
@@ -242,9 +262,9 @@ def evaluate_run(
     if data is None:  # the data the run was trained on
         data = stored_config(pre.checkpoint, ckpt_path).data.root
     dev = resolve_device(device)
-    result: dict = {"knn_top1": None, "linear_top1": None, "linear_top5": None, "cluster": {}}
+    result: dict = {"knn_top1": None, "linear_top1": None, "linear_top5": None, "cluster": {}, "kmeans": {}}
     settings: dict = {**pre.settings(), "checkpoint": str(ckpt_path), "data": data, "device": str(dev)}
-    if knn or linear:
+    if knn or linear or kmeans:
         feats = frozen_features(pre, data, dev, batch_size, workers, cache_dir, show)
         settings.update(n_train=int(feats.train.shape[0]), n_test=int(feats.test.shape[0]))
         settings["num_classes"] = feats.num_classes
@@ -263,6 +283,11 @@ def evaluate_run(
                 "max_iter": max_iter,
                 "seed": seed,
             }
+        if kmeans:
+            if not has_classes(feats.train_labels):
+                raise PCLError("--kmeans needs class labels: the train split has a single class")
+            result["kmeans"] = kmeans_scores(feats.train, feats.train_labels, kmeans, seed)
+            settings["kmeans"] = {"features": "query backbone, L2-normalised, train split", "seed": seed}
     if clusters:
         found = _last_cluster_result(run, pre.checkpoint)
         if found is not None:

@@ -15,9 +15,10 @@ from pcl.cluster_metrics import cluster_scalars, has_classes, label_scores
 from pcl.clustering import ClusterResult, Granularity
 from pcl.config import parse_config
 from pcl.distributed import DistInfo
-from pcl.evaluation import _last_cluster_result, evaluate_run
+from pcl.errors import PCLError
+from pcl.evaluation import _last_cluster_result, evaluate_run, kmeans_scores
 from pcl.run_dir import RunDir
-from tests.helpers import TINY_ARGS, make_image_folder, scalars
+from tests.helpers import TINY_ARGS, load_tool, make_image_folder, scalars
 
 
 def test_label_scores_equal_sklearn_and_hand_purity() -> None:
@@ -90,7 +91,8 @@ def test_evaluate_run_agrees_with_the_training_logs(labelled_run: tuple[Path, di
         torch.set_num_threads(threads)
     written = json.loads((exp / "eval.json").read_text())
     assert written == json.loads(json.dumps(res))
-    assert set(written) == {"knn_top1", "linear_top1", "linear_top5", "cluster", "settings"}
+    assert set(written) == {"knn_top1", "linear_top1", "linear_top5", "cluster", "kmeans", "settings"}
+    assert written["kmeans"] == {}  # only with --kmeans
     assert set(written["cluster"]) == {"3", "5"}
     for k in (3, 5):  # the checkpoint's cluster result is the one logged after the last E-step
         for m in ("nmi", "ami", "purity"):
@@ -113,3 +115,37 @@ def test_an_older_checkpoint_uses_its_own_clusters_and_keeps_eval_json(
         torch.save(ClusterResult(epoch, [level]).state_dict(), run.clusters_file(epoch))
     found = _last_cluster_result(run, {"epoch": 3, "cluster_result": None})  # 3 epochs done: epoch 4 is later
     assert found is not None and found.epoch == 1
+
+
+def test_kmeans_scores_recover_separated_classes_and_ignore_shuffled_labels() -> None:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(40)
+    centres = torch.eye(8)[:3] * 10.0
+    x = centres[labels] + 0.1 * torch.randn(120, 8, generator=g)
+    s = kmeans_scores(x, labels, (3, 6))
+    assert s["3"] == pytest.approx({"nmi": 1.0, "ami": 1.0, "purity": 1.0})
+    assert s["6"]["purity"] == pytest.approx(1.0) and s["6"]["ami"] < 1.0  # a split class is still pure
+    shuffled = labels[torch.randperm(120, generator=g)]
+    assert abs(kmeans_scores(x, shuffled, (3,))["3"]["ami"]) < 0.05
+    with pytest.raises(PCLError, match="k = 121"):
+        kmeans_scores(x, labels, (121,))
+
+
+def test_evaluate_kmeans_on_any_run_and_bad_values(
+    labelled_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    exp, _ = labelled_run
+    out = tmp_path / "e.json"
+    kw = {"knn": False, "linear": False, "clusters": False, "batch_size": 16, "workers": 0, "show": False}
+    res = evaluate_run(exp, kmeans=(3, 5), out=out, **kw)
+    assert set(res["kmeans"]) == {"3", "5"} and res["cluster"] == {}
+    for s in res["kmeans"].values():  # 3 balanced classes: any assignment has purity >= 1/3
+        assert -0.1 <= s["ami"] <= 1.0 and 1 / 3 - 1e-9 <= s["purity"] <= 1.0
+    assert evaluate_run(exp, kmeans=(3, 5), **kw)["kmeans"] == res["kmeans"]  # seeded: repeatable
+    assert json.loads(out.read_text())["settings"]["kmeans"]["seed"] == 0
+    tool = load_tool("evaluate")
+    for bad, needle in (("3,x", "comma list of integers"), ("1000", "k = 1000")):
+        assert tool.main([str(exp), "--kmeans", bad, "--out", str(tmp_path / "x.json"), "--workers", "0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()  # feature progress bars may come first
+        assert [ln for ln in err if ln.startswith("error: ")] == err[-1:] and needle in err[-1], err
+        assert not any("Traceback" in ln for ln in err)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-INNER = '''
+INNER = """
 import json
 from pathlib import Path
 
@@ -36,7 +36,7 @@ def shared(module_tmp: Path) -> Path:
 def test_uses_both(shared: Path, tmp_path: Path) -> None:
     record(__name__ + ".tmp_path", tmp_path)
     assert {ok}
-'''
+"""
 
 
 def test_passing_tests_leave_no_folders_and_failing_ones_keep_theirs(tmp_path: Path) -> None:

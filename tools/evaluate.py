@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-knn", dest="knn", action="store_false")
     p.add_argument("--no-linear", dest="linear", action="store_false")
     p.add_argument("--no-clusters", dest="clusters", action="store_false")
+    p.add_argument(
+        "--kmeans",
+        type=_ks,
+        default=(),
+        help="comma list of k: faiss k-means on the frozen train features, NMI/AMI/purity vs the labels (any run)",
+    )
     p.add_argument("--knn-k", type=int, default=200)
     p.add_argument("--knn-t", type=float, default=0.1)
     p.add_argument("--wd-grid", type=lambda s: tuple(float(x) for x in s.split(",")), default=DEFAULT_WDS)
@@ -48,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _ks(text: str) -> tuple[int, ...]:
+    """``"50,100"`` -> ``(50, 100)``."""
+    try:
+        return tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
+
+
 def table(result: dict) -> str:
     """The evaluation as a small text table."""
 
@@ -58,6 +72,8 @@ def table(result: dict) -> str:
     rows.append(("linear top-5", pct(result["linear_top5"])))
     for k, s in result["cluster"].items():
         rows.append((f"k={k} NMI / AMI / purity", f"{s['nmi']:.4f} / {s['ami']:.4f} / {s['purity']:.4f}"))
+    for k, s in result.get("kmeans", {}).items():
+        rows.append((f"k-means k={k} NMI / AMI / purity", f"{s['nmi']:.4f} / {s['ami']:.4f} / {s['purity']:.4f}"))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -72,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             knn=a.knn,
             linear=a.linear,
             clusters=a.clusters,
+            kmeans=a.kmeans,
             knn_k=a.knn_k,
             knn_t=a.knn_t,
             wds=a.wd_grid,
