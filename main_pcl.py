@@ -16,12 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcl import distributed as pdist
-from pcl import exp_dir as exp_dir_checks
-from pcl.checkpoint import load_checkpoint
-from pcl.cluster_metrics import has_classes
 from pcl.config import Config, parse_config, to_json, validate, validate_data
-from pcl.data import (
+from pcl.data.datasets import (
     IndexedImageFolder,
     TwoCrops,
     eval_loader,
@@ -31,14 +27,18 @@ from pcl.data import (
     train_transform,
     verify_images,
 )
-from pcl.engine import Loaders, Trainer
-from pcl.errors import PCLError
-from pcl.gpu_aug import GpuAugLoader
-from pcl.image_cache import attach_cache
-from pcl.model import PCL
-from pcl.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
-from pcl.resume_check import check_compatible, check_training_checkpoint
-from pcl.signals import STOP, Preempted, slurm_requeue
+from pcl.data.gpu_aug import GpuAugLoader
+from pcl.data.image_cache import attach_cache
+from pcl.eval.cluster_metrics import has_classes
+from pcl.model.builder import PCL
+from pcl.run import exp_dir as exp_dir_checks
+from pcl.run.checkpoint import load_checkpoint
+from pcl.run.resume_check import check_compatible, check_training_checkpoint
+from pcl.train.engine import Loaders, Trainer
+from pcl.train.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
+from pcl.train.signals import STOP, Preempted, slurm_requeue
+from pcl.utils import distributed as pdist
+from pcl.utils.errors import PCLError
 
 VERIFY_AUTO_LIMIT = 200_000
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     except PCLError as e:
         # errors raised in DataLoader workers arrive with the worker's traceback: keep the last line only
         last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-        print(f"error: {last.removeprefix('pcl.errors.PCLError: ')}", file=sys.stderr)
+        print(f"error: {last.removeprefix('pcl.utils.errors.PCLError: ')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted: {_resume_hint(cfg) if cfg is not None else 'nothing was written'}", file=sys.stderr)

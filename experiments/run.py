@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from pcl.errors import PCLError
 from pcl.suite import ROOT, Job, command_line, is_finished, load_suite, machine_info, plan, run_job
 from pcl.summary import summarize
+from pcl.utils.errors import PCLError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pcl.errors import PCLError
 from pcl.summary import summarize
+from pcl.utils.errors import PCLError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,16 +1,18 @@
-"""Prototypical Contrastive Learning (PCL): one module per stage of the EM loop.
+"""Prototypical Contrastive Learning (PCL): one sub-package per stage of the EM loop.
 
-- ``config``: command line -> typed ``Config``, validation   - ``data``: datasets, transforms, loaders
-- ``backbone`` / ``heads`` / ``model``: ResNets, projection heads, the builder (queue, momentum update)
-- ``losses``: InfoNCE and ProtoNCE              - ``feature_store``: disk shards of E-step features
-- ``clustering``: faiss k-means, streamed assignment, concentrations
-- ``estep``: the per-epoch E-step               - ``optim``: optimizers and per-step schedules
-- ``engine``: the EM loop                       - ``meters`` / ``amp``: step and epoch meters; autocast
-- ``run_dir``: paths of an experiment directory - ``knn``: kNN monitor
-- ``checkpoint``: finite-only save / exact resume - ``atomic``: temp-file + rename writes
-- ``tb``: TensorBoard logging                   - ``distributed``: torchrun / DDP helpers
+- ``data``: data sets, transforms, loaders, image cache, GPU augmentation
+- ``model``: backbones, projection heads, the PCL builder (queue, momentum update)
+- ``losses``: InfoNCE and ProtoNCE, and the objective that adds them
+- ``estep``: feature shards, faiss k-means, prototypes and concentrations (the E-step)
+- ``train``: the engine (the EM loop), optimizers and schedules, AMP, meters, signals
+- ``run``: the exp-dir (layout, lock, checkpoints, resume checks, metrics.json, TensorBoard)
+- ``eval``: frozen features, kNN, linear probes, cluster quality
+- ``utils``: atomic writes, distributed helpers, timing, user-facing errors
+- ``config``: the typed configuration of a run, built from the command line
 
-The official code's E-step, kept as a reference for tests and benchmarks, is ``tools/reference.py``.
+Lower stages never import upper ones (``utils`` < ``data``, ``model`` < ``losses`` < ``estep`` < ``run`` <
+``train`` < ``eval``). The official code's E-step, kept as a reference for tests and benchmarks, is
+``tools/reference.py``.
 """
 
 __version__ = "0.1.0"

@@ -4,8 +4,8 @@
 the argparse ``Namespace``. Each stage owns a dataclass with its settings and their defaults, and the parser
 takes its defaults from those dataclasses, so there is one source of defaults:
 
-    Config.data:  pcl.data.DataConfig (+ AugConfig)   Config.model: pcl.model.ModelConfig
-    Config.optim: pcl.optim.OptimConfig               Config.estep: pcl.estep.EStepConfig (+ KMeansConfig)
+    Config.data:  pcl.data.datasets.DataConfig (+ AugConfig)   Config.model: pcl.model.builder.ModelConfig
+    Config.optim: pcl.train.optim.OptimConfig               Config.estep: pcl.estep.estep.EStepConfig (+ KMeansConfig)
     Config.train: TrainConfig (below): the EM loop, checkpoints, logging, devices
 
 Code reads plain attributes, e.g. ``cfg.train.epochs``, ``cfg.model.pcl_r``, ``cfg.estep.kmeans.niter``.
@@ -30,17 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pcl.amp import AMP_MODES
-from pcl.backbone import ARCHS
-from pcl.clustering import KMeansConfig
-from pcl.data import AugConfig, DataConfig
-from pcl.errors import PCLError
-from pcl.estep import EStepConfig
-from pcl.feature_store import DTYPES
-from pcl.heads import CLUSTER_HEADS
-from pcl.model import ModelConfig
-from pcl.optim import OPTIMIZERS, SCHEDULES, OptimConfig
-from pcl.run_dir import RunDir
+from pcl.data.datasets import AugConfig, DataConfig
+from pcl.estep.clustering import KMeansConfig
+from pcl.estep.estep import EStepConfig
+from pcl.estep.feature_store import DTYPES
+from pcl.model.backbone import ARCHS
+from pcl.model.builder import ModelConfig
+from pcl.model.heads import CLUSTER_HEADS
+from pcl.run.run_dir import RunDir
+from pcl.train.amp import AMP_MODES
+from pcl.train.optim import OPTIMIZERS, SCHEDULES, OptimConfig
+from pcl.utils.errors import PCLError
 
 
 @dataclass

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from pcl.errors import PCLError
+from pcl.utils.errors import PCLError
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES_DIR = ROOT / "experiments" / "suites"

@@ -13,9 +13,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pcl.curves import plot_curves
-from pcl.errors import PCLError
+from pcl.run.curves import plot_curves
 from pcl.suite import flags_to_argv
+from pcl.utils.errors import PCLError
 
 PLOTS = {"knn_top1": "eval/knn_top1", "acc_inst": "epoch/acc_inst", "acc_proto": "epoch/acc_proto"}
 

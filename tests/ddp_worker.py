@@ -19,7 +19,7 @@ from pcl.config import parse_config
 
 def die_once_after_first_checkpoint() -> None:
     """Fault injection for the restart test: on torchrun's first attempt, rank 1 dies after epoch 1's save."""
-    from pcl.engine import Trainer
+    from pcl.train.engine import Trainer
 
     save = Trainer.save
 

@@ -15,7 +15,7 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
-from pcl.model import PCL, ModelConfig
+from pcl.model.builder import PCL, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def scalars(exp_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every TensorBoard scalar of a run: ``{tag: [(step, value), ...]}``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from pcl.run_dir import RunDir
+    from pcl.run.run_dir import RunDir
 
     acc = EventAccumulator(str(RunDir(exp_dir).tb), size_guidance={"scalars": 0})
     acc.Reload()

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from pcl.cluster_metrics import label_scores
+from pcl.eval.cluster_metrics import label_scores
 
 
 def synthetic(n: int, k: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

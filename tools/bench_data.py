@@ -24,7 +24,7 @@ import time
 import bench_step  # tools/bench_step.py, beside this file
 import torch
 
-from pcl.data import (
+from pcl.data.datasets import (
     AugConfig,
     IndexedImageFolder,
     TwoCrops,
@@ -33,9 +33,9 @@ from pcl.data import (
     train_loader,
     train_transform,
 )
-from pcl.errors import PCLError
-from pcl.gpu_aug import GpuAugLoader
-from pcl.image_cache import ImageCache
+from pcl.data.gpu_aug import GpuAugLoader
+from pcl.data.image_cache import ImageCache
+from pcl.utils.errors import PCLError
 
 PIPELINES = ("pil", "pil-cached", "gpu-aug")
 

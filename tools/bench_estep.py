@@ -1,4 +1,4 @@
-"""Benchmark the streamed E-step clustering (``pcl.estep.cluster_store``) on synthetic features.
+"""Benchmark the streamed E-step clustering (``pcl.estep.estep.cluster_store``) on synthetic features.
 
 Usage:
     python tools/bench_estep.py --n 1000000 --k 1000 --dim 128 --work-dir /tmp/bench_estep
@@ -59,10 +59,10 @@ def run_streamed(args: argparse.Namespace, work: Path) -> tuple[dict[str, float]
     """Write shards, run ``cluster_store``; returns ``(seconds per stage, im2cluster (N,))``."""
     import torch
 
-    from pcl.clustering import KMeansConfig
-    from pcl.distributed import DistInfo
-    from pcl.estep import EStepConfig, cluster_store
-    from pcl.feature_store import ShardWriter
+    from pcl.estep.clustering import KMeansConfig
+    from pcl.estep.estep import EStepConfig, cluster_store
+    from pcl.estep.feature_store import ShardWriter
+    from pcl.utils.distributed import DistInfo
 
     t0 = time.perf_counter()
     writer = ShardWriter(work / "shards", args.dim, args.feature_dtype, args.shard_rows)

@@ -34,13 +34,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pcl.clustering import ClusterResult, Granularity
 from pcl.config import parse_config, validate
-from pcl.distributed import DistInfo
-from pcl.engine import Loaders, Trainer
-from pcl.errors import PCLError
-from pcl.model import PCL
-from pcl.optim import build_optimizer, param_groups
+from pcl.estep.clustering import ClusterResult, Granularity
+from pcl.model.builder import PCL
+from pcl.train.engine import Loaders, Trainer
+from pcl.train.optim import build_optimizer, param_groups
+from pcl.utils.distributed import DistInfo
+from pcl.utils.errors import PCLError
 
 CIFAR = {"num_cluster": "500,1000,2000", "pcl_r": 4096, "num_train": 50_000}
 SETTINGS = ("arch", "stem", "image_size", "batch_size", "pcl_r", "num_cluster", "num_train", "amp", "optimizer")

@@ -17,9 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pcl.errors import PCLError
-from pcl.evaluation import evaluate_run
-from pcl.linear_probe import DEFAULT_WDS
+from pcl.eval.evaluation import evaluate_run
+from pcl.eval.linear_probe import DEFAULT_WDS
+from pcl.utils.errors import PCLError
 
 
 class _Parser(argparse.ArgumentParser):

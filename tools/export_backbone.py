@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from pcl.checkpoint import load_checkpoint
 from pcl.config import stored_config
-from pcl.errors import PCLError
-from pcl.pretrained import backbone_state_dict
+from pcl.eval.pretrained import backbone_state_dict
+from pcl.run.checkpoint import load_checkpoint
+from pcl.utils.errors import PCLError
 
 
 def main() -> int:

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = None
     if args.labels_from is not None:
-        from pcl.data import IndexedImageFolder
+        from pcl.data.datasets import IndexedImageFolder
 
         dataset = IndexedImageFolder(args.labels_from)
     stem = args.clusters.stem
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(
                 f"{args.labels_from} has {len(dataset.targets)} images, the clusters cover {len(im2cluster)}"
             )
-        from pcl.cluster_metrics import label_scores
+        from pcl.eval.cluster_metrics import label_scores
 
         labels = np.asarray(dataset.targets)
         sc = label_scores(im2cluster, labels)

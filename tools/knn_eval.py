@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pcl.errors import PCLError
-from pcl.evaluation import frozen_features, knn_accuracy, resolve_device
-from pcl.pretrained import add_source_args, load_source
+from pcl.eval.evaluation import frozen_features, knn_accuracy, resolve_device
+from pcl.eval.pretrained import add_source_args, load_source
+from pcl.utils.errors import PCLError
 
 
 class _Parser(argparse.ArgumentParser):

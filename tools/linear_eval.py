@@ -26,11 +26,11 @@ import json
 import sys
 from pathlib import Path
 
-from pcl.errors import PCLError
-from pcl.evaluation import frozen_features, linear_features, linear_official, resolve_device
-from pcl.linear_official import OfficialConfig
-from pcl.linear_probe import DEFAULT_WDS
-from pcl.pretrained import add_source_args, load_source
+from pcl.eval.evaluation import frozen_features, linear_features, linear_official, resolve_device
+from pcl.eval.linear_official import OfficialConfig
+from pcl.eval.linear_probe import DEFAULT_WDS
+from pcl.eval.pretrained import add_source_args, load_source
+from pcl.utils.errors import PCLError
 
 
 def _floats(text: str) -> tuple[float, ...]:

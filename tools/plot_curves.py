@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pcl.curves import plot_curves, seed_dirs
-from pcl.errors import PCLError
+from pcl.run.curves import plot_curves, seed_dirs
+from pcl.utils.errors import PCLError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Not part of the ``pcl`` package and not used by training. It is kept verbatim in spirit (one in-memory
 ``(N, d)`` array, faiss ``Clustering`` with an ``IndexFlatL2``, a full ``index.search`` and the per-sample
-Python loop for the concentration) so that tests can check ``pcl.clustering`` against it and
+Python loop for the concentration) so that tests can check ``pcl.estep.clustering`` against it and
 ``tools/bench_estep.py`` can compare the streamed E-step's time and memory with it. The only changes: CPU
 index instead of ``GpuIndexFlatL2``, ``verbose=False``, numpy outputs instead of CUDA tensors, and the
 squared distances are returned too.

@@ -1,0 +1,278 @@
+"""Data stage: the bundled default data set, ImageFolder datasets that return indices, transforms, loaders.
+
+Corrupt images: every image is decoded once before training (``--verify-images``); a corrupt file met
+later (e.g. one that changed on disk) stops the run with its file name. Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageFilter
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets, transforms
+from tqdm import tqdm
+
+from pcl.utils.errors import PCLError
+from pcl.data.folder_scan import align_to_train, scan_class_folder
+from pcl.data.image_cache import ImageCache
+from pcl.data.sampler import ResumableSampler
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the bundled data ships with the repository
+BUNDLED_ARCHIVE = REPO_ROOT / "data" / "cifar10_subset.tar.gz"
+BUNDLED_CACHE = REPO_ROOT / "data" / ".cache"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+EVAL_SPLITS = ("val", "test")
+
+
+def bundled_root(archive: Path = BUNDLED_ARCHIVE, cache: Path = BUNDLED_CACHE) -> Path:
+    """Extract the bundled CIFAR-10 subset once (atomically) and return its ImageFolder root."""
+    name = archive.name.removesuffix(".tar.gz")
+    root = cache / name
+    if root.is_dir():
+        return root
+    if not archive.is_file():
+        raise PCLError(f"bundled data archive {archive} is missing; rebuild it with tools/make_subset.py")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".extract-"))
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(tmp, filter="data")
+    try:
+        os.replace(tmp / name, root)
+    except OSError:  # another process won the race
+        if not root.is_dir():
+            raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Resolved folders: ``train`` always, ``eval`` (val/ or test/) when present."""
+
+    train: Path
+    eval: Path | None
+
+
+def resolve_splits(data: str | None) -> DataSplits:
+    """Map the positional data argument (None = bundled subset) to its train and eval folders."""
+    root = bundled_root() if data is None else Path(data).expanduser()
+    if not root.exists():
+        raise PCLError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise PCLError(f"data path {root} is not a folder")
+    train = root / "train"
+    if not train.is_dir():
+        raise PCLError(
+            f"data folder {root} has no train/ subfolder (expected ImageFolder layout root/train/<class>/*.jpg)"
+        )
+    evals = [root / s for s in EVAL_SPLITS if (root / s).is_dir()]
+    return DataSplits(train=train, eval=evals[0] if evals else None)
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image as RGB, turning any decoding problem into a ``PCLError`` naming the file."""
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except Exception as e:  # PIL raises many types for bad files
+        raise PCLError(f"corrupt or unreadable image file {path}: {e}") from None
+
+
+class IndexedImageFolder(datasets.ImageFolder):
+    """ImageFolder whose items are ``(transformed image, dataset index)``; ``targets`` holds the labels.
+
+    ``cache``: an ``ImageCache`` of ``samples``' files (``--cache-images``), shared by ``with_transform`` copies.
+    """
+
+    cache: ImageCache | None = None
+
+    def __init__(self, root: Path, transform: Callable | None = None) -> None:
+        try:
+            super().__init__(str(root), transform=transform, loader=load_rgb)
+        except (FileNotFoundError, RuntimeError) as e:
+            msg = str(e).splitlines()[0]
+            raise PCLError(f"no images found under {root}: {msg}") from None
+
+    @staticmethod
+    def make_dataset(
+        directory: str | Path,
+        class_to_idx: dict[str, int],
+        extensions: tuple[str, ...] | None = None,
+        is_valid_file: Callable[[str], bool] | None = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
+        """torchvision's scan, except that a directory-symlink loop is an error naming it (``folder_scan``)."""
+        if is_valid_file is None:
+            exts = tuple(e.lower() for e in (extensions or datasets.folder.IMG_EXTENSIONS))
+            is_valid_file = lambda p: p.lower().endswith(exts)  # noqa: E731
+        out = []
+        for name in sorted(class_to_idx):
+            target = os.path.join(os.path.expanduser(directory), name)
+            if os.path.isdir(target):
+                out.extend((p, class_to_idx[name]) for p in scan_class_folder(target, is_valid_file))
+        present = {t for _, t in out}
+        empty = {c for c, i in class_to_idx.items() if i not in present}
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(sorted(empty))}.")
+        return out
+
+    def relabel_like(self, train: IndexedImageFolder, split: str) -> str | None:
+        """Use ``train``'s class indices (matched by folder name); returns a warning when the classes differ."""
+        self.samples, warning = align_to_train(train.classes, self.classes, self.samples, split)
+        self.imgs, self.targets = self.samples, [t for _, t in self.samples]
+        self.classes, self.class_to_idx = list(train.classes), dict(train.class_to_idx)
+        return warning
+
+    def with_transform(self, transform: Callable) -> IndexedImageFolder:
+        """The same files (no second folder scan) under another transform."""
+        other = copy.copy(self)
+        other.transform = transform
+        return other
+
+    def __getitem__(self, index: int) -> tuple[object, int]:
+        sample = self.cache[index] if self.cache is not None else load_rgb(self.samples[index][0])
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample, index
+
+
+def verify_images(paths: Sequence[str], workers: int = 8, show: bool = True) -> None:
+    """Fully decode every image once; raises ``PCLError`` naming the first corrupt file."""
+
+    def check(path: str) -> str | None:
+        try:
+            with Image.open(path) as img:
+                img.load()
+        except Exception as e:
+            return f"corrupt or unreadable image file {path}: {e}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(check, paths, chunksize=256)
+        for err in tqdm(results, total=len(paths), desc="verify images", disable=not show, leave=False):
+            if err is not None:
+                raise PCLError(err)
+
+
+class GaussianBlur:
+    """Gaussian blur with a random sigma, as in MoCo v2 / SimCLR."""
+
+    def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)) -> None:
+        self.sigma = sigma
+
+    def __call__(self, x: Image.Image) -> Image.Image:
+        """``x`` blurred with a sigma drawn uniformly from ``self.sigma``."""
+        s = float(torch.empty(1).uniform_(*self.sigma))
+        return x.filter(ImageFilter.GaussianBlur(radius=s))
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    """Augmentation strength (``--image-size`` ... ``--blur-prob``); MoCo v2's ``--aug-plus`` recipe at 32 px."""
+
+    image_size: int = 32
+    crop_min: float = 0.2
+    color_jitter: float = 0.4
+    color_jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    blur_prob: float | None = None  # None: 0.5, or 0 for images <= 64 px
+    aug_plus: bool = True
+
+    def resolved(self) -> AugConfig:
+        """This config with the derived default filled in (``blur_prob``)."""
+        if self.blur_prob is not None:
+            return self
+        return replace(self, blur_prob=0.0 if self.image_size <= 64 else 0.5)
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are loaded (``DATA``, augmentation, workers, verification)."""
+
+    root: str | None = None  # ImageFolder root with train/ (and val/ or test/); None: the bundled subset
+    aug: AugConfig = field(default_factory=AugConfig)
+    workers: int = 2  # data-loading processes per rank
+    verify_images: str = "auto"  # auto | yes | no
+    cache_images: str = "auto"  # decoded uint8 images in RAM: auto (when they fit the budget) | yes | no
+    cache_budget_mb: float = 1024.0  # per process
+    gpu_aug: bool = False  # kornia augmentation on the training device (needs the cache)
+    eval_batch_size: int = 256  # E-step and kNN-monitor loaders
+
+
+def train_transform(cfg: AugConfig) -> transforms.Compose:
+    """Random view for the M-step: MoCo v2 (``aug_plus``) or MoCo v1 augmentation."""
+    cfg = cfg.resolved()
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    crop = transforms.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_min, 1.0))
+    j = cfg.color_jitter
+    if cfg.aug_plus:
+        ops = [
+            crop,
+            transforms.RandomApply([transforms.ColorJitter(j, j, j, j / 4)], p=cfg.color_jitter_prob),
+            transforms.RandomGrayscale(p=cfg.grayscale_prob),
+            transforms.RandomApply([GaussianBlur()], p=cfg.blur_prob),
+        ]
+    else:
+        ops = [crop, transforms.RandomGrayscale(p=cfg.grayscale_prob), transforms.ColorJitter(j, j, j, j)]
+    return transforms.Compose([*ops, transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
+
+
+def eval_transform(image_size: int) -> transforms.Compose:
+    """Deterministic center-crop view, used by the E-step and the kNN monitor."""
+    resize = image_size if image_size < 64 else round(image_size / 0.875)
+    return transforms.Compose(
+        [
+            transforms.Resize(resize),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+class TwoCrops:
+    """Two independent random views of one image: ``[query_view, key_view]``."""
+
+    def __init__(self, base: Callable) -> None:
+        self.base = base
+
+    def __call__(self, x: Image.Image) -> list[torch.Tensor]:
+        """Two views of ``x``, each ``(3, H, W)``."""
+        return [self.base(x), self.base(x)]
+
+
+def train_loader(
+    dataset: Dataset, batch_size: int, workers: int, seed: int, rank: int = 0, world: int = 1
+) -> DataLoader:
+    """Shuffled loader over full batches; the permutation depends on (seed, epoch) only, for exact resume.
+
+    ``batch_size`` is the per-process batch. Call ``loader.sampler.set_epoch(e)`` each epoch.
+    """
+    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=True,
+    )  # no persistent workers: each epoch's worker seeds come from the (checkpointed) torch RNG
+
+
+def eval_loader(dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world: int = 1) -> DataLoader:
+    """In-order loader over this rank's share ``rank::world`` of ``dataset`` (no padding, no duplicates)."""
+    part = dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
+    return DataLoader(
+        part, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available()
+    )

@@ -1,0 +1,1 @@
+"""E-step stage: momentum features streamed to disk shards, k-means per granularity, prototypes and concentrations."""

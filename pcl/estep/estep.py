@@ -1,0 +1,184 @@
+"""E-step: momentum features of every training image -> disk shards -> k-means per granularity -> prototypes.
+
+Memory: accelerator holds one batch and the centroids; host holds one shard, the k-means training sample
+(at most ``max_points`` rows, on rank 0 only) and the ``(N,)`` assignments. Under torchrun each rank
+extracts its own partition ``rank::world`` into its own shards; rank 0 trains the centroids on a sample
+gathered through torch.distributed (no shared file system needed) and broadcasts them; each rank assigns
+its shards; counts, distance sums and assignments are all-reduced, so every rank ends with the same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pcl.estep.clustering import (
+    ClusterResult,
+    Granularity,
+    KMeansConfig,
+    assign,
+    concentration,
+    phi_raw_mean,
+    train_kmeans,
+)
+from pcl.estep.feature_store import FeatureStore, ShardWriter
+from pcl.utils import distributed as pdist
+from pcl.utils.distributed import DistInfo
+from pcl.utils.timing import NULL_TIMER, PhaseTimer
+
+
+@dataclass
+class EStepConfig:
+    """The E-step's settings (``--num-cluster``, ``--kmeans-*``, ``--feature-*``); defaults are the command line's.
+
+    The concentration's target mean (the temperature) and the feature dimension come from the model's config.
+    """
+
+    num_cluster: list[int] = field(default_factory=lambda: [50, 100, 200])  # k per granularity
+    feature_dir: Path | None = None  # shards go to <feature_dir>/epochXXXX; None: <exp-dir>/features
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    max_points: int = 2_000_000  # k-means trains on all features up to this many, else on a uniform sample
+    feature_dtype: str = "float32"
+    shard_rows: int = 65536
+    keep_features: bool = False
+    seed: int = 0
+
+
+@torch.no_grad()
+def extract_features(
+    features_fn: Callable[[torch.Tensor], torch.Tensor],
+    loader: DataLoader,
+    writer: ShardWriter,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    show: bool = True,
+) -> FeatureStore:
+    """Run ``features_fn`` ``(B,3,H,W) -> (B,d)`` over ``loader`` (items ``(images, index)``) into shards."""
+    for images, index in tqdm(loader, desc="E-step features", disable=not show, leave=False):
+        with autocast():
+            feats = features_fn(images.to(device, non_blocking=True))
+        writer.add(feats, index)
+    return writer.close()
+
+
+def kmeans_sample(store: FeatureStore, num_total: int, max_points: int, rng: np.random.Generator) -> np.ndarray:
+    """This rank's share of a uniform k-means training sample: ``(~len(store) * max_points / N, d)``."""
+    if num_total <= max_points:
+        return store.take(np.arange(len(store)))
+    n = round(len(store) * max_points / num_total)
+    return store.take(np.sort(rng.choice(len(store), size=n, replace=False)))
+
+
+def cluster_store(
+    store: FeatureStore,
+    num_total: int,
+    cfg: EStepConfig,
+    info: DistInfo,
+    epoch: int,
+    temperature: float,
+    show: bool = True,
+    timer: PhaseTimer = NULL_TIMER,
+) -> ClusterResult:
+    """k-means for every granularity on this rank's ``store`` (and the other ranks'), streamed assignment.
+
+    The concentrations of each granularity are rescaled to mean ``temperature``. ``timer`` gets the phases
+    ``kmeans`` (sample + training) and ``assign`` (streamed assignment, concentrations).
+    """
+    with timer.phase("kmeans"):
+        centroids = _train_centroids(store, num_total, cfg, info, epoch)
+    with timer.phase("assign"):
+        return _assign_all(store, centroids, num_total, cfg, info, epoch, temperature, show)
+
+
+def _train_centroids(
+    store: FeatureStore, num_total: int, cfg: EStepConfig, info: DistInfo, epoch: int
+) -> list[torch.Tensor]:
+    """Rank 0 trains ``(k, d)`` centroids per granularity on a gathered sample; broadcast to every rank."""
+    dev = info.device
+    rng = np.random.default_rng([cfg.seed, epoch, info.rank])
+    sample = pdist.gather_rows_to_main(kmeans_sample(store, num_total, cfg.max_points, rng), dev)
+    centroids = []
+    for i, k in enumerate(cfg.num_cluster):
+        c = torch.empty(k, store.dim, dtype=torch.float32, device=dev)
+        if info.is_main:  # official: seed = granularity index
+            c.copy_(torch.from_numpy(train_kmeans(sample, k, seed=i, cfg=cfg.kmeans)))
+        centroids.append(pdist.broadcast(c))
+    return centroids
+
+
+def _assign_all(
+    store: FeatureStore,
+    centroids: list[torch.Tensor],
+    num_total: int,
+    cfg: EStepConfig,
+    info: DistInfo,
+    epoch: int,
+    temperature: float,
+    show: bool,
+) -> ClusterResult:
+    """Nearest centroid of every stored feature, all-reduced counts and distance sums, concentrations."""
+    dev = info.device
+    levels = len(cfg.num_cluster)
+    im2cluster = [torch.zeros(num_total, dtype=torch.long, device=dev) for _ in range(levels)]
+    counts = [torch.zeros(k, dtype=torch.float64, device=dev) for k in cfg.num_cluster]
+    sums = [torch.zeros(k, dtype=torch.float64, device=dev) for k in cfg.num_cluster]
+    sq_total = torch.zeros(levels, dtype=torch.float64, device=dev)
+    for idx, feats in tqdm(store.shards(), total=len(store.stems), desc="E-step assign", disable=not show, leave=False):
+        x = torch.from_numpy(np.array(feats, dtype=np.float32)).to(dev)  # one shard, writable copy
+        idx_t = torch.from_numpy(idx).to(dev)
+        for j, c in enumerate(centroids):
+            ids, sqd = assign(x, c)
+            im2cluster[j][idx_t] = ids
+            counts[j] += torch.bincount(ids, minlength=c.shape[0]).double()
+            sums[j] += torch.bincount(ids, weights=sqd.double().sqrt(), minlength=c.shape[0])
+            sq_total[j] += sqd.double().sum()
+    for t in (*im2cluster, *counts, *sums, sq_total):
+        pdist.all_reduce_sum(t)
+
+    out = []
+    for j, k in enumerate(cfg.num_cluster):
+        stats = {
+            "empty_clusters": float((counts[j] == 0).sum()),
+            "largest_cluster": float(counts[j].max()),
+            "phi_mean_raw": phi_raw_mean(counts[j], sums[j]),
+            "objective": float(sq_total[j] / num_total),
+        }
+        density = concentration(counts[j], sums[j], temperature)
+        c = torch.nn.functional.normalize(centroids[j], dim=1)
+        out.append(Granularity(k, im2cluster[j], c, density.to(dev), stats))
+    return ClusterResult(epoch, out)
+
+
+def run_estep(
+    features_fn: Callable[[torch.Tensor], torch.Tensor],
+    loader: DataLoader,
+    num_total: int,
+    feat_dim: int,
+    cfg: EStepConfig,
+    info: DistInfo,
+    epoch: int,
+    temperature: float,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    timer: PhaseTimer = NULL_TIMER,
+) -> ClusterResult:
+    """Whole E-step for ``epoch``: features ``(B, feat_dim)`` of this rank's ``loader`` to shards, clustering
+    (concentrations of mean ``temperature``), clean-up. ``timer`` gets ``estep_features``, ``kmeans``, ``assign``."""
+    if cfg.feature_dir is None:
+        raise ValueError("EStepConfig.feature_dir is unset (main_pcl sets it to <exp-dir>/features)")
+    show = info.is_main
+    writer = ShardWriter(
+        cfg.feature_dir / f"epoch{epoch:04d}", feat_dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}"
+    )
+    with timer.phase("estep_features"):
+        store = extract_features(features_fn, loader, writer, info.device, autocast, show)
+    result = cluster_store(store, num_total, cfg, info, epoch, temperature, show, timer)
+    if not cfg.keep_features:
+        store.delete()
+    return result

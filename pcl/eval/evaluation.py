@@ -1,0 +1,320 @@
+"""Evaluation of a trained encoder: kNN and linear probe on frozen features, cluster quality of a run.
+
+One feature extraction (``pcl.eval.features.extract``, center crop, query backbone, raw average-pooled features)
+serves both kNN (on the L2-normalised features) and the ``features`` linear probe. ``evaluate_run`` is the
+whole evaluation of a run directory (``tools/evaluate.py``); it writes ``RUN_DIR/eval.json``::
+
+    {"knn_top1": float|null, "linear_top1": float|null, "linear_top5": float|null,
+     "cluster": {"<K>": {"nmi": float, "ami": float, "purity": float}, ...},
+     "kmeans": {"<K>": {"nmi": ..., "ami": ..., "purity": ...}, ...}, "settings": {...}}
+
+``cluster`` scores the run's own last E-step clusters (PCL runs only); ``kmeans`` (``--kmeans K,K``) clusters
+the frozen backbone features of the train split with the E-step's faiss settings, so that any checkpoint,
+MoCo v2's included, gets comparable cluster-quality figures. Accuracies are in percent, NMI / AMI / purity in [0, 1].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision import transforms
+
+from pcl.config import stored_config
+from pcl.data.datasets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    IndexedImageFolder,
+    eval_loader,
+    eval_transform,
+    resolve_splits,
+)
+from pcl.estep.clustering import ClusterResult, KMeansConfig, assign, train_kmeans
+from pcl.eval.cluster_metrics import cluster_scores, has_classes, label_scores
+from pcl.eval.features import extract
+from pcl.eval.knn import knn_top1
+from pcl.eval.linear_official import OfficialConfig, train_official
+from pcl.eval.linear_probe import DEFAULT_WDS, ProbeResult, linear_probe
+from pcl.eval.pretrained import Pretrained, from_checkpoint
+from pcl.run.run_dir import RunDir
+from pcl.utils.atomic import write_atomic
+from pcl.utils.errors import PCLError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PCLError("--device cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass
+class FrozenFeatures:
+    """Raw backbone features of the train ``(N, D)`` and test ``(M, D)`` splits with their labels."""
+
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    test: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+
+
+def eval_sets(data: str | None, image_size: int) -> tuple[IndexedImageFolder, IndexedImageFolder]:
+    """Train and val/test splits of ``data`` (None = bundled subset) under the center-crop eval transform."""
+    splits = resolve_splits(data)
+    if splits.eval is None:
+        raise PCLError(f"{splits.train.parent} has no val/ or test/ split to evaluate on")
+    tf = eval_transform(image_size)
+    train, test = IndexedImageFolder(splits.train, tf), IndexedImageFolder(splits.eval, tf)
+    if train.classes != test.classes:
+        raise PCLError(f"{splits.train} and {splits.eval} have different class folders")
+    return train, test
+
+
+def _cache_file(cache_dir: Path, pre: Pretrained, train: IndexedImageFolder, test: IndexedImageFolder) -> Path:
+    key = json.dumps([pre.ident, pre.image_size, train.root, len(train), test.root, len(test)])
+    return cache_dir / f"features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+
+
+def frozen_features(
+    pre: Pretrained,
+    data: str | None,
+    device: torch.device,
+    batch_size: int = 256,
+    workers: int = 2,
+    cache_dir: Path | None = None,
+    show: bool = True,
+) -> FrozenFeatures:
+    """Extract (or load from ``cache_dir``) the backbone features of both splits once, on ``device``."""
+    train, test = eval_sets(data, pre.image_size)
+    cache = _cache_file(cache_dir, pre, train, test) if cache_dir is not None else None
+    if cache is not None and cache.is_file():
+        t = torch.load(cache, map_location=device, weights_only=True)
+        return FrozenFeatures(t["train"], t["train_labels"], t["test"], t["test_labels"], len(train.classes))
+    net = pre.backbone.to(device).eval()
+    feats = FrozenFeatures(
+        extract(net, eval_loader(train, batch_size, workers), device, desc="train features", show=show),
+        torch.tensor(train.targets, device=device),
+        extract(net, eval_loader(test, batch_size, workers), device, desc="test features", show=show),
+        torch.tensor(test.targets, device=device),
+        len(train.classes),
+    )
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.cpu() for k, v in asdict(feats).items() if isinstance(v, torch.Tensor)}
+        write_atomic(cache, lambda f: torch.save(state, f), "feature cache")
+    return feats
+
+
+def knn_accuracy(feats: FrozenFeatures, k: int = 200, t: float = 0.1) -> float:
+    """Weighted kNN top-1 (%) on the L2-normalised features (train split as the bank)."""
+    bank, query = F.normalize(feats.train, dim=1), F.normalize(feats.test, dim=1)
+    return knn_top1(bank, feats.train_labels, query, feats.test_labels, feats.num_classes, k, t)
+
+
+def kmeans_scores(
+    x: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...], seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """NMI / AMI / purity against ``labels (N,)`` of faiss k-means (official settings) on the L2-normalised rows
+    of ``x (N, D)``, per ``k`` in ``ks``; keyed by ``str(k)``."""
+    rows = F.normalize(x.float(), dim=1).cpu()
+    out = {}
+    for k in ks:
+        if not 2 <= k <= rows.shape[0]:
+            raise PCLError(f"--kmeans: k = {k} needs 2 <= k <= {rows.shape[0]} (the number of train images)")
+        centroids = torch.from_numpy(train_kmeans(rows.numpy(), k, seed, KMeansConfig(use_gpu=False)))
+        ids, _ = assign(rows, centroids)
+        out[str(k)] = label_scores(ids, labels.cpu())
+    return out
+
+
+def linear_features(
+    feats: FrozenFeatures,
+    wds: tuple[float, ...] = DEFAULT_WDS,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_iter: int = 200,
+) -> ProbeResult:
+    """The ``features`` linear protocol on the cached features."""
+    return linear_probe(
+        feats.train,
+        feats.train_labels,
+        feats.test,
+        feats.test_labels,
+        feats.num_classes,
+        wds,
+        val_fraction,
+        seed,
+        max_iter,
+    )
+
+
+def linear_train_transform(image_size: int) -> transforms.Compose:
+    """The official linear-probe training view: RandomResizedCrop (scale 0.08-1) + horizontal flip."""
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(image_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def linear_official(
+    pre: Pretrained,
+    data: str | None,
+    cfg: OfficialConfig,
+    device: torch.device,
+    workers: int = 2,
+    seed: int = 0,
+    show: bool = True,
+) -> ProbeResult:
+    """The ``official`` linear protocol: augmented views (RandomResizedCrop + flip), frozen backbone in eval mode."""
+    train, test = eval_sets(data, pre.image_size)
+    train_aug = train.with_transform(linear_train_transform(pre.image_size))
+    g = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(
+        train_aug,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        generator=g,
+        pin_memory=device.type == "cuda",
+    )
+    torch.manual_seed(seed)
+    return train_official(
+        pre.backbone,
+        pre.feat_dim,
+        len(train.classes),
+        loader,
+        torch.tensor(train.targets),
+        eval_loader(test, cfg.batch_size, workers),
+        torch.tensor(test.targets),
+        cfg,
+        device,
+        show=show,
+    )
+
+
+# ---------------------------------------------------------------------- one run directory
+
+
+def _last_cluster_result(run: RunDir | None, ckpt: dict | None) -> ClusterResult | None:
+    """The newest of the checkpoint's ``cluster_result`` and the ``RUN_DIR/clusters/epoch_*.pth`` written up to
+    the checkpoint's epoch (or None)."""
+    found: list[ClusterResult] = []
+    if ckpt is not None and ckpt.get("cluster_result") is not None:
+        found.append(ClusterResult.from_state_dict(ckpt["cluster_result"]))
+    done = ckpt.get("epoch") if ckpt is not None else None  # completed epochs: later clusters are not its own
+    files = sorted(run.clusters.glob("epoch_*.pth")) if run is not None else []
+    files = [f for f in files if done is None or int(f.stem.removeprefix("epoch_")) < int(done)]
+    if files:
+        try:
+            found.append(ClusterResult.from_state_dict(torch.load(files[-1], map_location="cpu", weights_only=True)))
+        except Exception as e:
+            raise PCLError(f"cluster result {files[-1]} cannot be read: {e}") from None
+    return max(found, key=lambda r: r.epoch) if found else None
+
+
+def _run_paths(target: Path) -> tuple[RunDir | None, Path]:
+    """``RUN_DIR`` -> (its RunDir, its last checkpoint); a checkpoint file -> (its run if any, the file)."""
+    if target.is_dir():
+        run = RunDir(target)
+        if not run.last.is_file():
+            raise PCLError(f"{target} has no {run.last.relative_to(target)}: not a started training run")
+        return run, run.last
+    if not target.exists():
+        raise PCLError(f"{target} does not exist")
+    run = RunDir(target.parent.parent)
+    return (run if run.checkpoints == target.parent else None), target
+
+
+def evaluate_run(
+    run_dir: Path,
+    data: str | None = None,
+    device: str = "auto",
+    knn: bool = True,
+    linear: bool = True,
+    clusters: bool = True,
+    kmeans: tuple[int, ...] = (),
+    knn_k: int = 200,
+    knn_t: float = 0.1,
+    wds: tuple[float, ...] = DEFAULT_WDS,
+    val_fraction: float = 0.2,
+    max_iter: int = 200,
+    seed: int = 0,
+    batch_size: int = 256,
+    workers: int = 2,
+    cache_dir: Path | None = None,
+    out: Path | None = None,
+    show: bool = True,
+) -> dict:
+    """kNN, ``features`` linear probe and cluster metrics of a run (``run_dir``) or of a checkpoint file.
+
+    ``data`` defaults to the data the run was trained on (the checkpoint's stored configuration). Writes the
+    result to ``out`` (default ``RUN_DIR/eval.json`` for the run's last checkpoint; otherwise only when given)
+    and returns it (shape in the module docstring).
+    """
+    t0 = time.time()
+    run, ckpt_path = _run_paths(Path(run_dir))
+    pre = from_checkpoint(ckpt_path)
+    if data is None:  # the data the run was trained on
+        data = stored_config(pre.checkpoint, ckpt_path).data.root
+    dev = resolve_device(device)
+    result: dict = {"knn_top1": None, "linear_top1": None, "linear_top5": None, "cluster": {}, "kmeans": {}}
+    settings: dict = {**pre.settings(), "checkpoint": str(ckpt_path), "data": data, "device": str(dev)}
+    if knn or linear or kmeans:
+        feats = frozen_features(pre, data, dev, batch_size, workers, cache_dir, show)
+        settings.update(n_train=int(feats.train.shape[0]), n_test=int(feats.test.shape[0]))
+        settings["num_classes"] = feats.num_classes
+        if knn:
+            result["knn_top1"] = knn_accuracy(feats, knn_k, knn_t)
+            settings["knn"] = {"k": knn_k, "t": knn_t, "features": "query backbone, L2-normalised"}
+        if linear:
+            probe = linear_features(feats, wds, val_fraction, seed, max_iter)
+            result["linear_top1"], result["linear_top5"] = probe.top1, probe.top5
+            settings["linear"] = {
+                "protocol": "features",
+                "wd_grid": list(wds),
+                "wd": probe.wd,
+                "val_fraction": val_fraction,
+                "val_top1": {str(k): v for k, v in probe.val_top1.items()},
+                "max_iter": max_iter,
+                "seed": seed,
+            }
+        if kmeans:
+            if not has_classes(feats.train_labels):
+                raise PCLError("--kmeans needs class labels: the train split has a single class")
+            result["kmeans"] = kmeans_scores(feats.train, feats.train_labels, kmeans, seed)
+            settings["kmeans"] = {"features": "query backbone, L2-normalised, train split", "seed": seed}
+    if clusters:
+        found = _last_cluster_result(run, pre.checkpoint)
+        if found is not None:
+            train = IndexedImageFolder(resolve_splits(data).train)
+            if len(train.targets) != found.levels[0].im2cluster.numel():
+                raise PCLError(
+                    f"the cluster result covers {found.levels[0].im2cluster.numel()} images but "
+                    f"{resolve_splits(data).train} has {len(train.targets)}"
+                )
+            if has_classes(train.targets):
+                scores = cluster_scores(found, torch.tensor(train.targets))
+                result["cluster"] = {str(k): v for k, v in scores.items()}
+            settings["cluster_epoch"] = found.epoch
+    settings["seconds"] = round(time.time() - t0, 2)
+    result["settings"] = settings
+    own = run is not None and ckpt_path == run.last  # an older checkpoint does not overwrite the run's eval.json
+    target = out if out is not None else (run.eval if own else None)
+    settings["written"] = None if target is None else str(target)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(result, indent=2).encode()
+        write_atomic(target, lambda f: f.write(text), "evaluation result")
+    return result

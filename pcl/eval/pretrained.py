@@ -1,0 +1,139 @@
+"""The frozen backbone to evaluate: a PCL checkpoint's query backbone, an exported backbone, or an untrained one.
+
+All three give a torchvision ResNet trunk with ``fc = Identity`` mapping ``(B, 3, H, W) -> (B, D)`` raw
+(not normalised) average-pooled features, in eval mode. Identical weights give identical features whatever
+the source (tested).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pcl.config import stored_config
+from pcl.model.backbone import ARCHS, resnet_backbone
+from pcl.run.checkpoint import load_checkpoint
+from pcl.utils.errors import PCLError
+
+PREFIX = "encoder_q.backbone."
+
+
+@dataclass
+class Pretrained:
+    """A frozen backbone and what it was built with; ``checkpoint`` holds the full PCL checkpoint if any."""
+
+    backbone: nn.Module
+    feat_dim: int
+    arch: str
+    stem: str
+    image_size: int
+    source: str  # one line for printing, e.g. "runs/default/checkpoints/last.pth (epoch 6)"
+    epoch: int | None = None
+    checkpoint: dict | None = field(default=None, repr=False)
+    ident: str = ""  # identifies the weights for the feature cache: file path, size and mtime, or arch + seed
+
+    def settings(self) -> dict:
+        """JSON-ready description of the source and architecture."""
+        return {
+            "source": self.source,
+            "arch": self.arch,
+            "stem": self.stem,
+            "image_size": self.image_size,
+            "epoch": self.epoch,
+        }
+
+
+def backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """torchvision-named tensors of a PCL checkpoint's query-encoder backbone (no ``fc``)."""
+    return {k.removeprefix(PREFIX): v.clone() for k, v in checkpoint["model"].items() if k.startswith(PREFIX)}
+
+
+def _file_ident(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _build(arch: str, stem: str, state: dict[str, torch.Tensor] | None, what: str) -> tuple[nn.Module, int]:
+    if arch not in ARCHS:
+        raise PCLError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+    net, dim = resnet_backbone(arch, stem == "small")
+    if state is not None:
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise PCLError(f"{what} does not match a {arch} with the {stem} stem: {first}") from None
+    for p in net.parameters():
+        p.requires_grad = False
+    return net.eval(), dim
+
+
+def from_checkpoint(path: Path) -> Pretrained:
+    """The query backbone of a PCL training checkpoint, built with the architecture flags stored in it."""
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict):
+        raise PCLError(f"{path} is not a PCL training checkpoint")
+    cfg = stored_config(ckpt, path)  # one clear error for a file without a configuration (an exported backbone)
+    if not isinstance(ckpt.get("model"), dict):
+        raise PCLError(f"{path} is not a PCL training checkpoint (no 'model')")
+    state = backbone_state_dict(ckpt)
+    if not state:
+        raise PCLError(f"{path} holds no query backbone ({PREFIX}* tensors)")
+    arch, stem, size = cfg.model.arch, cfg.model.stem, cfg.data.aug.image_size
+    net, dim = _build(arch, stem, state, str(path))
+    epoch = ckpt.get("epoch")
+    return Pretrained(net, dim, arch, stem, size, f"{path} (epoch {epoch})", epoch, ckpt, _file_ident(path))
+
+
+def from_exported(path: Path, arch: str, stem: str | None, image_size: int) -> Pretrained:
+    """A backbone ``state_dict`` written by ``tools/export_backbone.py``; ``stem=None`` infers it from conv1."""
+    if not path.is_file():
+        raise PCLError(f"exported backbone {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise PCLError(f"exported backbone {path} cannot be read: {e}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PCLError(f"{path} is not a backbone state_dict (tools/export_backbone.py output)")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if stem is None:
+        conv1 = state.get("conv1.weight")
+        stem = "small" if conv1 is not None and conv1.shape[-1] == 3 else "imagenet"
+    net, dim = _build(arch, stem, state, str(path))
+    return Pretrained(net, dim, arch, stem, image_size, f"{path} (exported)", ident=f"{_file_ident(path)}:{stem}")
+
+
+def untrained(arch: str, stem: str, image_size: int, seed: int) -> Pretrained:
+    """A randomly initialised backbone: the same weights as a fresh ``PCL`` model's query backbone at ``seed``."""
+    torch.manual_seed(seed)
+    net, dim = _build(arch, stem, None, "")
+    ident = f"untrained:{arch}:{stem}:{seed}"
+    return Pretrained(net, dim, arch, stem, image_size, f"untrained {arch} (seed {seed})", ident=ident)
+
+
+# ---------------------------------------------------------------------- command-line flags of the tools
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint | --untrained | --exported`` and the architecture flags for the latter two."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", "--pretrained", type=Path, help="PCL training checkpoint")
+    src.add_argument("--untrained", action="store_true", help="random initialisation (seeded by --seed)")
+    src.add_argument("--exported", type=Path, help="backbone state_dict written by tools/export_backbone.py")
+    p.add_argument("-a", "--arch", default="resnet18", help="for --untrained / --exported")
+    p.add_argument("--stem", default=None, choices=("imagenet", "small"), help="for --untrained / --exported")
+    p.add_argument("--image-size", type=int, default=32, help="for --untrained / --exported")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def load_source(a: argparse.Namespace) -> Pretrained:
+    """The backbone named by the flags of :func:`add_source_args`."""
+    if a.checkpoint is not None:
+        return from_checkpoint(a.checkpoint)
+    if a.exported is not None:
+        return from_exported(a.exported, a.arch, a.stem, a.image_size)
+    return untrained(a.arch, a.stem or "imagenet", a.image_size, a.seed)

@@ -1,0 +1,80 @@
+"""Checkpoint stage: atomic writes, finite-only state, RNG capture for exact resume."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pcl.utils.atomic import write_atomic
+from pcl.utils.errors import PCLError
+
+
+def rng_state() -> dict:
+    """Python, NumPy, torch CPU and CUDA generator states."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the generator states captured by :func:`rng_state` (CUDA ones only where CUDA exists)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _float_tensors(obj: object, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _float_tensors(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            yield from _float_tensors(v, f"{path}[{i}]")
+
+
+def non_finite_entries(state: dict) -> list[str]:
+    """Names of floating-point tensors in ``state`` that hold NaN or Inf."""
+    return [name for name, t in _float_tensors(state) if not bool(torch.isfinite(t).all())]
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write ``state`` to ``path`` via a temporary file and rename; refuses non-finite tensors."""
+    bad = non_finite_entries(state)
+    if bad:
+        raise PCLError(f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda f: torch.save(state, f), "checkpoint")
+
+
+def link_or_save(src: Path, dst: Path, state: dict) -> None:
+    """Make ``dst`` a copy of the just-written ``src`` atomically: a hard link renamed into place (no second
+    write), or, where the file system has no hard links, ``save_checkpoint(state, dst)``."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        save_checkpoint(state, dst)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint onto the CPU, with a clear error for a missing or unreadable file."""
+    if not path.is_file():
+        raise PCLError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise PCLError(f"checkpoint {path} cannot be read: {e}") from None

@@ -1,0 +1,75 @@
+"""Atomic file writes shared by checkpoints and feature shards: temporary file, fsync, rename."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from pcl.utils.errors import PCLError
+
+TMP_SUFFIX = ".tmp"
+
+
+def _interrupted(e: BaseException) -> bool:
+    """True for Ctrl-C, also when torch re-raised it as a ``RuntimeError`` from its zip writer."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None], what: str, hint: str = "") -> None:
+    """Call ``write(f)`` on ``path.tmp``, fsync and rename it to ``path``.
+
+    A write failure (``OSError``, or the ``RuntimeError`` torch's zip writer turns it into, e.g. on a full
+    disk) becomes a one-line ``PCLError`` ("could not write {what} {path}: {reason}{hint}"). Whatever stops
+    the write (Ctrl-C, a signal, an error) removes the temporary file; ``path`` is either the old or the new
+    complete file, never a partial one.
+    """
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if _interrupted(e):
+            raise KeyboardInterrupt from None
+        if isinstance(e, OSError | RuntimeError):
+            reason = _reason(e)
+            raise PCLError(f"could not write {what} {path}: {reason}{hint}") from None
+        raise
+
+
+def _reason(e: BaseException) -> str:
+    """The OS-level reason of a write failure (torch hides the ``OSError`` in the exception chain)."""
+    cur: BaseException | None = e
+    while cur is not None:
+        if isinstance(cur, OSError) and cur.strerror:
+            return cur.strerror
+        cur = cur.__cause__ or cur.__context__
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return first
+
+
+def remove_stale_temporaries(*directories: Path) -> list[Path]:
+    """Delete ``*.tmp`` files left by a killed writer in ``directories`` (not recursive); returns them.
+
+    Call only while holding the exp-dir lock, so that no live writer owns them.
+    """
+    removed = []
+    for d in directories:
+        if not d.is_dir():
+            continue
+        for tmp in d.glob(f"*{TMP_SUFFIX}"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed

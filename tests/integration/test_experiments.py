@@ -1,0 +1,331 @@
+"""The experiments workflow: metrics.json, the suite runner (resume, skip, failures, dry run), summaries, plots,
+and the ablation flags it needs (--proto-weight, --fixed-concentration, MoCo-only runs)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import statistics
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import main_pcl
+from pcl.config import parse_config
+from pcl.losses import proto_nce
+from pcl.run.curves import aggregate, load_curves
+from pcl.run.metrics import MetricsLog
+from pcl.run.run_dir import RunDir
+from pcl.suite import flags_to_argv, last_error_line, load_suite
+from pcl.summary import RunRow, SeedResult, summarize, table
+from pcl.train.engine import Trainer, total_loss
+from pcl.utils.errors import PCLError
+from tests.helpers import ROOT, TINY_ARGS
+
+_spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
+runner = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(runner)
+
+# TINY_ARGS as a suite's [base] table (flag -> value)
+TINY_BASE = "\n".join(f'{k.removeprefix("--")} = "{v}"' for k, v in zip(TINY_ARGS[::2], TINY_ARGS[1::2], strict=True))
+
+
+def write_suite(path: Path, runs: str, seeds: int = 2) -> Path:
+    path.write_text(f'description = "tiny"\nseeds = {seeds}\n[base]\n{TINY_BASE}\n{runs}')
+    return path
+
+
+TWO_RUNS = """
+[[runs]]
+name = "moco"
+flags = { warmup-epochs = 2 }
+[[runs]]
+name = "pcl"
+"""
+
+
+@pytest.fixture(scope="module")
+def suite_run(tiny_data: Path, module_tmp: Path) -> tuple[Path, Path]:
+    """2 runs x 2 seeds x 2 epochs, plus a third run that fails; returns (suite file, out dir)."""
+    tmp = module_tmp
+    failing = '\n[[runs]]\nname = "too-many-clusters"\nflags = { num-cluster = "1000" }\n'
+    suite = write_suite(tmp / "tiny.toml", TWO_RUNS + failing)
+    out = tmp / "out"
+    assert runner.main([str(suite), str(tiny_data), "--out", str(out)]) == 0
+    return suite, out
+
+
+def test_suite_table_has_mean_and_std_over_seeds(suite_run: tuple[Path, Path]) -> None:
+    _, out = suite_run
+    rows = {r["run"]: r for r in csv.DictReader((out / "tiny" / "results.csv").read_text().splitlines())}
+    assert list(rows) == ["moco", "pcl", "too-many-clusters"]
+    for name in ("moco", "pcl"):
+        knns = [json.loads((out / "tiny" / name / f"seed{s}" / "metrics.json").read_text())["final"]["knn_top1"]
+                for s in (0, 1)]  # fmt: skip
+        assert rows[name]["seeds_done"] == "2"
+        assert float(rows[name]["knn_mean"]) == pytest.approx(statistics.fmean(knns))
+        assert float(rows[name]["knn_std"]) == pytest.approx(statistics.stdev(knns))
+    assert rows["moco"]["acc_proto_final"] == ""  # no E-step in a MoCo run
+    assert 0.0 <= float(rows["pcl"]["acc_proto_final"]) <= 100.0
+    assert float(rows["moco"]["sec_per_epoch_rel"]) == pytest.approx(1.0)
+    assert rows["pcl"]["flags"] == "" and rows["moco"]["flags"] == "--warmup-epochs 2"
+    md = (out / "tiny" / "results.md").read_text()
+    assert "| moco | 2/2 |" in md and "| pcl | 2/2 |" in md and " ± " in md
+
+
+def test_resummarizing_keeps_hand_written_notes(suite_run: tuple[Path, Path], tmp_path: Path) -> None:
+    _, out = suite_run
+    md = summarize(out / "tiny", tmp_path)
+    table = md.read_text()
+    assert "## Notes" not in table
+    notes = "## Notes (written by hand)\n\n- PCL wins here, says the reader.\n"
+    md.write_text(table + "\n" + notes)
+    summarize(out / "tiny", tmp_path)
+    summarize(out / "tiny", tmp_path)  # twice: the notes are kept once, not appended again
+    assert md.read_text() == table + "\n" + notes
+
+
+def test_failed_run_is_reported_and_the_others_still_ran(suite_run: tuple[Path, Path]) -> None:
+    _, out = suite_run
+    status = json.loads((out / "tiny" / "too-many-clusters" / "seed0" / "status.json").read_text())
+    assert status["status"] == "failed" and status["returncode"] == 2
+    assert status["error"].startswith("error: --num-cluster 1000 exceeds")
+    md = (out / "tiny" / "results.md").read_text()
+    assert "| too-many-clusters | 0/2 |" in md
+    assert "`too-many-clusters`: seed0: error: --num-cluster 1000 exceeds" in md
+
+
+def test_plots_are_valid_pngs_with_one_line_per_run(suite_run: tuple[Path, Path]) -> None:
+    _, out = suite_run
+    for name in ("knn_top1", "acc_inst", "acc_proto"):
+        path = out / "tiny" / f"{name}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as im:
+            im.verify()
+        assert f"![{name}]({name}.png)" in (out / "tiny" / "results.md").read_text()
+
+
+def test_second_invocation_skips_finished_runs(
+    suite_run: tuple[Path, Path], tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suite, out = suite_run
+    metrics = out / "tiny" / "pcl" / "seed1" / "metrics.json"
+    before = metrics.stat().st_mtime_ns
+    capsys.readouterr()
+    assert runner.main([str(suite), str(tiny_data), "--out", str(out), "--runs", "moco,pcl"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished, skipped") == 4 and "training in" not in printed
+    assert metrics.stat().st_mtime_ns == before
+
+
+def test_dry_run_prints_commands_and_writes_nothing(
+    tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suite = write_suite(tmp_path / "tiny.toml", TWO_RUNS)
+    out = tmp_path / "out"
+    assert runner.main([str(suite), str(tiny_data), "--out", str(out), "--dry-run", "--", "--amp", "bf16"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all(ln.startswith("python main_pcl.py ") for ln in lines)
+    assert lines[0].count("--warmup-epochs") == 1 and "--warmup-epochs 2 " in lines[0]  # the run overrides the base
+    assert "--amp bf16 --seed 0" in lines[0]  # extra flags after the suite's, then the runner's own
+    assert lines[1].endswith(f"--seed 0 --exp-dir {out}/tiny/pcl/seed0 --resume auto")  # seed-major order
+    assert not out.exists()
+
+
+def test_interrupted_run_resumes(tmp_path: Path, tiny_data: Path) -> None:
+    """A run stopped after epoch 1 (as by a kill after its checkpoint) is continued, not restarted."""
+    suite = write_suite(tmp_path / "one.toml", '[[runs]]\nname = "pcl"\n', seeds=1)
+    out = tmp_path / "out"
+    assert runner.main([str(suite), str(tiny_data), "--out", str(out), "--", "--stop-after-epochs", "1"]) == 0
+    exp = out / "one" / "pcl" / "seed0"
+    first = json.loads((exp / "metrics.json").read_text())
+    assert not first["complete"] and [e["epoch"] for e in first["epochs"]] == [0]
+    assert json.loads((exp / "status.json").read_text())["status"] == "stopped"
+    assert runner.main([str(suite), str(tiny_data), "--out", str(out)]) == 0
+    second = json.loads((exp / "metrics.json").read_text())
+    assert second["complete"] and [e["epoch"] for e in second["epochs"]] == [0, 1]
+    assert second["epochs"][0] == first["epochs"][0]  # epoch 0 was not redone
+    assert "resumed from" in (exp / "train.log").read_text()
+
+
+def test_bad_suite_files_give_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = {
+        "syntax.toml": "[base\n",
+        "noruns.toml": "[base]\nepochs = 1\n",
+        "dup.toml": '[[runs]]\nname = "a"\n[[runs]]\nname = "a"\n',
+        "dash.toml": '[[runs]]\nname = "a"\nflags = { "--epochs" = 1 }\n',
+        "seed.toml": '[[runs]]\nname = "a"\nflags = { seed = 1 }\n',
+    }
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(PCLError):
+            load_suite(str(tmp_path / name))
+        assert runner.main([str(tmp_path / name), "--dry-run"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")
+    assert runner.main(["no-such-suite"]) == 2
+    assert "known suites: baseline" in capsys.readouterr().err
+
+
+def test_shipped_suites_parse() -> None:
+    for name in ("baseline", "warmup", "optimizers", "protonce", "batch"):
+        suite = load_suite(name)
+        for run in suite.runs:  # every run's flags are accepted by main_pcl's parser
+            parse_config(flags_to_argv({**suite.base, **run.flags}))
+    assert load_suite("baseline").seeds >= 3
+
+
+def test_flags_to_argv_and_error_line() -> None:
+    assert flags_to_argv({"epochs": 3, "mlp": False, "save-clusters": True, "amp": "bf16"}) == [
+        "--epochs", "3", "--no-mlp", "--save-clusters", "--amp", "bf16",
+    ]  # fmt: skip
+    log = "epoch 0: 10%\rprogress\nerror: something broke\nTraceback-free tail\n"
+    assert last_error_line(log) == "error: something broke"
+    assert last_error_line("a\nlast words\n") == "last words"
+
+
+# ---------------------------------------------------------------------------------------------- metrics.json
+def test_metrics_json_of_a_run(tiny_data: Path, tmp_path: Path) -> None:
+    assert main_pcl.main([str(tiny_data), *TINY_ARGS, "--exp-dir", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["complete"] and doc["epochs_total"] == 2 and doc["warmup_epochs"] == 1
+    e0, e1 = doc["epochs"]
+    assert (e0["epoch"], e1["epoch"]) == (0, 1)
+    for key in ("epoch/acc_inst", "epoch/loss", "eval/knn_top1", "time/epoch_total_seconds", "memory/peak_rss_mib"):
+        assert key in e0 and key in e1
+    assert "epoch/acc_proto" not in e0 and "epoch/acc_proto" in e1  # ProtoNCE after the warmup epoch only
+    assert "time/estep_seconds" in e1 and "cluster/k5/objective" in e1
+    final = doc["final"]
+    assert final["knn_top1"] == e1["eval/knn_top1"] and final["best_acc_proto"] == e1["epoch/acc_proto"]
+    assert final["peak_rss_mib"] > 100
+    curves = load_curves(tmp_path)
+    assert curves["epoch/acc_inst"] == {0: e0["epoch/acc_inst"], 1: e1["epoch/acc_inst"]}
+
+
+def test_metrics_log_resume_drops_redone_epochs(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path / "metrics.json", epochs_total=3, warmup_epochs=1)
+    for e in range(3):
+        log.add(e, {"epoch/acc_inst": 10.0 * e, "epoch/acc_proto": float("nan") if e == 0 else 5.0 * e})
+    assert json.loads((tmp_path / "metrics.json").read_text())["complete"]
+    again = MetricsLog(tmp_path / "metrics.json", epochs_total=3, warmup_epochs=1)
+    again.resume(completed_epochs=2)  # the checkpoint holds 2 epochs: epoch 2 will be redone
+    assert [e["epoch"] for e in again.epochs] == [0, 1]
+    again.add(2, {"epoch/acc_inst": 99.0})
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert [e["epoch/acc_inst"] for e in doc["epochs"]] == [0.0, 10.0, 99.0]
+    assert doc["epochs"][0]["epoch/acc_proto"] is None  # NaN is stored as null (valid JSON)
+    assert doc["final"]["best_acc_proto"] == 5.0
+
+
+def test_aggregate_over_seeds() -> None:
+    x, mean, lo, hi = aggregate([{0: 1.0, 1: 3.0, 2: 5.0}, {0: 3.0, 1: 5.0}])
+    assert x.tolist() == [0, 1] and mean.tolist() == [2.0, 4.0] and lo.tolist() == [1.0, 3.0]
+    assert hi.tolist() == [3.0, 5.0]
+
+
+def test_seconds_per_epoch_is_the_median_over_seeds() -> None:
+    """One seed run on a loaded machine (10x slower) must not decide the relative cost column."""
+
+    def row(name: str, secs: list[float]) -> RunRow:
+        seeds = [SeedResult(seed=i, status="done", knn=30.0, sec_per_epoch=t) for i, t in enumerate(secs)]
+        return RunRow(name, {}, len(secs), seeds)
+
+    cells = table([row("moco", [160.0, 16.0, 16.0]), row("pcl", [18.0, 18.0, 20.0])])
+    assert cells[0]["sec_per_epoch"] == 16.0 and cells[1]["sec_per_epoch"] == 18.0
+    assert cells[0]["sec_per_epoch_rel"] == 1.0 and cells[1]["sec_per_epoch_rel"] == pytest.approx(18.0 / 16.0)
+
+
+def test_plot_curves_tool(suite_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("plot_curves", ROOT / "tools" / "plot_curves.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    _, out = suite_run
+    runs = [str(out / "tiny" / "moco"), str(out / "tiny" / "pcl" / "seed0")]
+    assert tool.main([*runs, "--tags", "epoch/acc_inst,eval/knn_top1", "--out", str(tmp_path / "c.png")]) == 0
+    for tag in ("epoch_acc_inst", "eval_knn_top1"):
+        with Image.open(tmp_path / f"c_{tag}.png") as im:
+            assert im.size[0] > 100
+    assert tool.main([str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+# ---------------------------------------------------------------------------------------------- ablation flags
+def test_total_loss_weights_the_proto_term() -> None:
+    inst, protos = torch.tensor(2.0), [torch.tensor(1.0), torch.tensor(3.0)]
+    assert total_loss(inst, protos).item() == 4.0  # official: InfoNCE + mean over granularities
+    assert total_loss(inst, protos, 0.5).item() == 3.0
+    assert total_loss(inst, protos, 0.0).item() == 2.0
+    assert total_loss(inst, []).item() == 2.0
+
+
+def test_fixed_concentration_uses_temperature_for_every_prototype() -> None:
+    torch.manual_seed(0)
+    q = F.normalize(torch.randn(6, 8), dim=1)
+    c = F.normalize(torch.randn(10, 8), dim=1)
+    g = types.SimpleNamespace(density=torch.rand(10) + 0.1)
+    pos = torch.tensor([0, 1, 1, 2, 3, 3])
+    model = types.SimpleNamespace(temperature=0.2)
+    fixed = types.SimpleNamespace(
+        cfg=types.SimpleNamespace(train=types.SimpleNamespace(fixed_concentration=True), model=model)
+    )
+    phi = Trainer._phi(fixed, g)
+    assert torch.equal(phi, torch.full((10,), 0.2))
+    torch.manual_seed(1)
+    loss, _ = proto_nce(q, pos, c, phi, r=10)
+    ids = torch.cat([pos, torch.tensor([4, 5, 6, 7, 8, 9])])  # r >= free clusters: all negatives, in order
+    assert loss.item() == pytest.approx(F.cross_entropy(q @ c[ids].T / 0.2, torch.arange(6)).item(), rel=1e-6)
+    estimated = types.SimpleNamespace(cfg=types.SimpleNamespace(train=types.SimpleNamespace(fixed_concentration=False)))
+    assert Trainer._phi(estimated, g) is g.density
+
+
+def test_official_defaults_cluster_after_warmup_and_moco_note(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t = parse_config(["--warmup-epochs", "20", "--optimizer", "sgd-cos"]).train
+    assert t.epochs == 200 and t.warmup_epochs < t.epochs and t.proto_weight == 1.0
+    assert not t.fixed_concentration
+    assert main_pcl.main([str(tiny_data), *TINY_ARGS, "--warmup-epochs", "2", "--exp-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "note: --warmup-epochs 2 >= --epochs 2: no E-step will run" in out
+    assert "acc_proto" not in out
+    assert not any(e.get("epoch/acc_proto") for e in json.loads((tmp_path / "metrics.json").read_text())["epochs"])
+    for bad in ("-1", "nan"):
+        assert main_pcl.main([str(tiny_data), *TINY_ARGS, "--proto-weight", bad, "--exp-dir", str(tmp_path)]) == 2
+    assert "--proto-weight must be" in capsys.readouterr().err
+
+
+def test_runner_killed_mid_run_resumes(tmp_path: Path, tiny_data: Path) -> None:
+    """SIGKILL the runner and its training process after the first epoch; the rerun continues that run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    suite = write_suite(tmp_path / "kill.toml", '[[runs]]\nname = "pcl"\nflags = { epochs = 3 }\n', seeds=1)
+    out = tmp_path / "out"
+    metrics = out / "kill" / "pcl" / "seed0" / "metrics.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), str(suite), str(tiny_data), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            if RunDir(metrics.parent).last.is_file():  # epoch 0 and its checkpoint are written
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run finished before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed = json.loads(metrics.read_text())
+    assert not killed["complete"] and 1 <= len(killed["epochs"]) < 3
+    assert runner.main([str(suite), str(tiny_data), "--out", str(out)]) == 0
+    done = json.loads(metrics.read_text())
+    assert done["complete"] and [e["epoch"] for e in done["epochs"]] == [0, 1, 2]
+    assert "resumed from" in (out / "kill" / "pcl" / "seed0" / "train.log").read_text()

@@ -1,0 +1,103 @@
+"""Non-finite guard, finite-only checkpoints and mixed precision on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import main_pcl
+from pcl.run.checkpoint import non_finite_entries, save_checkpoint
+from pcl.utils.errors import PCLError
+from tests.helpers import TINY_ARGS, scalars
+
+
+def test_exploding_run_is_caught(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = [
+        str(tiny_data),
+        *TINY_ARGS,
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--max-bad-steps",
+        "3",
+        "--exp-dir",
+        str(tmp_path),
+    ]
+    assert main_pcl.main(argv) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    assert last.startswith("error: 3 consecutive non-finite steps") and "InfoNCE" in last and "Remedies" in last
+    assert "lr=1e+30" in last
+    tags = scalars(tmp_path)
+    skipped = tags["train/skipped_steps"]
+    assert skipped[-1][1] == 3
+    bad_steps = {s for (s, v), (_, prev) in zip(skipped[1:], skipped, strict=False) if v > prev} | (
+        {skipped[0][0]} if skipped[0][1] > 0 else set()
+    )
+    assert len(bad_steps) == 3
+    logged_acc = {s for s, _ in tags.get("train/acc_inst", [])}
+    assert logged_acc.isdisjoint(bad_steps)  # a NaN step never reports an accuracy (NaN argmax = index 0)
+    for ckpt in tmp_path.rglob("*.pth"):
+        assert non_finite_entries(torch.load(ckpt, weights_only=False)) == []
+
+
+def test_checkpoint_refuses_non_finite_tensors(tmp_path: Path) -> None:
+    state = {"model": {"w": torch.tensor([1.0, float("nan")])}, "optimizer": {"state": {0: {"m": torch.ones(2)}}}}
+    with pytest.raises(PCLError, match=r"model\.w"):
+        save_checkpoint(state, tmp_path / "x.pth")
+    assert not (tmp_path / "x.pth").exists()
+    state["model"]["w"] = torch.ones(2)
+    save_checkpoint(state, tmp_path / "x.pth")
+    assert torch.load(tmp_path / "x.pth")["model"]["w"].sum() == 2
+
+
+def test_bf16_autocast_and_channels_last_end_to_end_on_cpu(tiny_data: Path, tmp_path: Path) -> None:
+    # small stem: with the ImageNet stem, 16-px images reach layer4 as 1x1 maps, where BatchNorm over a few
+    # near-identical bf16 values is degenerate (gradients ~1e26, correctly skipped as non-finite norms)
+    argv = [
+        str(tiny_data),
+        *TINY_ARGS,
+        "--amp",
+        "bf16",
+        "--stem",
+        "small",
+        "--channels-last",
+        "--exp-dir",
+        str(tmp_path),
+    ]
+    assert main_pcl.main(argv) == 0
+    tags = scalars(tmp_path)
+    assert all(v == v and abs(v) < 1e4 for _, v in tags["train/loss"])  # finite
+    assert tags["train/skipped_steps"][-1][1] == 0
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
+    assert ckpt["model"]["queue"].dtype == torch.float32  # the queue stays in float32 under autocast
+    assert all(lv["density"].dtype == torch.float32 for lv in ckpt["cluster_result"]["levels"])
+
+
+def test_clip_grad_and_amp_scale_are_logged(tiny_data: Path, tmp_path: Path) -> None:
+    argv = [
+        str(tiny_data),
+        *TINY_ARGS,
+        "--amp",
+        "fp16",
+        "--clip-grad",
+        "1.0",
+        "--epochs",
+        "1",
+        "--optimizer",
+        "lamb",
+        "--lr",
+        "0.01",
+        "--exclude-bn-bias",
+        "--exp-dir",
+        str(tmp_path),
+    ]
+    assert main_pcl.main(argv) == 0
+    tags = scalars(tmp_path)
+    assert "train/amp_scale" in tags and "train/lr/decay" in tags and "train/lr/no_decay" in tags
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
+    assert ckpt["scaler"]["scale"] == tags["train/amp_scale"][-1][1]  # GradScaler state is checkpointed

@@ -1,0 +1,151 @@
+"""Cluster quality metrics: values against scikit-learn and by hand; TensorBoard tags after warmup, with labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+import main_pcl
+from pcl.config import parse_config
+from pcl.estep.clustering import ClusterResult, Granularity
+from pcl.eval.cluster_metrics import cluster_scalars, has_classes, label_scores
+from pcl.eval.evaluation import _last_cluster_result, evaluate_run, kmeans_scores
+from pcl.run.run_dir import RunDir
+from pcl.utils.distributed import DistInfo
+from pcl.utils.errors import PCLError
+from tests.helpers import TINY_ARGS, load_tool, make_image_folder, scalars
+
+
+def test_label_scores_equal_sklearn_and_hand_purity() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    im2cluster = np.array([4, 4, 1, 1, 1, 0, 0, 0, 3, 3])
+    s = label_scores(torch.from_numpy(im2cluster), labels)
+    assert s["nmi"] == pytest.approx(normalized_mutual_info_score(labels, im2cluster), abs=1e-12)
+    assert s["ami"] == pytest.approx(adjusted_mutual_info_score(labels, im2cluster), abs=1e-12)
+    # majority counts per cluster: 0 -> 2 (class 2), 1 -> 2 (class 1), 3 -> 2, 4 -> 2: 8 of 10
+    assert s["purity"] == pytest.approx(0.8)
+    perfect = label_scores(labels * 7, labels)  # a relabelling of the classes
+    assert perfect == pytest.approx({"nmi": 1.0, "ami": 1.0, "purity": 1.0})
+
+
+def test_random_assignment_has_ami_near_zero() -> None:
+    rng = np.random.default_rng(0)
+    labels, im2cluster = rng.integers(0, 10, 5000), rng.integers(0, 50, 5000)
+    s = label_scores(im2cluster, labels)
+    assert abs(s["ami"]) < 0.01 and s["nmi"] > s["ami"]  # NMI is not chance-corrected
+
+
+def test_cluster_scalars_tags_per_granularity() -> None:
+    labels = torch.tensor([0, 0, 1, 1])
+    levels = [Granularity(k, torch.tensor(a), torch.eye(4)[:k], torch.ones(k)) for k, a in ((2, [1, 1, 0, 0]),)]
+    levels.append(Granularity(3, torch.tensor([0, 1, 2, 2]), torch.eye(4)[:3], torch.ones(3)))
+    out = cluster_scalars(ClusterResult(1, levels), labels)
+    assert set(out) == {f"cluster/k{k}/{m}" for k in (2, 3) for m in ("nmi", "ami", "purity")}
+    assert out["cluster/k2/ami"] == pytest.approx(1.0) and out["cluster/k3/purity"] == pytest.approx(1.0)
+    assert has_classes(labels) and not has_classes(torch.zeros(4)) and not has_classes(None)
+
+
+def _run(data: Path, exp: Path, *extra: str) -> dict:
+    assert main_pcl.main([str(data), *TINY_ARGS, "--exp-dir", str(exp), *extra]) == 0
+    return scalars(exp)
+
+
+@pytest.fixture(scope="module")
+def labelled_run(tiny_data: Path, module_tmp: Path) -> tuple[Path, dict]:
+    exp = module_tmp
+    return exp, _run(tiny_data, exp)  # 2 epochs, the first one is the warmup
+
+
+def test_tags_only_after_warmup_and_with_labels(
+    labelled_run: tuple[Path, dict], tiny_data: Path, tmp_path: Path
+) -> None:
+    tags = labelled_run[1]
+    for k in (3, 5):
+        for m in ("nmi", "ami", "purity"):
+            assert [s for s, _ in tags[f"cluster/k{k}/{m}"]] == [1]  # epoch 0: no E-step, no tag
+            assert all(-0.1 <= v <= 1.0 for _, v in tags[f"cluster/k{k}/{m}"])
+    assert [s for s, _ in tags["time/cluster_metrics_seconds"]] == [1]
+    # the engine logs them only when the loaders carry labels: not with --no-cluster-metrics ...
+    off = _run(tiny_data, tmp_path / "off", "--no-cluster-metrics", "--epochs", "1", "--warmup-epochs", "0")
+    assert "cluster/k3/objective" in off and not any(t.endswith(("/ami", "/nmi", "/purity")) for t in off)
+    # ... and not for a training set of a single class
+    one = make_image_folder(tmp_path / "one" / "train", per_class=48, classes=1).parent
+    args = [*TINY_ARGS, "--exp-dir", str(tmp_path / "x")]
+    assert main_pcl.build_loaders(parse_config([str(one), *args]), DistInfo()).class_labels is None
+    labels = main_pcl.build_loaders(parse_config([str(tiny_data), *args]), DistInfo()).class_labels
+    assert labels is not None and labels.tolist() == sorted(labels.tolist()) and labels.unique().tolist() == [0, 1, 2]
+
+
+def test_evaluate_run_agrees_with_the_training_logs(labelled_run: tuple[Path, dict]) -> None:
+    exp, tags = labelled_run
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny problem on a loaded 2-core machine (see test_linear_eval)
+    try:
+        res = evaluate_run(exp, batch_size=16, workers=0, wds=(1e-3, 1e-1), max_iter=30, device="cpu", show=False)
+    finally:
+        torch.set_num_threads(threads)
+    written = json.loads((exp / "eval.json").read_text())
+    assert written == json.loads(json.dumps(res))
+    assert set(written) == {"knn_top1", "linear_top1", "linear_top5", "cluster", "kmeans", "settings"}
+    assert written["kmeans"] == {}  # only with --kmeans
+    assert set(written["cluster"]) == {"3", "5"}
+    for k in (3, 5):  # the checkpoint's cluster result is the one logged after the last E-step
+        for m in ("nmi", "ami", "purity"):
+            assert written["cluster"][str(k)][m] == pytest.approx(tags[f"cluster/k{k}/{m}"][-1][1], abs=1e-6)
+    assert written["knn_top1"] == pytest.approx(tags["eval/knn_top1"][-1][1], abs=1e-4)  # same features, same kNN
+    assert 0.0 <= written["linear_top1"] <= 100.0
+    assert written["settings"]["cluster_epoch"] == 1 and written["settings"]["linear"]["protocol"] == "features"
+
+
+def test_an_older_checkpoint_uses_its_own_clusters_and_keeps_eval_json(
+    labelled_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    exp, _ = labelled_run
+    res = evaluate_run(exp / "checkpoints" / "checkpoint_0002.pth", knn=False, linear=False, show=False)
+    assert res["settings"]["written"] is None and set(res["cluster"]) == {"3", "5"}
+    run = RunDir(tmp_path)
+    for epoch in (1, 4):  # clusters of the E-steps at the start of epochs 1 and 4
+        level = Granularity(2, torch.tensor([0, 1]), torch.eye(2), torch.ones(2))
+        run.clusters.mkdir(exist_ok=True)
+        torch.save(ClusterResult(epoch, [level]).state_dict(), run.clusters_file(epoch))
+    found = _last_cluster_result(run, {"epoch": 3, "cluster_result": None})  # 3 epochs done: epoch 4 is later
+    assert found is not None and found.epoch == 1
+
+
+def test_kmeans_scores_recover_separated_classes_and_ignore_shuffled_labels() -> None:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(40)
+    centres = torch.eye(8)[:3] * 10.0
+    x = centres[labels] + 0.1 * torch.randn(120, 8, generator=g)
+    s = kmeans_scores(x, labels, (3, 6))
+    assert s["3"] == pytest.approx({"nmi": 1.0, "ami": 1.0, "purity": 1.0})
+    assert s["6"]["purity"] == pytest.approx(1.0) and s["6"]["ami"] < 1.0  # a split class is still pure
+    shuffled = labels[torch.randperm(120, generator=g)]
+    assert abs(kmeans_scores(x, shuffled, (3,))["3"]["ami"]) < 0.05
+    with pytest.raises(PCLError, match="k = 121"):
+        kmeans_scores(x, labels, (121,))
+
+
+def test_evaluate_kmeans_on_any_run_and_bad_values(
+    labelled_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    exp, _ = labelled_run
+    out = tmp_path / "e.json"
+    kw = {"knn": False, "linear": False, "clusters": False, "batch_size": 16, "workers": 0, "show": False}
+    res = evaluate_run(exp, kmeans=(3, 5), out=out, **kw)
+    assert set(res["kmeans"]) == {"3", "5"} and res["cluster"] == {}
+    for s in res["kmeans"].values():  # 3 balanced classes: any assignment has purity >= 1/3
+        assert -0.1 <= s["ami"] <= 1.0 and 1 / 3 - 1e-9 <= s["purity"] <= 1.0
+    assert evaluate_run(exp, kmeans=(3, 5), **kw)["kmeans"] == res["kmeans"]  # seeded: repeatable
+    assert json.loads(out.read_text())["settings"]["kmeans"]["seed"] == 0
+    tool = load_tool("evaluate")
+    for bad, needle in (("3,x", "comma list of integers"), ("1000", "k = 1000")):
+        assert tool.main([str(exp), "--kmeans", bad, "--out", str(tmp_path / "x.json"), "--workers", "0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()  # feature progress bars may come first
+        assert [ln for ln in err if ln.startswith("error: ")] == err[-1:] and needle in err[-1], err
+        assert not any("Traceback" in ln for ln in err)

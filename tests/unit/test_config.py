@@ -1,0 +1,86 @@
+"""Typed configuration: one source of defaults, asdict round trip, old checkpoints' flat ``args``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pcl.config import TrainConfig, config_from_dict, parse_config, stored_config, to_dict, to_json
+from pcl.data.datasets import AugConfig, DataConfig
+from pcl.estep.clustering import KMeansConfig
+from pcl.estep.estep import EStepConfig
+from pcl.model.builder import PCL, ModelConfig
+from pcl.train.optim import OptimConfig
+from pcl.utils.errors import PCLError
+
+
+def test_command_line_defaults_are_the_dataclass_defaults() -> None:
+    cfg = parse_config([])
+    assert cfg.model == ModelConfig()
+    assert cfg.train == TrainConfig()
+    assert cfg.estep.kmeans == KMeansConfig()
+    assert cfg.data.aug == AugConfig().resolved()
+    assert cfg.optim == OptimConfig().resolved()
+    assert cfg.estep.num_cluster == EStepConfig().num_cluster
+    assert (cfg.data.workers, cfg.data.eval_batch_size) == (DataConfig().workers, DataConfig().eval_batch_size)
+    # a model built without the command line is the command line's default model
+    assert (PCL.from_config(ModelConfig()).r, PCL.from_config(ModelConfig()).m) == (1024, 0.99)
+
+
+def test_flags_land_in_their_stage() -> None:
+    argv = ["DATA", "--arch", "resnet50", "--kmeans-niter", "3", "--kmeans-max-points", "99", "--image-size", "96"]
+    cfg = parse_config([*argv, "--feature-shard-rows", "7", "--exp-dir", "x/run", "--optimizer", "sgd"])
+    assert cfg.data.root == "DATA" and cfg.model.arch == "resnet50"
+    assert cfg.estep.kmeans.niter == 3 and cfg.estep.max_points == 99 and cfg.estep.shard_rows == 7
+    assert cfg.data.aug.blur_prob == 0.5  # derived: images > 64 px
+    assert (cfg.optim.lr, cfg.optim.lr_schedule) == (0.06, "step")  # per-optimizer defaults
+    assert cfg.estep.feature_dir == Path("x/run/features") and cfg.run_dir.last == Path("x/run/checkpoints/last.pth")
+
+
+def test_asdict_round_trip_through_json() -> None:
+    cfg = parse_config(["--num-cluster", "4,8", "--cluster-head", "mlp", "--clip-grad", "1.0"])
+    back = config_from_dict(json.loads(to_json(cfg)))
+    assert back == cfg and isinstance(back.train.exp_dir, Path)
+    assert to_dict(cfg)["estep"]["kmeans"]["nredo"] == 5
+
+
+def test_old_checkpoint_args_still_give_the_config() -> None:
+    """Checkpoints written before the typed configs stored ``vars(args)`` flat, under ``args``."""
+    old_args = {
+        "data": "/data/cifar",
+        "arch": "resnet34",
+        "stem": "small",
+        "low_dim": 16,
+        "pcl_r": 32,
+        "moco_m": 0.9,
+        "mlp": False,
+        "cluster_head": "report",
+        "bn_splits": 2,
+        "temperature": 0.3,
+        "image_size": 16,
+        "blur_prob": 0.0,
+        "num_cluster": [3, 5],
+        "kmeans_niter": 5,
+        "kmeans_max_points": 1000,
+        "feature_shard_rows": 64,
+        "feature_dir": "runs/x/features",
+        "exp_dir": "runs/x",
+        "epochs": 9,
+        "lr": 0.5,
+        "some_removed_flag": 1,
+    }
+    cfg = stored_config({"args": old_args, "model": {}})
+    assert cfg.model == ModelConfig("resnet34", "small", 16, 32, 0.9, False, "report", 2, 0.3)
+    assert cfg.data.root == "/data/cifar" and cfg.data.aug.image_size == 16
+    assert cfg.estep.num_cluster == [3, 5] and cfg.estep.kmeans.niter == 5 and cfg.estep.max_points == 1000
+    assert cfg.estep.shard_rows == 64 and cfg.estep.feature_dir == Path("runs/x/features")
+    assert cfg.train.epochs == 9 and cfg.train.exp_dir == Path("runs/x") and cfg.optim.lr == 0.5
+    new = {"config": to_dict(cfg), "model": {}}
+    assert stored_config(new) == cfg
+
+
+def test_checkpoint_without_a_config_is_one_clear_error() -> None:
+    with pytest.raises(PCLError, match=r"backbone\.pth holds no training configuration"):
+        stored_config({"conv1.weight": 0}, "backbone.pth")
