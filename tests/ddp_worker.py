@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import main_pcl
+from pcl import cli
 from pcl.config import parse_config
 
 
@@ -35,7 +35,7 @@ if __name__ == "__main__":
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     if os.environ.get("PCL_TEST_KILL_RANK1") and first_attempt and os.environ.get("RANK") == "1":
         die_once_after_first_checkpoint()
-    trainer = main_pcl.run(parse_config(argv))
+    trainer = cli.run(parse_config(argv))
     rank = int(os.environ.get("RANK", "0"))
     clusters = trainer.cluster_result.state_dict() if trainer.cluster_result is not None else None
     dump = {

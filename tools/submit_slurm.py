@@ -3,7 +3,7 @@
 python tools/submit_slurm.py --nodes 2 --gpus-per-node 8 --partition gpu --time 4320 -- \\
     /data/imagenet --arch resnet50 --exp-dir runs/in1k --save-every-minutes 30 ...
 
-Every task of the job runs ``main_pcl.main`` in-process (one task per GPU; torch.distributed is set up from
+Every task of the job runs ``pcl.cli.main`` in-process (one task per GPU; torch.distributed is set up from
 SLURM's variables by ``submitit.helpers.TorchDistributedEnvironment``). Every (re)start passes ``--resume auto``.
 Before its time limit, or when pre-empted, SLURM sends SIGUSR2 (``--signal-delay-s`` seconds ahead); the run
 finishes its step, writes a mid-epoch checkpoint, and hands over to submitit, which requeues the job (at most
@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def with_resume_auto(argv: list[str]) -> list[str]:
@@ -45,16 +43,14 @@ class PCLJob:
     def __call__(self) -> int:
         import submitit
 
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        import main_pcl
+        from pcl import cli
 
         print(f"PCLJob: task {env.global_rank}/{env.num_tasks} of job {env.job_id}: main_pcl.py {' '.join(self.argv)}")
         sys.stdout.flush()
-        code = main_pcl.main(self.argv)
+        code = cli.main(self.argv)
         if code >= 128 and env.global_rank != 0:  # rank 0 requeues the whole job
             return code
         if code != 0:

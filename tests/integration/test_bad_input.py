@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-import main_pcl
+from pcl import cli
 from tests.helpers import ROOT, TINY_ARGS
 
 
 def error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     if "--exp-dir" not in argv:  # never the default runs/default: a user's `make train` run may live there
         argv = [*argv, "--exp-dir", tempfile.mkdtemp(prefix="pcl-bad-input-")]
-    assert main_pcl.main(argv) == 2
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]

@@ -64,10 +64,10 @@ def test_bench_step_on_cuda_prints_json() -> None:
 
 
 def test_tiny_training_run_on_cuda_with_bf16_and_gpu_aug(tiny_data: Path, tmp_path: Path) -> None:
-    import main_pcl
+    from pcl import cli
     from tests.helpers import TINY_ARGS
 
     flags = [str(tiny_data), *TINY_ARGS, "--exp-dir", str(tmp_path)]
-    assert main_pcl.main([*flags, "--device", "cuda", "--amp", "bf16", "--gpu-aug", "--channels-last"]) == 0
+    assert cli.main([*flags, "--device", "cuda", "--amp", "bf16", "--gpu-aug", "--channels-last"]) == 0
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False, map_location="cpu")
     assert ckpt["epoch"] == 2 and ckpt["cluster_result"] is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import main_pcl
+from pcl import cli
 from tests.helpers import ROOT, TINY_ARGS, scalars
 
 STEPS_PER_EPOCH = 48 // 8  # global batch 8 = 2 ranks x 4
@@ -78,7 +78,7 @@ def test_distributed_checkpoint_resumes_in_one_process_and_back(
     (single / "checkpoints").mkdir(parents=True)
     (single / "checkpoints" / "last.pth").write_bytes((ddp_run / "checkpoints" / "last.pth").read_bytes())
     argv = [str(tiny_data), *TINY_ARGS, "--exp-dir", str(single), "--epochs", "3", "--resume", "auto"]
-    assert main_pcl.main(argv) == 0
+    assert cli.main(argv) == 0
     assert "2 epochs done" in capsys.readouterr().out
     assert torch.load(single / "checkpoints" / "last.pth", weights_only=False)["epoch"] == 3
     # ... and that single-process checkpoint continues under torchrun

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import main_pcl
+from pcl import cli
 from tests.helpers import TINY_ARGS, scalars
 
 STEPS_PER_EPOCH = 48 // 8
 
 
 def run(data: Path, exp_dir: Path, *extra: str) -> int:
-    return main_pcl.main([str(data), *TINY_ARGS, "--exp-dir", str(exp_dir), *extra])
+    return cli.main([str(data), *TINY_ARGS, "--exp-dir", str(exp_dir), *extra])
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import main_pcl
+from pcl import cli
 from pcl.config import parse_config
 from pcl.losses import proto_nce
 from pcl.run.curves import aggregate, load_curves
@@ -191,7 +191,7 @@ def test_flags_to_argv_and_error_line() -> None:
 
 # ---------------------------------------------------------------------------------------------- metrics.json
 def test_metrics_json_of_a_run(tiny_data: Path, tmp_path: Path) -> None:
-    assert main_pcl.main([str(tiny_data), *TINY_ARGS, "--exp-dir", str(tmp_path)]) == 0
+    assert cli.main([str(tiny_data), *TINY_ARGS, "--exp-dir", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert doc["complete"] and doc["epochs_total"] == 2 and doc["warmup_epochs"] == 1
     e0, e1 = doc["epochs"]
@@ -289,13 +289,13 @@ def test_official_defaults_cluster_after_warmup_and_moco_note(
     t = parse_config(["--warmup-epochs", "20", "--optimizer", "sgd-cos"]).train
     assert t.epochs == 200 and t.warmup_epochs < t.epochs and t.proto_weight == 1.0
     assert not t.fixed_concentration
-    assert main_pcl.main([str(tiny_data), *TINY_ARGS, "--warmup-epochs", "2", "--exp-dir", str(tmp_path)]) == 0
+    assert cli.main([str(tiny_data), *TINY_ARGS, "--warmup-epochs", "2", "--exp-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "note: --warmup-epochs 2 >= --epochs 2: no E-step will run" in out
     assert "acc_proto" not in out
     assert not any(e.get("epoch/acc_proto") for e in json.loads((tmp_path / "metrics.json").read_text())["epochs"])
     for bad in ("-1", "nan"):
-        assert main_pcl.main([str(tiny_data), *TINY_ARGS, "--proto-weight", bad, "--exp-dir", str(tmp_path)]) == 2
+        assert cli.main([str(tiny_data), *TINY_ARGS, "--proto-weight", bad, "--exp-dir", str(tmp_path)]) == 2
     assert "--proto-weight must be" in capsys.readouterr().err
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import main_pcl
 import pcl.utils.atomic
+from pcl import cli
 from pcl.data.datasets import IndexedImageFolder
 from pcl.run.lock import ExpDirLock
 from pcl.train.signals import slurm_requeue
@@ -26,7 +26,7 @@ from tests.helpers import ROOT, TINY_ARGS, make_image_folder, scalars
 
 
 def run(data: Path, exp_dir: Path, *extra: str) -> int:
-    return main_pcl.main([str(data), *TINY_ARGS, "--exp-dir", str(exp_dir), *extra])
+    return cli.main([str(data), *TINY_ARGS, "--exp-dir", str(exp_dir), *extra])
 
 
 def one_error_line(err: str) -> str:

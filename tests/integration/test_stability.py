@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import main_pcl
+from pcl import cli
 from pcl.run.checkpoint import non_finite_entries, save_checkpoint
 from pcl.utils.errors import PCLError
 from tests.helpers import TINY_ARGS, scalars
@@ -26,7 +26,7 @@ def test_exploding_run_is_caught(tiny_data: Path, tmp_path: Path, capsys: pytest
         "--exp-dir",
         str(tmp_path),
     ]
-    assert main_pcl.main(argv) == 2
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert "Traceback" not in err
@@ -69,7 +69,7 @@ def test_bf16_autocast_and_channels_last_end_to_end_on_cpu(tiny_data: Path, tmp_
         "--exp-dir",
         str(tmp_path),
     ]
-    assert main_pcl.main(argv) == 0
+    assert cli.main(argv) == 0
     tags = scalars(tmp_path)
     assert all(v == v and abs(v) < 1e4 for _, v in tags["train/loss"])  # finite
     assert tags["train/skipped_steps"][-1][1] == 0
@@ -96,7 +96,7 @@ def test_clip_grad_and_amp_scale_are_logged(tiny_data: Path, tmp_path: Path) -> 
         "--exp-dir",
         str(tmp_path),
     ]
-    assert main_pcl.main(argv) == 0
+    assert cli.main(argv) == 0
     tags = scalars(tmp_path)
     assert "train/amp_scale" in tags and "train/lr/decay" in tags and "train/lr/no_decay" in tags
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)

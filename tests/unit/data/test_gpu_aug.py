@@ -88,11 +88,11 @@ def test_blur_kernel_is_odd_and_about_a_tenth_of_the_image() -> None:
 
 
 def test_training_run_with_gpu_aug_on_cpu(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import main_pcl
+    from pcl import cli
     from tests.helpers import TINY_ARGS, scalars
 
     def run(data: Path, exp_dir: Path, *extra: str) -> int:
-        return main_pcl.main([str(data), *TINY_ARGS, "--exp-dir", str(exp_dir), *extra])
+        return cli.main([str(data), *TINY_ARGS, "--exp-dir", str(exp_dir), *extra])
 
     assert run(tiny_data, tmp_path / "ok", "--gpu-aug") == 0
     assert len(scalars(tmp_path / "ok")["train/loss_proto"]) == 48 // 8  # the PCL epoch ran on kornia views

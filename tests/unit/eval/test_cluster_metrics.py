@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
-import main_pcl
+from pcl import cli
 from pcl.config import parse_config
 from pcl.estep.clustering import ClusterResult, Granularity
 from pcl.eval.cluster_metrics import cluster_scalars, has_classes, label_scores
@@ -51,7 +51,7 @@ def test_cluster_scalars_tags_per_granularity() -> None:
 
 
 def _run(data: Path, exp: Path, *extra: str) -> dict:
-    assert main_pcl.main([str(data), *TINY_ARGS, "--exp-dir", str(exp), *extra]) == 0
+    assert cli.main([str(data), *TINY_ARGS, "--exp-dir", str(exp), *extra]) == 0
     return scalars(exp)
 
 
@@ -76,8 +76,8 @@ def test_tags_only_after_warmup_and_with_labels(
     # ... and not for a training set of a single class
     one = make_image_folder(tmp_path / "one" / "train", per_class=48, classes=1).parent
     args = [*TINY_ARGS, "--exp-dir", str(tmp_path / "x")]
-    assert main_pcl.build_loaders(parse_config([str(one), *args]), DistInfo()).class_labels is None
-    labels = main_pcl.build_loaders(parse_config([str(tiny_data), *args]), DistInfo()).class_labels
+    assert cli.build_loaders(parse_config([str(one), *args]), DistInfo()).class_labels is None
+    labels = cli.build_loaders(parse_config([str(tiny_data), *args]), DistInfo()).class_labels
     assert labels is not None and labels.tolist() == sorted(labels.tolist()) and labels.unique().tolist() == [0, 1, 2]
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import main_pcl
+from pcl import cli
 from pcl.utils.timing import PhaseTimer
 from tests.helpers import TINY_ARGS, scalars
 
 
 def run(data: Path, exp_dir: Path, *extra: str) -> int:
-    return main_pcl.main([str(data), *TINY_ARGS, "--exp-dir", str(exp_dir), *extra])
+    return cli.main([str(data), *TINY_ARGS, "--exp-dir", str(exp_dir), *extra])
 
 
 def test_phase_timer_accumulates_and_pops() -> None:

@@ -1,0 +1,226 @@
+"""The training program: parse the command line, build data / model / optimisation, hand them to the engine.
+
+``main_pcl.py`` and ``python -m pcl`` call :func:`main`; ``tools/submit_slurm.py``'s job imports it.
+
+python main_pcl.py                                   # bundled CIFAR-10 subset, CPU-friendly defaults
+python main_pcl.py DATA --epochs 200 --warmup-epochs 20 --optimizer sgd-cos
+torchrun --nproc_per_node 8 main_pcl.py DATA ...     # DDP (see README)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pcl.config import Config, parse_config, to_json, validate, validate_data
+from pcl.data.datasets import (
+    IndexedImageFolder,
+    TwoCrops,
+    eval_loader,
+    eval_transform,
+    resolve_splits,
+    train_loader,
+    train_transform,
+    verify_images,
+)
+from pcl.data.gpu_aug import GpuAugLoader
+from pcl.data.image_cache import attach_cache
+from pcl.eval.cluster_metrics import has_classes
+from pcl.model.builder import PCL
+from pcl.run import exp_dir as exp_dir_checks
+from pcl.run.checkpoint import load_checkpoint
+from pcl.run.resume_check import check_compatible, check_training_checkpoint
+from pcl.train.engine import Loaders, Trainer
+from pcl.train.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
+from pcl.train.signals import STOP, Preempted, slurm_requeue
+from pcl.utils import distributed as pdist
+from pcl.utils.errors import PCLError
+
+VERIFY_AUTO_LIMIT = 200_000
+
+
+def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
+    """Training (two views), E-step (eval view, this rank's share) and, on rank 0 with an eval split,
+    kNN-monitor loaders; verifies the images and checks the data-dependent limits first."""
+    d, batch, seed = cfg.data, cfg.train.batch_size, cfg.train.seed
+    splits = resolve_splits(d.root)
+    train_set = IndexedImageFolder(splits.train, TwoCrops(train_transform(d.aug)))
+    size = d.aug.image_size
+    eval_set = IndexedImageFolder(splits.eval, eval_transform(size)) if splits.eval else None
+    if eval_set is not None:  # labels by class name, as train/ numbers them
+        warning = eval_set.relabel_like(train_set, splits.eval.name)
+        if warning and info.is_main:
+            print(warning, file=sys.stderr)
+    cache_mode = "yes" if d.gpu_aug and d.cache_images == "auto" else d.cache_images
+    cached = attach_cache([train_set, *([eval_set] if eval_set else [])], cache_mode, d.cache_budget_mb, info.is_main)
+    if d.gpu_aug and not cached:
+        raise PCLError("--gpu-aug needs the decoded images in RAM: use --cache-images yes (or raise --cache-budget-mb)")
+    verify = d.verify_images == "yes" or (d.verify_images == "auto" and len(train_set) <= VERIFY_AUTO_LIMIT)
+    if verify and not cached:  # building the cache decoded every image already
+        paths = [p for p, _ in train_set.samples] + ([p for p, _ in eval_set.samples] if eval_set else [])
+        verify_images(paths, show=info.is_main)
+    validate_data(cfg, len(train_set))
+    estep_set = train_set.with_transform(eval_transform(size))
+    per_rank = batch // info.world
+    loaders = Loaders(
+        train=GpuAugLoader(train_set.cache.as_tensor(), d.aug, per_rank, seed, info.device, info.rank, info.world)
+        if d.gpu_aug
+        else train_loader(train_set, per_rank, d.workers, seed, info.rank, info.world),
+        estep=eval_loader(estep_set, d.eval_batch_size, d.workers, info.rank, info.world),
+        num_train=len(train_set),
+    )
+    if cfg.train.cluster_metrics and info.is_main and has_classes(estep_set.targets):
+        loaders.class_labels = torch.tensor(estep_set.targets)
+    if eval_set is not None and info.is_main:
+        loaders.knn_train = eval_loader(estep_set, d.eval_batch_size, d.workers)
+        loaders.knn_eval = eval_loader(eval_set, d.eval_batch_size, d.workers)
+        loaders.train_labels = torch.tensor(estep_set.targets)
+        loaders.eval_labels = torch.tensor(eval_set.targets)
+        loaders.num_classes = len(train_set.classes)
+    return loaders
+
+
+def build_model(cfg: Config, info: pdist.DistInfo) -> tuple[PCL, nn.Module]:
+    """The raw PCL module on ``info.device`` and the module to train (DDP-wrapped under torchrun).
+
+    Under DDP the key batch is shuffled across ranks, so split BN is off (``bn_splits`` 1).
+    """
+    raw = PCL.from_config(cfg.model, bn_splits=1 if info.enabled else None).to(info.device)
+    if cfg.train.channels_last:
+        raw = raw.to(memory_format=torch.channels_last)
+    if not info.enabled:
+        return raw, raw
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    unused = cfg.model.cluster_head != "none"
+    ddp = nn.parallel.DistributedDataParallel(raw, device_ids=ids, find_unused_parameters=unused)
+    return raw, ddp
+
+
+def build_trainer(cfg: Config, info: pdist.DistInfo) -> Trainer:
+    """Loaders, model, optimizer and per-step lr schedule, handed to a :class:`Trainer`."""
+    loaders = build_loaders(cfg, info)
+    raw, model = build_model(cfg, info)
+    o = cfg.optim
+    optimizer = build_optimizer(o.optimizer, param_groups(raw, o.wd, o.exclude_bn_bias), o.lr, momentum=o.momentum)
+    steps = len(loaders.train)
+    schedule = LRSchedule(
+        base_lr=o.lr,
+        total_steps=cfg.train.epochs * steps,
+        warmup_steps=round(o.lr_warmup_epochs * steps),
+        kind=o.lr_schedule,
+        min_lr=o.min_lr,
+        milestones=[m * steps for m in o.schedule],
+    )
+    return Trainer(cfg, model, optimizer, build_scheduler(optimizer, schedule), loaders, info)
+
+
+def _agree(check: Callable[[], None], info: pdist.DistInfo) -> None:
+    """Run ``check`` on rank 0; its ``PCLError`` stops every rank with the same line."""
+    error = None
+    if info.is_main:
+        try:
+            check()
+        except PCLError as e:
+            error = str(e)
+    errors = [e for e in pdist.all_gather_object(error) if e]
+    if errors:
+        raise PCLError(errors[0])
+
+
+def run(cfg: Config) -> Trainer:
+    """Set up (and tear down) the process group, build everything, train; returns the trainer.
+
+    Before anything is built: the exp-dir is checked and locked and the checkpoint to resume is read and
+    compared with ``cfg`` (README, "Reliability").
+    """
+    t, run_dir = cfg.train, cfg.run_dir
+    info = pdist.init_distributed(t.device, t.dist_backend)
+    lock, ckpt = None, {}
+    STOP.install()  # SIGTERM / SIGUSR1 / SIGUSR2: checkpoint after the current step, then exit
+    try:
+        validate(cfg, info.world)
+        if t.warmup_epochs >= t.epochs and info.is_main:
+            print(
+                f"note: --warmup-epochs {t.warmup_epochs} >= --epochs {t.epochs}: no E-step will run, "
+                "this trains MoCo v2 (InfoNCE only)"
+            )
+        lock = exp_dir_checks.prepare(run_dir, cfg.estep.feature_dir, t.resume, t.overwrite, info)
+        resume = run_dir.resume_path(t.resume)
+        if resume is not None:
+
+            def read() -> None:
+                ckpt["state"] = check_training_checkpoint(load_checkpoint(resume), resume)
+                check_compatible(ckpt["state"], cfg, resume)
+
+            _agree(read, info)
+        random.seed(t.seed + info.rank)
+        np.random.seed(t.seed + info.rank)
+        torch.manual_seed(t.seed + info.rank)
+        trainer = build_trainer(cfg, info)
+        if resume is not None:
+            num_train = trainer.loaders.num_train
+            _agree(lambda: check_compatible(ckpt["state"], cfg, resume, num_train), info)
+            trainer.resume(resume, ckpt.get("state"))
+        elif t.resume == "auto" and info.is_main:
+            print(f"--resume auto: no checkpoint in {run_dir.checkpoints}, starting from scratch")
+        if info.is_main:
+            run_dir.root.mkdir(parents=True, exist_ok=True)
+            run_dir.config.write_text(to_json(cfg))
+        knn = trainer.fit(stop_after=t.stop_after_epochs)
+        if info.is_main:
+            print(f"TensorBoard logs: {run_dir.tb}  (tensorboard --logdir {run_dir.tb})")
+            print(f"checkpoints: {run_dir.checkpoints}")
+            if knn is not None:
+                print(f"final kNN top-1: {knn:.2f}%")
+        return trainer
+    finally:
+        STOP.uninstall()
+        if lock is not None:
+            lock.release()
+        pdist.shutdown()
+
+
+def _resume_hint(cfg: Config) -> str:
+    last = cfg.run_dir.last
+    if last.is_file():
+        return f"the latest checkpoint is {last}; rerun with --resume auto to continue"
+    return f"no checkpoint was written in {cfg.run_dir.root}; rerun to start again"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point. Exit codes: 0 done; 2 bad input or environment (one ``error:`` line);
+    130 Ctrl-C; 128 + N after a graceful stop on signal N with a checkpoint written (SIGTERM 143, SIGUSR1 138,
+    SIGUSR2 140)."""
+    cfg = None
+    try:
+        cfg = parse_config(argv)
+        run(cfg)
+    except PCLError as e:
+        # errors raised in DataLoader workers arrive with the worker's traceback: keep the last line only
+        last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        print(f"error: {last.removeprefix('pcl.utils.errors.PCLError: ')}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {_resume_hint(cfg) if cfg is not None else 'nothing was written'}", file=sys.stderr)
+        return 130
+    except Preempted as e:
+        assert cfg is not None
+        main_rank = os.environ.get("RANK", "0") == "0"
+        if main_rank:
+            where = f"checkpoint written: {e.checkpoint}" if e.checkpoint else _resume_hint(cfg)
+            print(f"stopped by {e}: {where}; rerun with --resume auto to continue", file=sys.stderr)
+        STOP.chain()  # the handler installed before ours, e.g. submitit's checkpoint + requeue (exits)
+        if cfg.train.requeue and main_rank:
+            print(slurm_requeue(), file=sys.stderr)
+        return e.code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
