@@ -19,12 +19,8 @@ from pathlib import Path
 
 from pcl.eval.pictures import COLOUR_BY, PICTURES, PicturesConfig, make_pictures
 from pcl.eval.visualize import GALLERY_SORTS
+from pcl.utils.cli import ErrorParser
 from pcl.utils.errors import PCLError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise PCLError(message)
 
 
 def _positive(text: str) -> int:
@@ -48,7 +44,7 @@ def _pictures(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     """The tool's command line."""
     d = PicturesConfig()
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, nargs="?", help="run directory (its checkpoints/last.pth) or a checkpoint file")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and pictures.json")
     p.add_argument("--data", default=None, help="image folder (default: the run's own data)")

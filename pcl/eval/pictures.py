@@ -142,9 +142,6 @@ def _backbone(a: PicturesConfig, ckpt_path: Path | None, cfg: Config | None) -> 
 def _query_features(pre: Pretrained, paths: list[Path], dev: torch.device) -> torch.Tensor:
     """Backbone features ``(Q, D)`` of image files under the eval view."""
     tf = eval_transform(pre.image_size)
-    for p in paths:
-        if not p.is_file():
-            raise PCLError(f"--query {p} does not exist")
     x = torch.stack([tf(load_rgb(str(p))) for p in paths]).to(dev)
     with torch.no_grad():
         return pre.backbone.to(dev)(x).float()
@@ -159,6 +156,9 @@ def make_pictures(a: PicturesConfig) -> dict:
         raise PCLError(f"--gallery-sort must be one of {', '.join(GALLERY_SORTS)}")
     if a.colour_by not in COLOUR_BY:
         raise PCLError(f"--color-by must be one of {', '.join(COLOUR_BY)}")
+    for p in a.query_paths:
+        if not p.is_file():
+            raise PCLError(f"--query {p} does not exist")
     run, ckpt_path, ckpt, cfg = None, None, None, None
     if a.run is not None:
         if not a.run.exists():
