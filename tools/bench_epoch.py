@@ -26,6 +26,7 @@ warm against cold.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import statistics
@@ -87,7 +88,8 @@ def run_epoch(trainer: Trainer) -> dict[str, float]:
     if sync:
         torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
-    trainer.fit(stop_after=1)
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's epoch lines: stdout is the benchmark's
+        trainer.fit(stop_after=1)
     if sync:
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0

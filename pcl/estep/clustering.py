@@ -23,7 +23,13 @@ class KMeansConfig:
     max_points_per_centroid: int = 1000
     min_points_per_centroid: int = 10
     use_gpu: bool | None = None  # None: GPU faiss when importable and a GPU exists
-    init: str = "random"  # random: nredo random restarts; previous: one run from the previous E-step's centroids
+    init: str = flag(
+        "random",
+        "--kmeans-init",
+        choices=KMEANS_INITS,
+        help="random: --kmeans-nredo runs from random rows (official); previous: one run from the previous "
+        "E-step's centroids (warm start; the first E-step starts at random)",
+    )
 
     def validate(self) -> None:
         """Raise a one-line ``PCLError`` for a value outside its flag's range."""
