@@ -92,6 +92,12 @@ class TrainConfig:
         action=argparse.BooleanOptionalAction,
         help="log NMI/AMI/purity of each E-step's clusters against the train labels (when > 1 class)",
     )
+    log_cluster_images: int = flag(
+        0,
+        ge=0,
+        help="after each E-step, show the N largest clusters of each granularity (8 members nearest the "
+        "prototype) in TensorBoard's Images tab (0 = off)",
+    )
     seed: int = flag(0)
     device: str = flag("auto", choices=("auto", "cpu", "cuda"))
     dist_backend: str = flag("auto", choices=("auto", "nccl", "gloo"))
@@ -157,7 +163,7 @@ GROUPS: list[tuple[str, list[tuple[type, str]]]] = [
             (T, "warmup_epochs proto_weight fixed_concentration"),
             (K, "niter nredo init"),
             (E, "max_points feature_dir feature_dtype shard_rows keep_features"),
-            (T, "save_clusters cluster_metrics"),
+            (T, "save_clusters cluster_metrics log_cluster_images"),
         ],
     ),
     (

@@ -212,10 +212,12 @@ def run_estep(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     timer: PhaseTimer = NULL_TIMER,
     previous: ClusterResult | None = None,
+    on_clustered: Callable[[FeatureStore, ClusterResult], None] | None = None,
 ) -> ClusterResult:
     """Whole E-step for ``epoch``: features ``(B, feat_dim)`` of this rank's ``loader`` to shards, clustering
     (concentrations of mean ``temperature``; warm start from ``previous``, see :func:`cluster_store`), clean-up.
-    ``timer`` gets ``estep_features``, ``kmeans``, ``assign``."""
+    ``timer`` gets ``estep_features``, ``kmeans``, ``assign``.
+    ``on_clustered(store, result)`` runs before the shards are deleted (e.g. ``--log-cluster-images``)."""
     if cfg.feature_dir is None:
         raise ValueError("EStepConfig.feature_dir is unset (main_pcl sets it to <exp-dir>/features)")
     show = info.is_main
@@ -225,6 +227,8 @@ def run_estep(
     with timer.phase("estep_features"):
         store = extract_features(features_fn, loader, writer, info.device, autocast, show)
     result = cluster_store(store, num_total, cfg, info, epoch, temperature, show, timer, previous)
+    if on_clustered is not None:
+        on_clustered(store, result)
     if not cfg.keep_features:
         store.delete()
     return result

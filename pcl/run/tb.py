@@ -1,8 +1,10 @@
-"""Logging stage: TensorBoard scalars, written by rank 0 only."""
+"""Logging stage: TensorBoard scalars and images, written by rank 0 only."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 
 class TBLogger:
@@ -20,6 +22,11 @@ class TBLogger:
         if self.writer is not None:
             for tag, v in values.items():
                 self.writer.add_scalar(tag, v, step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """Log an ``(H, W, 3) uint8`` picture (TensorBoard's Images tab) at ``step``."""
+        if self.writer is not None:
+            self.writer.add_image(tag, image, step, dataformats="HWC")
 
     def flush(self) -> None:
         """Write pending events to disk."""
