@@ -6,6 +6,7 @@ later (e.g. one that changed on disk) stops the run with its file name. Nothing 
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import shutil
@@ -23,6 +24,7 @@ from torchvision import datasets, transforms
 from tqdm import tqdm
 
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import check_fields, flag
 from pcl.data.folder_scan import align_to_train, scan_class_folder
 from pcl.data.image_cache import ImageCache
 from pcl.data.sampler import ResumableSampler
@@ -181,13 +183,19 @@ class GaussianBlur:
 class AugConfig:
     """Augmentation strength (``--image-size`` ... ``--blur-prob``); MoCo v2's ``--aug-plus`` recipe at 32 px."""
 
-    image_size: int = 32
-    crop_min: float = 0.2
-    color_jitter: float = 0.4
-    color_jitter_prob: float = 0.8
-    grayscale_prob: float = 0.2
-    blur_prob: float | None = None  # None: 0.5, or 0 for images <= 64 px
-    aug_plus: bool = True
+    image_size: int = flag(32, gt=0)
+    crop_min: float = flag(0.2, gt=0, le=1, help="RandomResizedCrop minimum scale")
+    color_jitter: float = flag(0.4, ge=0, help="colour-jitter strength")
+    color_jitter_prob: float = flag(0.8, ge=0, le=1)
+    grayscale_prob: float = flag(0.2, ge=0, le=1)
+    blur_prob: float | None = flag(  # None: 0.5, or 0 for images <= 64 px
+        None, type=float, ge=0, le=1, help="Gaussian-blur probability (default: 0.5, or 0 for images <= 64 px)"
+    )
+    aug_plus: bool = flag(True, action=argparse.BooleanOptionalAction, help="MoCo v2 augmentation")
+
+    def validate(self) -> None:
+        """Raise a one-line ``PCLError`` for a value outside its flag's range."""
+        check_fields(self)
 
     def resolved(self) -> AugConfig:
         """This config with the derived default filled in (``blur_prob``)."""
@@ -200,14 +208,34 @@ class AugConfig:
 class DataConfig:
     """Where the images come from and how they are loaded (``DATA``, augmentation, workers, verification)."""
 
-    root: str | None = None  # ImageFolder root with train/ (and val/ or test/); None: the bundled subset
+    root: str | None = flag(  # None: the bundled subset
+        None,
+        "data",
+        nargs="?",
+        help="ImageFolder root with train/ and optionally val/ or test/ (default: bundled CIFAR-10 subset)",
+    )
     aug: AugConfig = field(default_factory=AugConfig)
-    workers: int = 2  # data-loading processes per rank
-    verify_images: str = "auto"  # auto | yes | no
-    cache_images: str = "auto"  # decoded uint8 images in RAM: auto (when they fit the budget) | yes | no
-    cache_budget_mb: float = 1024.0  # per process
-    gpu_aug: bool = False  # kornia augmentation on the training device (needs the cache)
-    eval_batch_size: int = 256  # E-step and kNN-monitor loaders
+    workers: int = flag(2, "-j", "--workers", ge=0, help="data-loading processes per rank")
+    verify_images: str = flag(
+        "auto", choices=("auto", "yes", "no"), help="decode every image before training (auto: when <= 200k images)"
+    )
+    cache_images: str = flag(
+        "auto",
+        choices=("auto", "yes", "no"),
+        help="decode every image once into RAM (uint8) instead of every epoch; auto: when they fit the budget",
+    )
+    cache_budget_mb: float = flag(1024.0, ge=0, help="RAM budget of --cache-images, per process")
+    gpu_aug: bool = flag(
+        False,
+        action="store_true",
+        help="augment batches on the training device with kornia (needs the image cache and one image size)",
+    )
+    eval_batch_size: int = flag(256, gt=0)  # E-step and kNN-monitor loaders
+
+    def validate(self) -> None:
+        """Raise a one-line ``PCLError`` for a value outside its flag's range (augmentation included)."""
+        check_fields(self)
+        self.aug.resolved().validate()
 
 
 def train_transform(cfg: AugConfig) -> transforms.Compose:
