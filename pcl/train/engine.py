@@ -30,6 +30,7 @@ from tqdm import tqdm
 from pcl.config import Config, to_dict
 from pcl.estep.clustering import ClusterResult, Granularity
 from pcl.estep.estep import run_estep
+from pcl.estep.feature_store import FeatureStore
 from pcl.eval.cluster_metrics import cluster_scalars
 from pcl.eval.features import extract
 from pcl.eval.knn import knn_top1
@@ -40,6 +41,7 @@ from pcl.run.checkpointer import Checkpointer, TrainState
 from pcl.run.metrics import MetricsLog, peak_memory_mib
 from pcl.run.tb import TBLogger
 from pcl.train.amp import autocast_factory, grad_scaler
+from pcl.train.cluster_images import gallery_images
 from pcl.train.guard import NonFiniteGuard, non_finite_terms
 from pcl.train.meters import EpochMeter, EpochStats, StepResult
 from pcl.train.save_policy import SavePolicy
@@ -137,7 +139,8 @@ class Trainer:
         with STOP.stop_at_once():  # nothing resumable inside the E-step: a signal stops it at once
             m, ld = self.cfg.model, self.loaders
             args = (ld.estep, ld.num_train, m.low_dim, self.cfg.estep, self.info, epoch, m.temperature)
-            result = run_estep(self.raw.cluster_features, *args, self.autocast, self.timer)
+            hook = self._log_cluster_images if self.cfg.train.log_cluster_images and self.info.is_main else None
+            result = run_estep(self.raw.cluster_features, *args, self.autocast, self.timer, on_clustered=hook)
         self.model.train()
         scalars = {f"cluster/k{g.k}/{name}": v for g in result.levels for name, v in g.stats.items()}
         scalars["time/estep_seconds"] = time.time() - t0
@@ -150,6 +153,12 @@ class Trainer:
         if self.cfg.train.save_clusters and self.info.is_main:
             save_checkpoint(result.state_dict(), self.run_dir.clusters_file(epoch))
         return result
+
+    def _log_cluster_images(self, store: FeatureStore, result: ClusterResult) -> None:
+        """``--log-cluster-images N``: each granularity's gallery to TensorBoard (rank 0, from the E-step's shards)."""
+        n = self.cfg.train.log_cluster_images
+        for tag, image in gallery_images(result, store.shards, self.loaders.estep.dataset, n).items():
+            self.tb.image(tag, image, result.epoch)
 
     # ------------------------------------------------------------------ M-step
     def train_epoch(self, epoch: int, clusters: ClusterResult | None) -> EpochStats:

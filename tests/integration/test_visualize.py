@@ -24,10 +24,21 @@ SMALL = ["--max-points", "30", "--clusters", "4", "--members", "5", "--queries",
 
 @pytest.fixture(scope="module")
 def vis_run(tiny_data: Path, module_tmp: Path) -> Path:
-    """A 2-epoch PCL run (E-step at epoch 1, k = 3, 5) that kept its E-step features."""
+    """A 2-epoch PCL run (E-step at epoch 1, k = 3, 5) that kept its E-step features and logged its galleries."""
     exp = module_tmp / "run"
-    assert cli.main([str(tiny_data), *TINY_ARGS, "--exp-dir", str(exp), "--keep-features"]) == 0
+    extra = ["--keep-features", "--log-cluster-images", "2"]
+    assert cli.main([str(tiny_data), *TINY_ARGS, "--exp-dir", str(exp), *extra]) == 0
     return exp
+
+
+def test_log_cluster_images_shows_each_granularity_in_tensorboard(vis_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(RunDir(vis_run).tb), size_guidance={"images": 0})
+    acc.Reload()
+    assert sorted(acc.Tags()["images"]) == ["clusters/k3", "clusters/k5"]
+    image = acc.Images("clusters/k5")[0]  # the 2 largest clusters, 8 members per row: one E-step, at epoch 1
+    assert (image.step, (image.width, image.height)) == (1, render.gallery_size(2, 8))
 
 
 def visualize(*argv: str | Path) -> int:
