@@ -31,6 +31,7 @@ from pcl.estep.clustering import (
 )
 from pcl.estep.feature_store import DTYPES, FeatureStore, ShardWriter
 from pcl.eval.bank import FeatureBank
+from pcl.model.features import iter_features
 from pcl.utils import distributed as pdist
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
@@ -89,9 +90,7 @@ def extract_features(
     With ``bank``, ``features_fn`` returns ``((B, d) cluster features, (B, D) bank features)`` and the second
     go into ``bank`` by dataset index (one pass for the E-step and the kNN monitor's bank).
     """
-    for images, index in tqdm(loader, desc="E-step features", disable=not show, leave=False):
-        with autocast():
-            feats = features_fn(images.to(device, non_blocking=True))
+    for feats, index in iter_features(features_fn, loader, device, autocast, "E-step features", show):
         if bank is not None:
             feats, bank_feats = feats
             bank.add(bank_feats, index)
