@@ -5,6 +5,7 @@ A suite file (``experiments/suites/NAME.toml``)::
     description = "MoCo v2 vs PCL vs PCL + cluster heads"
     seeds = 3                                   # default for --seeds
     [base]                                      # main_pcl.py flags shared by every run
+    config = "cifar.toml"                       # optional: a --config file, relative to this file
     epochs = 30
     warmup-epochs = 5
     num-cluster = "50,100,200"
@@ -152,6 +153,8 @@ def load_suite(name_or_path: str) -> Suite:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise PCLError(f"suite file {path} is not valid TOML: {e}") from None
     base = _flag_table(doc.get("base", {}), f"{path.name} [base]")
+    if isinstance(base.get("config"), str):  # a config file for main_pcl.py --config, relative to the suite file
+        base["config"] = str((path.parent / base["config"]).resolve())
     raw_runs, raw_sweeps = doc.get("runs", []), doc.get("sweeps", [])
     if not isinstance(raw_runs, list) or not isinstance(raw_sweeps, list) or not (raw_runs or raw_sweeps):
         raise PCLError(f"{path.name} has no [[runs]] and no [[sweeps]]")

@@ -59,6 +59,16 @@ def test_a_2x2_sweep_expands_to_4_named_runs_with_their_flags(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_config_file_in_base_is_found_next_to_the_suite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "suites").mkdir()
+    suite = tmp_path / "suites" / "c.toml"
+    suite.write_text('[base]\nconfig = "cfg/run.toml"\n[[runs]]\nname = "a"\n')
+    assert runner.main([str(suite), "DATA", "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert f"--config {tmp_path / 'suites' / 'cfg' / 'run.toml'} --seed 0" in capsys.readouterr().out
+
+
 def test_bad_sweeps_give_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = {
         "noname.toml": "[[sweeps]]\nlr = [1, 2]\n",
