@@ -174,7 +174,7 @@ def run_local(
             status = run_job(*jobs[i], slot, on_start=lambda: report(i, f"training in {jobs[i][0]} ..."))
             detail = f": {status['error']}" if status.get("error") else ""
             took = f" in {status['seconds']:.0f}s" if "seconds" in status else ""
-            report(i, f"{status['status']}{took}{detail}")
+            report(i, f"{'finished, skipped' if status['status'] == 'finished' else status['status']}{took}{detail}")
             return status
         finally:
             free.put(slot)
