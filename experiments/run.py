@@ -38,6 +38,8 @@ from pcl.utils.errors import PCLError
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: default --out, tools/evaluate.py
 LAUNCHERS = ("local", "slurm", "local-submitit")
+# what --eval measures (the summary's columns; fine-tuning takes minutes per run on a CPU)
+EVAL_PROTOCOLS = "knn,linear,clusters,lowshot,finetune,kmeans"
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -87,7 +89,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def _evaluate(job: Job) -> None:
-    """Linear probe + kNN + cluster metrics of a finished run into ``eval.json`` (when the tool exists)."""
+    """``EVAL_PROTOCOLS`` of a finished run into ``eval.json`` (when the tool exists)."""
     import subprocess
 
     tool = ROOT / "tools" / "evaluate.py"
@@ -95,7 +97,8 @@ def _evaluate(job: Job) -> None:
     if not tool.is_file() or rd.eval.is_file():
         return
     with open(rd.eval_log, "w") as log:
-        subprocess.call([sys.executable, str(tool), str(job.exp_dir)], stdout=log, stderr=log, env=child_env())
+        cmd = [sys.executable, str(tool), str(job.exp_dir), "--protocols", EVAL_PROTOCOLS]
+        subprocess.call(cmd, stdout=log, stderr=log, env=child_env())
 
 
 def _resources(args: argparse.Namespace) -> Resources:
