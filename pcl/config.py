@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pcl.data.datasets import AugConfig, DataConfig
+from pcl.data.sources import LABEL_MODES
 from pcl.estep.clustering import KMeansConfig
 from pcl.estep.estep import EStepConfig
 from pcl.estep.feature_store import DTYPES
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "data",
         nargs="?",
         default=_default(D, "root"),
-        help="ImageFolder root with train/ and optionally val/ or test/ (default: bundled CIFAR-10 subset)",
+        help="images: ROOT/train/<class>/ (+ val/ or test/), ROOT/<class>/, any folder of images (unlabeled), "
+        "or a .txt / .csv file list (default: bundled CIFAR-10 subset)",
     )
     g = p.add_argument_group("model")
     g.add_argument("-a", "--arch", default=_default(M, "arch"), help=f"torchvision ResNet ({', '.join(ARCHS)})")
@@ -171,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("data and augmentation")
+    g.add_argument(
+        "--labels",
+        default=_default(D, "labels"),
+        choices=LABEL_MODES,
+        help="auto: class folders when DATA holds only >= 2 sub-folders, a CSV's label column; "
+        "none: unlabeled; folders: from class folders",
+    )
+    g.add_argument(
+        "--val",
+        default=_default(D, "val"),
+        help="eval set of the kNN monitor, in any DATA form, labelled (default: DATA's val/ or test/ split)",
+    )
     g.add_argument("--image-size", type=int, default=_default(A, "image_size"))
     g.add_argument(
         "--aug-plus",

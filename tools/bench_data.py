@@ -26,15 +26,15 @@ import torch
 
 from pcl.data.datasets import (
     AugConfig,
-    IndexedImageFolder,
+    IndexedImages,
     TwoCrops,
     load_rgb,
-    resolve_splits,
     train_loader,
     train_transform,
 )
 from pcl.data.gpu_aug import GpuAugLoader
 from pcl.data.image_cache import ImageCache
+from pcl.data.sources import resolve_data
 from pcl.utils.errors import PCLError
 
 PIPELINES = ("pil", "pil-cached", "gpu-aug")
@@ -70,7 +70,7 @@ def time_loader(loader: object, batches: int) -> dict:
     }
 
 
-def per_image_costs(ds: IndexedImageFolder, cfg: AugConfig, n: int) -> dict:
+def per_image_costs(ds: IndexedImages, cfg: AugConfig, n: int) -> dict:
     """CPU seconds to decode one image, and to make its two augmented views from the decoded image."""
     paths = [p for p, _ in ds.samples[:n]]
     c0 = time.process_time()
@@ -102,13 +102,13 @@ def step_throughput(a: argparse.Namespace) -> dict:
 
 
 def run(a: argparse.Namespace) -> dict:
-    splits = resolve_splits(a.data)
+    train = resolve_data(a.data).train
     cfg = AugConfig(image_size=a.image_size, blur_prob=a.blur_prob)
-    ds = IndexedImageFolder(splits.train, TwoCrops(train_transform(cfg)))
+    ds = IndexedImages(train, TwoCrops(train_transform(cfg)))
     if len(ds) < 2 * a.batch_size:
         raise PCLError(f"only {len(ds)} training images: fewer than two batches of --batch-size {a.batch_size}")
     out: dict = {
-        "data": str(splits.train),
+        "data": str(train.where),
         "num_images": len(ds),
         "device": a.device,
         "batch_size": a.batch_size,

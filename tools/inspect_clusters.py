@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The tool's command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("clusters", type=Path, help="a saved ClusterResult state dict (.pth)")
-    p.add_argument("--labels-from", type=Path, help="ImageFolder train folder the clusters were computed on")
+    p.add_argument("--labels-from", type=Path, help="the data the clusters were computed on (a DATA form)")
     p.add_argument("--out-dir", type=Path, help="where to write the PNGs (default: next to the input file)")
     p.add_argument("--grid-clusters", type=int, default=4, help="rows of the member grid (largest clusters)")
     p.add_argument("--grid-members", type=int, default=8, help="images per row of the member grid")
@@ -130,9 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = None
     if args.labels_from is not None:
-        from pcl.data.datasets import IndexedImageFolder
+        from pcl.data.datasets import IndexedImages
+        from pcl.data.sources import resolve_data
 
-        dataset = IndexedImageFolder(args.labels_from)
+        dataset = IndexedImages(resolve_data(args.labels_from).train)
     stem = args.clusters.stem
     for lv in levels:
         k, im2cluster, density = lv["k"], lv["im2cluster"], lv["density"]

@@ -26,14 +26,8 @@ import torch.nn.functional as F
 from torchvision import transforms
 
 from pcl.config import stored_config
-from pcl.data.datasets import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    IndexedImageFolder,
-    eval_loader,
-    eval_transform,
-    resolve_splits,
-)
+from pcl.data.datasets import IMAGENET_MEAN, IMAGENET_STD, IndexedImages, eval_loader, eval_transform
+from pcl.data.sources import resolve_data
 from pcl.estep.clustering import ClusterResult, KMeansConfig, assign, train_kmeans
 from pcl.eval.cluster_metrics import cluster_scores, has_classes, label_scores
 from pcl.eval.features import extract
@@ -66,19 +60,20 @@ class FrozenFeatures:
     num_classes: int
 
 
-def eval_sets(data: str | None, image_size: int) -> tuple[IndexedImageFolder, IndexedImageFolder]:
-    """Train and val/test splits of ``data`` (None = bundled subset) under the center-crop eval transform."""
-    splits = resolve_splits(data)
-    if splits.eval is None:
-        raise PCLError(f"{splits.train.parent} has no val/ or test/ split to evaluate on")
+def eval_sets(
+    data: str | None, image_size: int, labels: str = "auto", val: str | None = None
+) -> tuple[IndexedImages, IndexedImages]:
+    """Train and eval images of ``data`` (None = bundled subset; any ``sources.resolve_data`` form, ``val`` as
+    its eval set) under the center-crop eval transform; both need class labels."""
+    source = resolve_data(data, labels, val)
+    reason = source.knn_off_reason()
+    if reason is not None:
+        raise PCLError(f"cannot evaluate on {data or 'the bundled subset'}: {reason}")
     tf = eval_transform(image_size)
-    train, test = IndexedImageFolder(splits.train, tf), IndexedImageFolder(splits.eval, tf)
-    if train.classes != test.classes:
-        raise PCLError(f"{splits.train} and {splits.eval} have different class folders")
-    return train, test
+    return IndexedImages(source.train, tf), IndexedImages(source.eval, tf)
 
 
-def _cache_file(cache_dir: Path, pre: Pretrained, train: IndexedImageFolder, test: IndexedImageFolder) -> Path:
+def _cache_file(cache_dir: Path, pre: Pretrained, train: IndexedImages, test: IndexedImages) -> Path:
     key = json.dumps([pre.ident, pre.image_size, train.root, len(train), test.root, len(test)])
     return cache_dir / f"features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
 
@@ -91,9 +86,11 @@ def frozen_features(
     workers: int = 2,
     cache_dir: Path | None = None,
     show: bool = True,
+    labels: str = "auto",
+    val: str | None = None,
 ) -> FrozenFeatures:
     """Extract (or load from ``cache_dir``) the backbone features of both splits once, on ``device``."""
-    train, test = eval_sets(data, pre.image_size)
+    train, test = eval_sets(data, pre.image_size, labels, val)
     cache = _cache_file(cache_dir, pre, train, test) if cache_dir is not None else None
     if cache is not None and cache.is_file():
         t = torch.load(cache, map_location=device, weights_only=True)
@@ -266,13 +263,21 @@ def evaluate_run(
     t0 = time.time()
     run, ckpt_path = _run_paths(Path(run_dir))
     pre = from_checkpoint(ckpt_path)
+    labels, val = "auto", None
     if data is None:  # the data the run was trained on
-        data = stored_config(pre.checkpoint, ckpt_path).data.root
+        stored = stored_config(pre.checkpoint, ckpt_path).data
+        data, labels, val = stored.root, stored.labels, stored.val
     dev = resolve_device(device)
     result: dict = {"knn_top1": None, "linear_top1": None, "linear_top5": None, "cluster": {}, "kmeans": {}}
     settings: dict = {**pre.settings(), "checkpoint": str(ckpt_path), "data": data, "device": str(dev)}
+    source = resolve_data(data, labels, val)
+    no_labels = source.knn_off_reason()
+    if no_labels is not None and (knn or linear or kmeans):  # figures that need labels stay None ("-")
+        settings["no_labels"] = no_labels
+        knn = linear = False
+        kmeans = ()
     if knn or linear or kmeans:
-        feats = frozen_features(pre, data, dev, batch_size, workers, cache_dir, show)
+        feats = frozen_features(pre, data, dev, batch_size, workers, cache_dir, show, labels, val)
         settings.update(n_train=int(feats.train.shape[0]), n_test=int(feats.test.shape[0]))
         settings["num_classes"] = feats.num_classes
         if knn:
@@ -298,14 +303,14 @@ def evaluate_run(
     if clusters:
         found = _last_cluster_result(run, pre.checkpoint)
         if found is not None:
-            train = IndexedImageFolder(resolve_splits(data).train)
-            if len(train.targets) != found.levels[0].im2cluster.numel():
+            train = source.train
+            if len(train) != found.levels[0].im2cluster.numel():
                 raise PCLError(
                     f"the cluster result covers {found.levels[0].im2cluster.numel()} images but "
-                    f"{resolve_splits(data).train} has {len(train.targets)}"
+                    f"{train.where} has {len(train)}"
                 )
-            if has_classes(train.targets):
-                scores = cluster_scores(found, torch.tensor(train.targets))
+            if train.labels is not None and has_classes(train.labels):
+                scores = cluster_scores(found, torch.tensor(train.labels))
                 result["cluster"] = {str(k): v for k, v in scores.items()}
             settings["cluster_epoch"] = found.epoch
     settings["seconds"] = round(time.time() - t0, 2)

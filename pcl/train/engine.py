@@ -45,7 +45,8 @@ REMEDIES = (
 class Loaders:
     """``train``: two-crop views with indices; ``estep``: eval view of the train images, this rank's part;
     ``knn_train`` / ``knn_eval``: full train and val sets (eval view) for the kNN monitor, rank 0 only;
-    ``class_labels``: the train set's class labels ``(N,)`` for cluster metrics, rank 0 only, None without."""
+    ``class_labels``: the train set's class labels ``(N,)`` for cluster metrics, rank 0 only, None without;
+    ``data_identity``: count and hash of the resolved training file list, checkpointed so a resume can compare."""
 
     train: DataLoader
     estep: DataLoader
@@ -56,6 +57,7 @@ class Loaders:
     eval_labels: torch.Tensor | None = None
     num_classes: int = 0
     class_labels: torch.Tensor | None = None
+    data_identity: dict | None = None  # the training images' {"count", "sha256", "form"} (sources.ImageSet)
 
 
 @dataclass
@@ -136,6 +138,7 @@ class Trainer:
             "step_in_epoch": step_in_epoch,
             "epoch_meter": None if meter is None else vars(meter).copy(),
             "num_train": self.loaders.num_train,
+            "data_identity": self.loaders.data_identity,
             "global_step": self.state.global_step,
             "skipped_steps": self.state.skipped_steps,
             "model": self.raw.state_dict(),
