@@ -6,6 +6,7 @@ later (e.g. one that changed on disk) stops the run with its file name. Nothing 
 
 from __future__ import annotations
 
+import argparse
 import copy
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +23,9 @@ from pcl.data.decode import load_rgb
 from pcl.data.folder_scan import align_to_train
 from pcl.data.image_cache import ImageCache
 from pcl.data.sampler import ResumableSampler
-from pcl.data.sources import ImageSet, image_set
+from pcl.data.sources import LABEL_MODES, ImageSet, image_set
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import check_fields, flag
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -115,13 +117,19 @@ class GaussianBlur:
 class AugConfig:
     """Augmentation strength (``--image-size`` ... ``--blur-prob``); MoCo v2's ``--aug-plus`` recipe at 32 px."""
 
-    image_size: int = 32
-    crop_min: float = 0.2
-    color_jitter: float = 0.4
-    color_jitter_prob: float = 0.8
-    grayscale_prob: float = 0.2
-    blur_prob: float | None = None  # None: 0.5, or 0 for images <= 64 px
-    aug_plus: bool = True
+    image_size: int = flag(32, gt=0)
+    crop_min: float = flag(0.2, gt=0, le=1, help="RandomResizedCrop minimum scale")
+    color_jitter: float = flag(0.4, ge=0, help="colour-jitter strength")
+    color_jitter_prob: float = flag(0.8, ge=0, le=1)
+    grayscale_prob: float = flag(0.2, ge=0, le=1)
+    blur_prob: float | None = flag(  # None: 0.5, or 0 for images <= 64 px
+        None, type=float, ge=0, le=1, help="Gaussian-blur probability (default: 0.5, or 0 for images <= 64 px)"
+    )
+    aug_plus: bool = flag(True, action=argparse.BooleanOptionalAction, help="MoCo v2 augmentation")
+
+    def validate(self) -> None:
+        """Raise a one-line ``PCLError`` for a value outside its flag's range."""
+        check_fields(self)
 
     def resolved(self) -> AugConfig:
         """This config with the derived default filled in (``blur_prob``)."""
@@ -134,16 +142,44 @@ class AugConfig:
 class DataConfig:
     """Where the images come from and how they are loaded (``DATA``, augmentation, workers, verification)."""
 
-    root: str | None = None  # any form of sources.resolve_data (folder or file list); None: the bundled subset
-    labels: str = "auto"  # auto | none | folders: where labels come from (sources.py)
-    val: str | None = None  # eval set for the kNN monitor, any form; None: the data's own val/ or test/ split
+    root: str | None = flag(  # None: the bundled subset
+        None,
+        "data",
+        nargs="?",
+        help="ROOT/train/<class>/ (+ val/ or test/), ROOT/<class>/, any folder of images (unlabeled), or a .txt / "
+        ".csv file list (default: bundled CIFAR-10 subset)",
+    )
+    labels: str = flag(
+        "auto",
+        choices=LABEL_MODES,
+        help="where labels come from: auto (class folders when DATA holds only >= 2 folders; a CSV's label column), "
+        "none (unlabeled), folders (class folders; a list's parent folders)",
+    )
+    val: str | None = flag(
+        None, help="labelled eval set of the kNN monitor, any DATA form (default: DATA's val/ or test/ split)"
+    )
     aug: AugConfig = field(default_factory=AugConfig)
-    workers: int = 2  # data-loading processes per rank
-    verify_images: str = "auto"  # auto | yes | no
-    cache_images: str = "auto"  # decoded uint8 images in RAM: auto (when they fit the budget) | yes | no
-    cache_budget_mb: float = 1024.0  # per process
-    gpu_aug: bool = False  # kornia augmentation on the training device (needs the cache)
-    eval_batch_size: int = 256  # E-step and kNN-monitor loaders
+    workers: int = flag(2, "-j", "--workers", ge=0, help="data-loading processes per rank")
+    verify_images: str = flag(
+        "auto", choices=("auto", "yes", "no"), help="decode every image before training (auto: when <= 200k images)"
+    )
+    cache_images: str = flag(
+        "auto",
+        choices=("auto", "yes", "no"),
+        help="decode every image once into RAM (uint8) instead of every epoch; auto: when they fit the budget",
+    )
+    cache_budget_mb: float = flag(1024.0, ge=0, help="RAM budget of --cache-images, per process")
+    gpu_aug: bool = flag(
+        False,
+        action="store_true",
+        help="augment batches on the training device with kornia (needs the image cache and one image size)",
+    )
+    eval_batch_size: int = flag(256, gt=0)  # E-step and kNN-monitor loaders
+
+    def validate(self) -> None:
+        """Raise a one-line ``PCLError`` for a value outside its flag's range (augmentation included)."""
+        check_fields(self)
+        self.aug.resolved().validate()
 
 
 def train_transform(cfg: AugConfig) -> transforms.Compose:

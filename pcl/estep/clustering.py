@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pcl.utils.flags import check_fields, flag
+
 KMEANS_ALPHA = 10.0
 
 
@@ -15,11 +17,15 @@ KMEANS_ALPHA = 10.0
 class KMeansConfig:
     """faiss k-means settings; defaults are the official PCL ones."""
 
-    niter: int = 20
-    nredo: int = 5
+    niter: int = flag(20, "--kmeans-niter", gt=0)
+    nredo: int = flag(5, "--kmeans-nredo", gt=0)
     max_points_per_centroid: int = 1000
     min_points_per_centroid: int = 10
     use_gpu: bool | None = None  # None: GPU faiss when importable and a GPU exists
+
+    def validate(self) -> None:
+        """Raise a one-line ``PCLError`` for a value outside its flag's range."""
+        check_fields(self)
 
 
 def faiss_gpu_available() -> bool:

@@ -28,9 +28,11 @@ from pcl.estep.clustering import (
     phi_raw_mean,
     train_kmeans,
 )
-from pcl.estep.feature_store import FeatureStore, ShardWriter
+from pcl.estep.feature_store import DTYPES, FeatureStore, ShardWriter
 from pcl.utils import distributed as pdist
 from pcl.utils.distributed import DistInfo
+from pcl.utils.errors import PCLError
+from pcl.utils.flags import check_fields, flag, int_list
 from pcl.utils.timing import NULL_TIMER, PhaseTimer
 
 
@@ -41,14 +43,33 @@ class EStepConfig:
     The concentration's target mean (the temperature) and the feature dimension come from the model's config.
     """
 
-    num_cluster: list[int] = field(default_factory=lambda: [50, 100, 200])  # k per granularity
-    feature_dir: Path | None = None  # shards go to <feature_dir>/epochXXXX; None: <exp-dir>/features
+    num_cluster: list[int] = flag(  # k per granularity
+        default_factory=lambda: [50, 100, 200],
+        type=int_list,
+        ge=2,
+        help="k per granularity, comma list (official ImageNet: 25000,50000,100000)",
+    )
+    feature_dir: Path | None = flag(  # shards go to <feature_dir>/epochXXXX; None: <exp-dir>/features
+        None, type=Path, help="E-step shards (default <exp-dir>/features)"
+    )
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
-    max_points: int = 2_000_000  # k-means trains on all features up to this many, else on a uniform sample
-    feature_dtype: str = "float32"
-    shard_rows: int = 65536
-    keep_features: bool = False
+    max_points: int = flag(
+        2_000_000,
+        "--kmeans-max-points",
+        gt=0,
+        help="k-means trains on all features up to this many, else on a uniform sample",
+    )
+    feature_dtype: str = flag("float32", choices=tuple(DTYPES))
+    shard_rows: int = flag(65536, "--feature-shard-rows", gt=0, help="rows per feature shard")
+    keep_features: bool = flag(False, action="store_true", help="keep each epoch's feature shards")
     seed: int = 0
+
+    def validate(self) -> None:
+        """Raise a one-line ``PCLError`` for a value outside its flag's range (k-means settings included)."""
+        if not self.num_cluster:
+            raise PCLError(f"--num-cluster needs at least one value >= 2, got {self.num_cluster}")
+        check_fields(self)
+        self.kmeans.validate()
 
 
 @torch.no_grad()

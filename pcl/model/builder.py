@@ -7,6 +7,7 @@ run :meth:`PCL.momentum_update` and :meth:`PCL.enqueue`, so a skipped step chang
 
 from __future__ import annotations
 
+import argparse
 import copy
 from dataclasses import dataclass
 
@@ -14,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pcl.model.backbone import resnet_backbone
-from pcl.model.heads import cluster_head, projection_head
+from pcl.model.backbone import ARCHS, resnet_backbone
+from pcl.model.heads import CLUSTER_HEADS, cluster_head, projection_head
 from pcl.utils import distributed as pdist
+from pcl.utils.errors import PCLError
+from pcl.utils.flags import check_fields, flag
 
 
 @dataclass
@@ -27,15 +30,27 @@ class ModelConfig:
     the mean of the concentrations phi. ``bn_splits`` applies in a single process only (DDP uses 1).
     """
 
-    arch: str = "resnet18"
-    stem: str = "imagenet"  # "small": CIFAR stem
-    low_dim: int = 128
-    pcl_r: int = 1024
-    moco_m: float = 0.99
-    mlp: bool = True
-    cluster_head: str = "none"
-    bn_splits: int = 8
-    temperature: float = 0.2
+    arch: str = flag("resnet18", "-a", "--arch", help=f"torchvision ResNet ({', '.join(ARCHS)})")
+    stem: str = flag(
+        "imagenet",
+        choices=("imagenet", "small"),
+        help="small = CIFAR stem (3x3 stride-1 conv, no max-pool): better for 32-px data, ~12x the compute",
+    )
+    low_dim: int = flag(128, gt=0, help="embedding dimension")
+    pcl_r: int = flag(
+        1024, gt=0, help="queue size = number of negatives, instance and prototype (official ImageNet: 16384)"
+    )
+    moco_m: float = flag(0.99, ge=0, lt=1, help="momentum of the key encoder (official: 0.999)")
+    mlp: bool = flag(True, action=argparse.BooleanOptionalAction, help="MoCo v2 MLP head")
+    cluster_head: str = flag("none", choices=CLUSTER_HEADS, help="extra head for the cluster task")
+    bn_splits: int = flag(8, gt=0, help="sub-batches for single-process shuffle BN (1 = plain BN)")
+    temperature: float = flag(0.2, gt=0, help="InfoNCE temperature T (also mean of phi)")
+
+    def validate(self) -> None:
+        """Raise a one-line ``PCLError`` for a value outside its flag's range or an unknown arch."""
+        if self.arch not in ARCHS:
+            raise PCLError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        check_fields(self)
 
 
 class Encoder(nn.Module):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+
+from pcl.utils.flags import check_fields, flag, int_list
 
 OPTIMIZERS = ("sgd", "sgd-cos", "adamw", "lamb", "lars")
 SCHEDULES = ("cos", "step", "const")
@@ -42,16 +45,30 @@ def default_schedule(optimizer: str) -> str:
 class OptimConfig:
     """Optimizer, learning-rate schedule and gradient clipping; ``None`` fields default per optimizer."""
 
-    optimizer: str = "adamw"
-    lr: float | None = None  # base lr for the global batch
-    wd: float | None = None
-    momentum: float = 0.9  # SGD / LARS
-    lr_schedule: str | None = None  # None: step for sgd, cos otherwise
-    schedule: list[int] = field(default_factory=lambda: [120, 160])  # step-schedule milestones (epochs)
-    lr_warmup_epochs: float | None = None
-    min_lr: float = 0.0
-    exclude_bn_bias: bool | None = None
-    clip_grad: float | None = None  # max global gradient norm; None: no clipping
+    optimizer: str = flag("adamw", choices=OPTIMIZERS)
+    lr: float | None = flag(None, type=float, gt=0, help="base lr for the global batch (default: per optimizer)")
+    wd: float | None = flag(None, type=float, help="weight decay (default: per optimizer)")
+    momentum: float = flag(0.9, help="SGD / LARS momentum")
+    lr_schedule: str | None = flag(None, choices=SCHEDULES, help="default: step for sgd, cos otherwise")
+    schedule: list[int] = flag(
+        default_factory=lambda: [120, 160], type=int_list, help="step-schedule milestones (epochs)"
+    )
+    lr_warmup_epochs: float | None = flag(
+        None, type=float, ge=0, help="linear lr warmup, epochs (default: per optimizer)"
+    )
+    min_lr: float = flag(0.0, help="final lr of the cosine schedule")
+    exclude_bn_bias: bool | None = flag(
+        None,
+        action=argparse.BooleanOptionalAction,
+        help="no weight decay / LARS adaptation for BN and biases (default: per optimizer)",
+    )
+    clip_grad: float | None = flag(  # None: no clipping
+        None, type=float, gt=0, finite=False, help="clip the global gradient norm"
+    )
+
+    def validate(self) -> None:
+        """Raise a one-line ``PCLError`` for a value outside its flag's range."""
+        check_fields(self)
 
     def resolved(self) -> OptimConfig:
         """This config with every ``None`` replaced by the optimizer's default (``OPTIMIZER_DEFAULTS``)."""
