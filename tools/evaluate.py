@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     s = result["settings"]
     print(f"{s['source']}, {s['arch']}, stem {s['stem']}, data {s['data'] or 'bundled subset'}")
     print(table(result))
+    if s.get("no_labels"):
+        print(f"kNN, linear and cluster figures: – ({s['no_labels']})")
     if s.get("written"):
         print(f"wrote {s['written']}")
     return 0

@@ -29,8 +29,9 @@ def test_missing_path(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     assert "does not exist" in error_line(capsys, [str(tmp_path / "nope"), *TINY_ARGS])
 
 
-def test_folder_without_train_split(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    assert "no train/" in error_line(capsys, [str(tmp_path), *TINY_ARGS])
+def test_empty_folder_without_train_split(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """A folder without train/ is data too (class folders or unlabeled images): empty, it holds no images."""
+    assert "no images found under" in error_line(capsys, [str(tmp_path), *TINY_ARGS])
 
 
 def test_empty_train_folder(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

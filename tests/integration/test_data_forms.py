@@ -8,13 +8,14 @@ import io
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pcl import cli
 from pcl.data.sources import resolve_data
-from tests.helpers import TINY_ARGS
+from tests.helpers import TINY_ARGS, load_tool
 
 
 def flatten(src: Path, dst: Path) -> Path:
@@ -57,25 +58,30 @@ WITH_KNN = {"classes+val"}
 
 
 @pytest.fixture(scope="module")
-def form_runs(tiny_data: Path, module_tmp: Path) -> dict[str, tuple[int, str, dict]]:
-    """Each form trained for 2 epochs (warmup 1: one E-step): ``{form: (exit code, stdout, metrics.json)}``."""
+def form_runs(tiny_data: Path, module_tmp: Path) -> Callable[[str], tuple[int, str, dict]]:
+    """``get(form)``: that form trained for 2 epochs (warmup 1: one E-step), once per module, as
+    ``(exit code, stdout, metrics.json)``."""
     forms = make_forms(tiny_data, module_tmp / "forms")
-    out = {}
-    for name, argv in forms.items():
-        exp = module_tmp / "runs" / name
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            code = cli.main([*argv, *TINY_ARGS, "--exp-dir", str(exp)])
-        metrics = json.loads((exp / "metrics.json").read_text()) if (exp / "metrics.json").is_file() else {}
-        out[name] = (code, buf.getvalue(), metrics)
-        if name != "txt":  # ~180 MB of checkpoints each; the txt run is resumed below
-            shutil.rmtree(exp, ignore_errors=True)
-    return out
+    done: dict[str, tuple[int, str, dict]] = {}
+
+    def get(name: str) -> tuple[int, str, dict]:
+        if name not in done:
+            exp = module_tmp / "runs" / name
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                code = cli.main([*forms[name], *TINY_ARGS, "--exp-dir", str(exp)])
+            metrics = json.loads((exp / "metrics.json").read_text()) if (exp / "metrics.json").is_file() else {}
+            done[name] = (code, buf.getvalue(), metrics)
+            if name != "txt":  # ~180 MB of checkpoints each; the txt run is resumed and evaluated below
+                shutil.rmtree(exp, ignore_errors=True)
+        return done[name]
+
+    return get
 
 
 @pytest.mark.parametrize("form", ["flat", "nested", "classes", "txt", "csv", "classes+val"])
-def test_each_form_trains_two_epochs_with_an_estep(form_runs: dict, form: str) -> None:
-    code, stdout, metrics = form_runs[form]
+def test_each_form_trains_two_epochs_with_an_estep(form_runs: Callable, form: str) -> None:
+    code, stdout, metrics = form_runs(form)
     assert code == 0, stdout
     epochs = metrics["epochs"]
     assert [e["epoch"] for e in epochs] == [0, 1]
@@ -99,8 +105,8 @@ def test_each_form_trains_two_epochs_with_an_estep(form_runs: dict, form: str) -
         ("classes+val", "eval: 12 images in 3 classes (3 class folders in"),
     ],
 )
-def test_the_detected_form_is_said_in_one_line(form_runs: dict, form: str, line: str) -> None:
-    stdout = form_runs[form][1]
+def test_the_detected_form_is_said_in_one_line(form_runs: Callable, form: str, line: str) -> None:
+    stdout = form_runs(form)[1]
     said = [s for s in stdout.splitlines() if s.startswith("data: ")]
     assert len(said) == 1 and line in said[0]
     if form not in LABELLED:
@@ -110,7 +116,10 @@ def test_the_detected_form_is_said_in_one_line(form_runs: dict, form: str, line:
         assert "kNN monitor off: no eval set" in stdout
 
 
-def test_a_changed_data_set_refuses_to_resume(form_runs: dict, module_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_changed_data_set_refuses_to_resume(
+    form_runs: Callable, module_tmp: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert form_runs("txt")[0] == 0
     lst = module_tmp / "forms" / "lists" / "train.txt"
     lines = lst.read_text().splitlines()
     changed = module_tmp / "forms" / "lists" / "changed.txt"
@@ -118,8 +127,10 @@ def test_a_changed_data_set_refuses_to_resume(form_runs: dict, module_tmp: Path,
     exp = module_tmp / "runs" / "txt"
     argv = [*TINY_ARGS, "--exp-dir", str(exp), "--resume", "auto", "--epochs", "3"]
     assert cli.main([str(changed), *argv]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: cannot resume") and "training data changed" in err[0]
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # before it: progress bars of the image cache
+    assert "Traceback" not in err and last.startswith("error: cannot resume") and "training data changed" in last
+    assert sum(line.startswith("error:") for line in err.splitlines()) == 1
     extra = module_tmp / "forms" / "lists" / "extra.txt"
     extra.write_text("\n".join(lines[:-1]) + "\n")
     assert cli.main([str(extra), *argv]) == 2
@@ -160,3 +171,20 @@ def test_val_without_labels_when_knn_is_asked(capsys: pytest.CaptureFixture, tin
     flat = flatten(tiny_data / "test", tmp_path / "flatval")
     line = error_line(capsys, [str(tiny_data / "train"), "--val", str(flat)])
     assert "--val is given for the kNN monitor" in line and "--knn-freq 0" in line
+
+
+def test_evaluate_shows_a_dash_where_a_figure_needs_labels(
+    form_runs: Callable, module_tmp: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert form_runs("txt")[0] == 0
+    evaluate = load_tool("evaluate")
+    run = module_tmp / "runs" / "txt"  # unlabeled list
+    assert evaluate.main([str(run), "--device", "cpu", "-j", "0", "--out", str(module_tmp / "eval.json")]) == 0
+    out = capsys.readouterr().out
+    rows = {
+        line.split("  ")[0]: line.split()[-1] for line in out.splitlines() if line.startswith(("kNN top", "linear top"))
+    }
+    assert rows == {"kNN top-1": "-", "linear top-1": "-", "linear top-5": "-"}
+    assert "kNN, linear and cluster figures: – (the training data has no labels)" in out
+    result = json.loads((module_tmp / "eval.json").read_text())
+    assert result["knn_top1"] is None and result["linear_top1"] is None and result["cluster"] == {}
