@@ -20,9 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from pcl.suite import ROOT, Job, command_line, is_finished, load_suite, machine_info, plan, run_job
-from pcl.summary import summarize
+from suite import Job, child_env, command_line, is_finished, load_suite, machine_info, plan, run_job
+from summary import summarize
+
 from pcl.utils.errors import PCLError
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: default --out, tools/evaluate.py
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,15 +56,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def _evaluate(job: Job) -> None:
     """Linear probe + kNN + cluster metrics of a finished run into ``eval.json`` (when the tool exists)."""
-    import os
     import subprocess
 
     tool = ROOT / "tools" / "evaluate.py"
-    if not tool.is_file() or (job.exp_dir / "eval.json").is_file():
+    rd = job.run_dir
+    if not tool.is_file() or rd.eval.is_file():
         return
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    with open(job.exp_dir / "eval.log", "w") as log:
-        subprocess.call([sys.executable, str(tool), str(job.exp_dir)], stdout=log, stderr=log, cwd=ROOT, env=env)
+    with open(rd.eval_log, "w") as log:
+        subprocess.call([sys.executable, str(tool), str(job.exp_dir)], stdout=log, stderr=log, env=child_env())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, job in enumerate(jobs, 1):
                 tag = f"[{i}/{len(jobs)}] {job.run.name} seed{job.seed}"
                 if is_finished(job.exp_dir):
-                    print(f"{tag}: finished, skipped ({job.exp_dir / 'metrics.json'})")
+                    print(f"{tag}: finished, skipped ({job.run_dir.metrics})")
                 else:
                     print(f"{tag}: training in {job.exp_dir} ...", flush=True)
                     status = run_job(job)

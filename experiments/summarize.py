@@ -9,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pcl.summary import summarize
+from summary import summarize
+
 from pcl.utils.errors import PCLError
 
 

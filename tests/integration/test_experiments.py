@@ -7,29 +7,22 @@ import csv
 import importlib.util
 import json
 import statistics
-import types
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from pcl import cli
 from pcl.config import parse_config
-from pcl.losses import proto_nce
 from pcl.run.curves import aggregate, load_curves
 from pcl.run.metrics import MetricsLog
 from pcl.run.run_dir import RunDir
-from pcl.suite import flags_to_argv, last_error_line, load_suite
-from pcl.summary import RunRow, SeedResult, summarize, table
-from pcl.train.engine import Trainer, total_loss
 from pcl.utils.errors import PCLError
-from tests.helpers import ROOT, TINY_ARGS
+from tests.helpers import ROOT, TINY_ARGS, load_experiments
 
-_spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
-runner = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(runner)
+runner = load_experiments()
+from suite import flags_to_argv, last_error_line, load_suite  # noqa: E402 - experiments/ is on the path now
+from summary import RunRow, SeedResult, summarize, table  # noqa: E402
 
 # TINY_ARGS as a suite's [base] table (flag -> value)
 TINY_BASE = "\n".join(f'{k.removeprefix("--")} = "{v}"' for k, v in zip(TINY_ARGS[::2], TINY_ARGS[1::2], strict=True))
@@ -130,7 +123,7 @@ def test_dry_run_prints_commands_and_writes_nothing(
     out = tmp_path / "out"
     assert runner.main([str(suite), str(tiny_data), "--out", str(out), "--dry-run", "--", "--amp", "bf16"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and all(ln.startswith("python main_pcl.py ") for ln in lines)
+    assert len(lines) == 4 and all(ln.startswith("python -m pcl ") for ln in lines)
     assert lines[0].count("--warmup-epochs") == 1 and "--warmup-epochs 2 " in lines[0]  # the run overrides the base
     assert "--amp bf16 --seed 0" in lines[0]  # extra flags after the suite's, then the runner's own
     assert lines[1].endswith(f"--seed 0 --exp-dir {out}/tiny/pcl/seed0 --resume auto")  # seed-major order
@@ -255,34 +248,6 @@ def test_plot_curves_tool(suite_run: tuple[Path, Path], tmp_path: Path, capsys: 
 
 
 # ---------------------------------------------------------------------------------------------- ablation flags
-def test_total_loss_weights_the_proto_term() -> None:
-    inst, protos = torch.tensor(2.0), [torch.tensor(1.0), torch.tensor(3.0)]
-    assert total_loss(inst, protos).item() == 4.0  # official: InfoNCE + mean over granularities
-    assert total_loss(inst, protos, 0.5).item() == 3.0
-    assert total_loss(inst, protos, 0.0).item() == 2.0
-    assert total_loss(inst, []).item() == 2.0
-
-
-def test_fixed_concentration_uses_temperature_for_every_prototype() -> None:
-    torch.manual_seed(0)
-    q = F.normalize(torch.randn(6, 8), dim=1)
-    c = F.normalize(torch.randn(10, 8), dim=1)
-    g = types.SimpleNamespace(density=torch.rand(10) + 0.1)
-    pos = torch.tensor([0, 1, 1, 2, 3, 3])
-    model = types.SimpleNamespace(temperature=0.2)
-    fixed = types.SimpleNamespace(
-        cfg=types.SimpleNamespace(train=types.SimpleNamespace(fixed_concentration=True), model=model)
-    )
-    phi = Trainer._phi(fixed, g)
-    assert torch.equal(phi, torch.full((10,), 0.2))
-    torch.manual_seed(1)
-    loss, _ = proto_nce(q, pos, c, phi, r=10)
-    ids = torch.cat([pos, torch.tensor([4, 5, 6, 7, 8, 9])])  # r >= free clusters: all negatives, in order
-    assert loss.item() == pytest.approx(F.cross_entropy(q @ c[ids].T / 0.2, torch.arange(6)).item(), rel=1e-6)
-    estimated = types.SimpleNamespace(cfg=types.SimpleNamespace(train=types.SimpleNamespace(fixed_concentration=False)))
-    assert Trainer._phi(estimated, g) is g.density
-
-
 def test_official_defaults_cluster_after_warmup_and_moco_note(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,4 +1,4 @@
-"""Experiments stage, read side: a suite's results table (Markdown + CSV) and curve plots.
+"""Experiments, read side: a suite's results table (Markdown + CSV) and curve plots.
 
 Reads only files the runs wrote: ``suite.json`` (written by the runner), and per ``RUN/seedS/``
 ``metrics.json`` (engine), ``status.json`` (runner) and ``eval.json`` (``tools/evaluate.py``, optional).
@@ -13,8 +13,10 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from suite import flags_to_argv
+
 from pcl.run.curves import plot_curves
-from pcl.suite import flags_to_argv
+from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
 
 PLOTS = {"knn_top1": "eval/knn_top1", "acc_inst": "epoch/acc_inst", "acc_proto": "epoch/acc_proto"}
@@ -83,8 +85,8 @@ def _ami(metrics: dict, evaluation: dict) -> float | None:
 
 
 def read_seed(exp_dir: Path, seed: int) -> SeedResult:
-    metrics, status = _read_json(exp_dir / "metrics.json"), _read_json(exp_dir / "status.json")
-    evaluation = _read_json(exp_dir / "eval.json")
+    rd = RunDir(exp_dir)
+    metrics, status, evaluation = _read_json(rd.metrics), _read_json(rd.status), _read_json(rd.eval)
     state = status.get("status") or ("running or interrupted" if metrics else "not started")
     if state == "done" and not metrics.get("complete"):
         state = "stopped"
