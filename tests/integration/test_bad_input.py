@@ -102,4 +102,4 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path: Path) -> Non
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: data folder {tmp_path / 'missing'} does not exist"]
+    assert proc.stderr.strip().splitlines() == [f"error: data path {tmp_path / 'missing'} does not exist"]
