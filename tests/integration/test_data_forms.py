@@ -181,10 +181,7 @@ def test_evaluate_shows_a_dash_where_a_figure_needs_labels(
     run = module_tmp / "runs" / "txt"  # unlabeled list
     assert evaluate.main([str(run), "--device", "cpu", "-j", "0", "--out", str(module_tmp / "eval.json")]) == 0
     out = capsys.readouterr().out
-    rows = {
-        line.split("  ")[0]: line.split()[-1] for line in out.splitlines() if line.startswith(("kNN top", "linear top"))
-    }
-    assert rows == {"kNN top-1": "-", "linear top-1": "-", "linear top-5": "-"}
+    assert "kNN top-1" not in out and "linear top-1" not in out  # no figure without labels
     assert "kNN, linear and cluster figures: – (the training data has no labels)" in out
     result = json.loads((module_tmp / "eval.json").read_text())
     assert result["knn_top1"] is None and result["linear_top1"] is None and result["cluster"] == {}
