@@ -22,12 +22,8 @@ from pathlib import Path
 
 from pcl.suite import ROOT, Job, command_line, is_finished, load_suite, machine_info, plan, run_job
 from pcl.summary import summarize
+from pcl.utils.cli import ErrorParser, pythonpath_env, report_error
 from pcl.utils.errors import PCLError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise PCLError(message)
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -35,7 +31,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
-    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", help="suite name (experiments/suites/NAME.toml) or path to a suite .toml file")
     p.add_argument("data", nargs="?", default=None, help="ImageFolder root (default: the bundled subset)")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the suite's `seeds`)")
@@ -53,13 +49,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def _evaluate(job: Job) -> None:
     """Linear probe + kNN + cluster metrics of a finished run into ``eval.json`` (when the tool exists)."""
-    import os
     import subprocess
 
     tool = ROOT / "tools" / "evaluate.py"
     if not tool.is_file() or (job.exp_dir / "eval.json").is_file():
         return
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = pythonpath_env(ROOT)
     with open(job.exp_dir / "eval.log", "w") as log:
         subprocess.call([sys.executable, str(tool), str(job.exp_dir)], stdout=log, stderr=log, cwd=ROOT, env=env)
 
@@ -114,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"results: {summarize(suite_dir, args.results)}")
         print(md.read_text())
     except PCLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue (finished runs are skipped)", file=sys.stderr)
         return 130

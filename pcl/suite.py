@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from pcl.utils.cli import pythonpath_env
 from pcl.utils.errors import PCLError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,7 +184,7 @@ def run_job(job: Job, python: str = sys.executable) -> dict:
     """Train one job in a subprocess (output to ``exp_dir/train.log``); returns and writes ``status.json``."""
     job.exp_dir.mkdir(parents=True, exist_ok=True)
     log_path = job.exp_dir / "train.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = pythonpath_env(ROOT)
     t0 = time.time()
     with open(log_path, "a") as log:
         log.write(f"$ {command_line(job.argv)}\n")

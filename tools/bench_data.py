@@ -35,6 +35,7 @@ from pcl.data.datasets import (
 )
 from pcl.data.gpu_aug import GpuAugLoader
 from pcl.data.image_cache import ImageCache
+from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.errors import PCLError
 
 PIPELINES = ("pil", "pil-cached", "gpu-aug")
@@ -138,7 +139,7 @@ def run(a: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", default=None, help="ImageFolder root (default: the bundled CIFAR-10 subset)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--image-size", type=int, default=32)
@@ -157,23 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point(ValueError)
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    try:
-        a.workers = [int(w) for w in a.workers.split(",")]
-        bad = set(a.pipelines.split(",")) - set(PIPELINES)
-        if bad:
-            raise PCLError(f"unknown pipeline(s) {', '.join(sorted(bad))}; choose from {', '.join(PIPELINES)}")
-        if a.device == "cuda" and not torch.cuda.is_available():
-            raise PCLError("--device cuda was asked for but no CUDA device is available")
-        if a.batches < 1 or a.batch_size < 1 or min(a.workers) < 0:
-            raise PCLError("--batches and --batch-size must be >= 1, --workers >= 0")
-        if a.threads is not None:
-            torch.set_num_threads(a.threads)
-        out = run(a)
-    except (PCLError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    a.workers = [int(w) for w in a.workers.split(",")]
+    bad = set(a.pipelines.split(",")) - set(PIPELINES)
+    if bad:
+        raise PCLError(f"unknown pipeline(s) {', '.join(sorted(bad))}; choose from {', '.join(PIPELINES)}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise PCLError("--device cuda was asked for but no CUDA device is available")
+    if a.batches < 1 or a.batch_size < 1 or min(a.workers) < 0:
+        raise PCLError("--batches and --batch-size must be >= 1, --workers >= 0")
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    out = run(a)
     if a.json:
         print(json.dumps(out))
         return 0

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.errors import PCLError
+
 CHUNK = 65536  # generation chunk (rows); fixed so both modes see identical data
 
 
@@ -142,7 +145,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"bench child ({mode}) failed with exit code {proc.returncode}")
+        raise PCLError(f"bench child ({mode}) failed with exit code {proc.returncode}")
     timing = json.loads(out.strip().splitlines()[-1])
     path = Path(args.work_dir) / f"{mode}.im2cluster.npy"
     im2cluster = np.load(path)
@@ -161,7 +164,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The benchmark's command line."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ErrorParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, required=True, help="number of feature rows")
     p.add_argument("--k", type=int, required=True, help="number of clusters (and of true components)")
     p.add_argument("--dim", type=int, required=True, help="feature dimension")
@@ -181,12 +184,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+@entry_point()
+def main(argv: list[str] | None = None) -> int:
     """Run the child(ren) and print one JSON line per mode (and a ratio line with ``--compare``)."""
     args = parse_args(argv)
     if args.child:
         child(args)
-        return
+        return 0
     modes = ["streamed", "reference"] if args.compare else ["reference" if args.reference else "streamed"]
     try:
         rows = {m: measure(args, m) for m in modes}
@@ -203,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
             "ratio_rss": round(r["peak_rss_mib"] / s["peak_rss_mib"], 3),
         }
         print(json.dumps(ratio), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

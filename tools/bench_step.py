@@ -39,6 +39,7 @@ from pcl.estep.clustering import ClusterResult, Granularity
 from pcl.model.builder import PCL
 from pcl.train.engine import Loaders, Trainer
 from pcl.train.optim import build_optimizer, param_groups
+from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
 
@@ -202,7 +203,7 @@ def run(a: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compare", default="moco,pcl", help="variants, first = reference of the ratios")
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--stem", default="small", choices=("imagenet", "small"), help="default: the CIFAR protocol's")
@@ -235,22 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    try:
-        if a.device == "cuda" and not torch.cuda.is_available():
-            raise PCLError("--device cuda was asked for but no CUDA device is available")
-        if a.steps < 1 or a.rounds < 1 or a.warmup < 0:
-            raise PCLError("--steps and --rounds must be >= 1, --warmup >= 0")
-        if a.imagenet_clusters:
-            a.num_cluster, a.pcl_r, a.num_train = IMAGENET["num_cluster"], IMAGENET["pcl_r"], IMAGENET["num_train"]
-        if a.threads is not None:
-            torch.set_num_threads(a.threads)
-        a.extra = [*a.extra, "--low-dim", str(a.low_dim), "--temperature", str(a.temperature)]
-        out = run(a)
-    except PCLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise PCLError("--device cuda was asked for but no CUDA device is available")
+    if a.steps < 1 or a.rounds < 1 or a.warmup < 0:
+        raise PCLError("--steps and --rounds must be >= 1, --warmup >= 0")
+    if a.imagenet_clusters:
+        a.num_cluster, a.pcl_r, a.num_train = IMAGENET["num_cluster"], IMAGENET["pcl_r"], IMAGENET["num_train"]
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    a.extra = [*a.extra, "--low-dim", str(a.low_dim), "--temperature", str(a.temperature)]
+    out = run(a)
     if a.json:
         print(json.dumps(out))
         return 0

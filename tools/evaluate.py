@@ -19,16 +19,12 @@ from pathlib import Path
 
 from pcl.eval.evaluation import evaluate_run
 from pcl.eval.linear_probe import DEFAULT_WDS
+from pcl.utils.cli import ErrorParser, report_error
 from pcl.utils.errors import PCLError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise PCLError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="run directory (its checkpoints/last.pth) or a checkpoint file")
     p.add_argument("--data", default=None, help="ImageFolder root (default: the run's own data)")
     p.add_argument("--out", type=Path, help="where to write the JSON (default RUN_DIR/eval.json)")
@@ -101,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             out=a.out,
         )
     except (PCLError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     s = result["settings"]
     print(f"{s['source']}, {s['arch']}, stem {s['stem']}, data {s['data'] or 'bundled subset'}")
     print(table(result))

@@ -30,6 +30,7 @@ from pcl.eval.evaluation import frozen_features, linear_features, linear_officia
 from pcl.eval.linear_official import OfficialConfig
 from pcl.eval.linear_probe import DEFAULT_WDS
 from pcl.eval.pretrained import add_source_args, load_source
+from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.errors import PCLError
 
 
@@ -40,13 +41,8 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise PCLError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", default=None, help="ImageFolder root (default: bundled CIFAR-10 subset)")
     add_source_args(p)
     p.add_argument("--protocol", default="features", choices=("features", "official"))
@@ -110,12 +106,9 @@ def run(argv: list[str] | None = None) -> dict:
     return out
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(argv)
-    except PCLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run(argv)
     return 0
 
 

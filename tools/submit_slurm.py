@@ -17,6 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pcl.utils.cli import ErrorParser, entry_point
+
 
 def with_resume_auto(argv: list[str]) -> list[str]:
     """``argv`` with any ``--resume X`` / ``--resume=X`` / ``--overwrite`` replaced by ``--resume auto``."""
@@ -65,7 +67,7 @@ class PCLJob:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU (0: one CPU task per node)")
     p.add_argument("--cpus-per-task", type=int, default=10, help="data-loading cores per task (match --workers)")
@@ -133,5 +135,12 @@ def submit(argv: list[str] | None = None) -> object:
     return job
 
 
+@entry_point()
+def main(argv: list[str] | None = None) -> int:
+    """Submit; 2 with one ``error:`` line for a bad flag."""
+    submit(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    submit()
+    sys.exit(main())

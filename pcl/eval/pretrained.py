@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pcl.config import stored_config
-from pcl.model.backbone import ARCHS, resnet_backbone
+from pcl.model.backbone import resnet_backbone
 from pcl.run.checkpoint import load_checkpoint
 from pcl.utils.errors import PCLError
 
@@ -58,8 +58,6 @@ def _file_ident(path: Path) -> str:
 
 
 def _build(arch: str, stem: str, state: dict[str, torch.Tensor] | None, what: str) -> tuple[nn.Module, int]:
-    if arch not in ARCHS:
-        raise PCLError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
     net, dim = resnet_backbone(arch, stem == "small")
     if state is not None:
         try:

@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pcl.model.backbone import ARCHS, resnet_backbone
+from pcl.model.backbone import ARCHS, check_arch, resnet_backbone
 from pcl.model.heads import CLUSTER_HEADS, cluster_head, projection_head
 from pcl.utils import distributed as pdist
-from pcl.utils.errors import PCLError
 from pcl.utils.flags import check_fields, flag
 
 
@@ -48,8 +47,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise a one-line ``PCLError`` for a value outside its flag's range or an unknown arch."""
-        if self.arch not in ARCHS:
-            raise PCLError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        check_arch(self.arch)
         check_fields(self)
 
 

@@ -25,7 +25,7 @@ from pcl.suite import flags_to_argv, last_error_line, load_suite
 from pcl.summary import RunRow, SeedResult, summarize, table
 from pcl.train.engine import Trainer, total_loss
 from pcl.utils.errors import PCLError
-from tests.helpers import ROOT, TINY_ARGS
+from tests.helpers import ROOT, TINY_ARGS, tool_env
 
 _spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
 runner = importlib.util.module_from_spec(_spec)
@@ -310,7 +310,7 @@ def test_runner_killed_mid_run_resumes(tmp_path: Path, tiny_data: Path) -> None:
     suite = write_suite(tmp_path / "kill.toml", '[[runs]]\nname = "pcl"\nflags = { epochs = 3 }\n', seeds=1)
     out = tmp_path / "out"
     metrics = out / "kill" / "pcl" / "seed0" / "metrics.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = tool_env()
     cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), str(suite), str(tiny_data), "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
