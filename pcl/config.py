@@ -67,9 +67,10 @@ class TrainConfig:
     max_bad_steps: int = flag(20, gt=0, help="stop after this many consecutive non-finite steps")
     exp_dir: Path = flag(Path("runs/default"))
     resume: str | None = flag(None, help="checkpoint path, or 'auto' for <exp-dir>/checkpoints/last.pth")
-    stop_after_epochs: int | None = flag(
+    stop_after_epochs: int | None = flag(  # None: all remaining epochs
         None,
         type=int,
+        gt=0,
         help="run at most this many epochs in this invocation, then exit (for time-limited job slots)",
     )
     save_freq: int = flag(10, gt=0, help="also keep checkpoint_XXXX.pth every N epochs")
@@ -92,7 +93,7 @@ class TrainConfig:
         action=argparse.BooleanOptionalAction,
         help="log NMI/AMI/purity of each E-step's clusters against the train labels (when > 1 class)",
     )
-    seed: int = flag(0)
+    seed: int = flag(0, ge=0, le=2**31 - 1)  # numpy seeds must be < 2**32 (seed + rank)
     device: str = flag("auto", choices=("auto", "cpu", "cuda"))
     dist_backend: str = flag("auto", choices=("auto", "nccl", "gloo"))
     knn_k: int = flag(200, gt=0)
@@ -272,6 +273,16 @@ def validate(cfg: Config, world: int = 1) -> None:
     splits = m.bn_splits if world == 1 else 1
     if per_rank % splits:
         raise PCLError(f"--batch-size {t.batch_size} is not divisible by --bn-splits {m.bn_splits}")
+    if per_rank // splits < 2:  # batch norm of one sample has no variance
+        raise PCLError(
+            f"--batch-size {t.batch_size} over {world} process(es) and --bn-splits {splits} gives "
+            f"{per_rank // splits} sample per batch-norm split; batch norm needs at least 2"
+        )
+    if cfg.estep.max_points < max(cfg.estep.num_cluster):
+        raise PCLError(
+            f"--kmeans-max-points {cfg.estep.max_points} is smaller than --num-cluster {max(cfg.estep.num_cluster)}: "
+            "k-means needs at least one point per cluster"
+        )
     if t.batch_size > m.pcl_r:
         raise PCLError(
             f"--batch-size {t.batch_size} is larger than the queue --pcl-r {m.pcl_r}: "

@@ -35,7 +35,7 @@ class ModelConfig:
         choices=("imagenet", "small"),
         help="small = CIFAR stem (3x3 stride-1 conv, no max-pool): better for 32-px data, ~12x the compute",
     )
-    low_dim: int = flag(128, gt=0, help="embedding dimension")
+    low_dim: int = flag(128, gt=0, le=65536, help="embedding dimension")
     pcl_r: int = flag(
         1024, gt=0, help="queue size = number of negatives, instance and prototype (official ImageNet: 16384)"
     )

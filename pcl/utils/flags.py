@@ -101,7 +101,7 @@ class Flag:
             if not ok:
                 words = self.range_text()
                 if self.finite and not (isinstance(v, float) and math.isnan(v)) and not math.isfinite(v):
-                    words = f"a finite number {words}".rstrip()
+                    words = "a finite positive number" if words == "positive" else f"a finite number {words}".rstrip()
                 raise PCLError(f"{self.name} must be {words or 'a finite number'}, got {v}")
 
 
