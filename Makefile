@@ -37,7 +37,7 @@ test-all: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-## Streamed E-step benchmark (figures in the README).
+## Streamed E-step benchmark (figures in docs/performance.md).
 bench-estep: venv
 	$(PY) tools/bench_estep.py --n 100000 --k 1000 --dim 128 --work-dir bench/estep --compare
 

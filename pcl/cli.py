@@ -4,7 +4,7 @@
 
 python main_pcl.py                                   # bundled CIFAR-10 subset, CPU-friendly defaults
 python main_pcl.py DATA --epochs 200 --warmup-epochs 20 --optimizer sgd-cos
-torchrun --nproc_per_node 8 main_pcl.py DATA ...     # DDP (see README)
+torchrun --nproc_per_node 8 main_pcl.py DATA ...     # DDP (see docs/distributed.md)
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def run(cfg: Config) -> Trainer:
     """Set up (and tear down) the process group, build everything, train; returns the trainer.
 
     Before anything is built: the exp-dir is checked and locked and the checkpoint to resume is read and
-    compared with ``cfg`` (README, "Reliability").
+    compared with ``cfg`` (docs/training.md).
     """
     t, run_dir = cfg.train, cfg.run_dir
     info = pdist.init_distributed(t.device, t.dist_backend)

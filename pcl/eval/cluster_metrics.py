@@ -1,7 +1,8 @@
 """Cluster quality against class labels: NMI, AMI and purity of an assignment (scikit-learn's metrics).
 
 Used after each E-step (TensorBoard ``cluster/k{K}/{nmi,ami,purity}``), by ``tools/evaluate.py`` and by
-``tools/inspect_clusters.py``. At N = 50k and k = 2,000 one granularity takes about 0.05 s on a CPU (README).
+``tools/inspect_clusters.py``. At N = 50k and k = 2,000 one granularity takes about 0.05 s on a CPU
+(docs/evaluation.md).
 """
 
 from __future__ import annotations

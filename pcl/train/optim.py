@@ -27,7 +27,7 @@ class OptimizerDefaults:
     lr_warmup_epochs: float
 
 
-# sgd/sgd-cos: the MoCo CIFAR recipe; adamw/lamb/lars: the settings measured in the README's optimizer table
+# sgd/sgd-cos: the MoCo CIFAR recipe; adamw/lamb/lars: measured in experiments/results/optimizers (docs/training.md)
 OPTIMIZER_DEFAULTS = {
     "sgd": OptimizerDefaults(lr=0.06, wd=5e-4, exclude_bn_bias=False, lr_warmup_epochs=0.0),
     "sgd-cos": OptimizerDefaults(lr=0.06, wd=5e-4, exclude_bn_bias=False, lr_warmup_epochs=0.0),
