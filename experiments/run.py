@@ -24,6 +24,7 @@ from pcl.suite import ROOT, Job, command_line, is_finished, load_suite, machine_
 from pcl.summary import summarize
 from pcl.utils.cli import ErrorParser, pythonpath_env, report_error
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -34,7 +35,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = ErrorParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", help="suite name (experiments/suites/NAME.toml) or path to a suite .toml file")
     p.add_argument("data", nargs="?", default=None, help="ImageFolder root (default: the bundled subset)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the suite's `seeds`)")
+    p.add_argument("--seeds", type=ranged(int, gt=0), default=None, help="seeds 0..N-1 (default: the suite's `seeds`)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiments", help="root of the run folders")
     p.add_argument("--results", type=Path, default=None, help="also write results.md/csv/png here")
     p.add_argument("--runs", default=None, help="comma list: only these runs of the suite")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcl.run.curves import plot_curves
+from pcl.run.metrics import read_run_record
 from pcl.suite import flags_to_argv
 from pcl.utils.errors import PCLError
 
@@ -83,7 +84,9 @@ def _ami(metrics: dict, evaluation: dict) -> float | None:
 
 
 def read_seed(exp_dir: Path, seed: int) -> SeedResult:
-    metrics, status = _read_json(exp_dir / "metrics.json"), _read_json(exp_dir / "status.json")
+    metrics_path = exp_dir / "metrics.json"
+    metrics = read_run_record(metrics_path) if metrics_path.is_file() else {}
+    status = _read_json(exp_dir / "status.json")
     evaluation = _read_json(exp_dir / "eval.json")
     state = status.get("status") or ("running or interrupted" if metrics else "not started")
     if state == "done" and not metrics.get("complete"):

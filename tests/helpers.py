@@ -89,6 +89,7 @@ def load_tool(name: str) -> ModuleType:
         sys.path.append(tools)
     spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses defined in the tool look their module up
     spec.loader.exec_module(module)
     return module
 

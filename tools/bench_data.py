@@ -37,6 +37,7 @@ from pcl.data.gpu_aug import GpuAugLoader
 from pcl.data.image_cache import ImageCache
 from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
 PIPELINES = ("pil", "pil-cached", "gpu-aug")
 
@@ -141,19 +142,25 @@ def run(a: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", default=None, help="ImageFolder root (default: the bundled CIFAR-10 subset)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--blur-prob", type=float, default=0.0, help="as main_pcl.py's default for images <= 64 px")
+    p.add_argument("--batch-size", type=ranged(int, gt=0), default=256)
+    p.add_argument("--image-size", type=ranged(int, gt=0, le=4096), default=32)
+    p.add_argument(
+        "--blur-prob", type=ranged(float, ge=0, le=1), default=0.0, help="as main_pcl.py's default for images <= 64 px"
+    )
     p.add_argument("--workers", default="0,1,2", help="comma list of DataLoader worker counts")
     p.add_argument("--pipelines", default=",".join(PIPELINES), help=f"comma list of {', '.join(PIPELINES)}")
-    p.add_argument("--batches", type=int, default=8, help="timed batches per loader (after the first)")
-    p.add_argument("--per-image-samples", type=int, default=200, help="images for the decode / augment split")
+    p.add_argument("--batches", type=ranged(int, gt=0), default=8, help="timed batches per loader (after the first)")
+    p.add_argument(
+        "--per-image-samples", type=ranged(int, gt=0), default=200, help="images for the decode / augment split"
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=ranged(int, gt=0), default=None, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument("--no-step", dest="step", action="store_false", help="skip the step throughput")
     p.add_argument("--stem", default="imagenet", choices=("imagenet", "small"), help="model of the step")
-    p.add_argument("--step-steps", type=int, default=2)
-    p.add_argument("--bn-splits", type=int, default=8, help="shuffle-BN sub-batches of the step's model")
+    p.add_argument("--step-steps", type=ranged(int, gt=0), default=2)
+    p.add_argument("--bn-splits", type=ranged(int, gt=0), default=8, help="shuffle-BN sub-batches of the step's model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
 CHUNK = 65536  # generation chunk (rows); fixed so both modes see identical data
 
@@ -165,17 +166,19 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The benchmark's command line."""
     p = ErrorParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, required=True, help="number of feature rows")
-    p.add_argument("--k", type=int, required=True, help="number of clusters (and of true components)")
-    p.add_argument("--dim", type=int, required=True, help="feature dimension")
+    p.add_argument("--n", type=ranged(int, gt=0), required=True, help="number of feature rows")
+    p.add_argument("--k", type=ranged(int, gt=0), required=True, help="number of clusters (and of true components)")
+    p.add_argument("--dim", type=ranged(int, gt=0), required=True, help="feature dimension")
     p.add_argument("--work-dir", required=True, help="folder for the shards (removed afterwards)")
-    p.add_argument("--shard-rows", type=int, default=65536)
-    p.add_argument("--max-points", type=int, default=100_000, help="k-means training sample (streamed mode)")
-    p.add_argument("--niter", type=int, default=20)
-    p.add_argument("--nredo", type=int, default=1)
+    p.add_argument("--shard-rows", type=ranged(int, gt=0), default=65536)
+    p.add_argument(
+        "--max-points", type=ranged(int, gt=0), default=100_000, help="k-means training sample (streamed mode)"
+    )
+    p.add_argument("--niter", type=ranged(int, gt=0), default=20)
+    p.add_argument("--nredo", type=ranged(int, gt=0), default=1)
     p.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32")
-    p.add_argument("--noise", type=float, default=0.3, help="norm of the noise added to a true centre")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=ranged(float, ge=0), default=0.3, help="norm of the noise added to a true centre")
+    p.add_argument("--seed", type=ranged(int, ge=0, le=2**31 - 1), default=0)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--reference", action="store_true", help="official in-memory E-step instead")
     mode.add_argument("--compare", action="store_true", help="run streamed and reference, print a ratio line")

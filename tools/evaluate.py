@@ -21,6 +21,7 @@ from pcl.eval.evaluation import evaluate_run
 from pcl.eval.linear_probe import DEFAULT_WDS
 from pcl.utils.cli import ErrorParser, report_error
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,14 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=(),
         help="comma list of k: faiss k-means on the frozen train features, NMI/AMI/purity vs the labels (any run)",
     )
-    p.add_argument("--knn-k", type=int, default=200)
-    p.add_argument("--knn-t", type=float, default=0.1)
+    p.add_argument("--knn-k", type=ranged(int, gt=0), default=200)
+    p.add_argument("--knn-t", type=ranged(float, gt=0), default=0.1)
     p.add_argument("--wd-grid", type=lambda s: tuple(float(x) for x in s.split(",")), default=DEFAULT_WDS)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--max-iter", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-batch-size", type=int, default=256)
-    p.add_argument("-j", "--workers", type=int, default=2)
+    p.add_argument("--val-fraction", type=ranged(float, gt=0, lt=1), default=0.2)
+    p.add_argument("--max-iter", type=ranged(int, gt=0), default=200)
+    p.add_argument("--seed", type=ranged(int, ge=0, le=2**31 - 1), default=0)
+    p.add_argument("--eval-batch-size", type=ranged(int, gt=0), default=256)
+    p.add_argument("-j", "--workers", type=ranged(int, ge=0, le=1024), default=2)
     p.add_argument("--feature-cache", type=Path, help="keep extracted features in this folder and reuse them")
     return p
 

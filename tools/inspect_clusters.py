@@ -20,6 +20,7 @@ import numpy as np
 
 from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
 
 def load_levels(path: Path) -> list[dict]:
@@ -115,9 +116,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("clusters", type=Path, help="a saved ClusterResult state dict (.pth)")
     p.add_argument("--labels-from", type=Path, help="ImageFolder train folder the clusters were computed on")
     p.add_argument("--out-dir", type=Path, help="where to write the PNGs (default: next to the input file)")
-    p.add_argument("--grid-clusters", type=int, default=4, help="rows of the member grid (largest clusters)")
-    p.add_argument("--grid-members", type=int, default=8, help="images per row of the member grid")
-    p.add_argument("--image-size", type=int, default=32, help="side of each grid image (pixels)")
+    p.add_argument(
+        "--grid-clusters", type=ranged(int, gt=0), default=4, help="rows of the member grid (largest clusters)"
+    )
+    p.add_argument("--grid-members", type=ranged(int, gt=0), default=8, help="images per row of the member grid")
+    p.add_argument("--image-size", type=ranged(int, gt=0, le=4096), default=32, help="side of each grid image (pixels)")
     return p.parse_args(argv)
 
 

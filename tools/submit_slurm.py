@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.flags import ranged
 
 
 def with_resume_auto(argv: list[str]) -> list[str]:
@@ -68,14 +69,20 @@ class PCLJob:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ErrorParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU (0: one CPU task per node)")
-    p.add_argument("--cpus-per-task", type=int, default=10, help="data-loading cores per task (match --workers)")
-    p.add_argument("--mem-gb", type=int, default=None, help="memory per node")
+    p.add_argument("--nodes", type=ranged(int, gt=0), default=1)
+    p.add_argument(
+        "--gpus-per-node", type=ranged(int, ge=0), default=8, help="one task per GPU (0: one CPU task per node)"
+    )
+    p.add_argument(
+        "--cpus-per-task", type=ranged(int, gt=0), default=10, help="data-loading cores per task (match --workers)"
+    )
+    p.add_argument("--mem-gb", type=ranged(int, gt=0), default=None, help="memory per node")
     p.add_argument("--partition", default=None)
-    p.add_argument("--time", type=int, default=4320, help="time limit per (re)start, minutes")
-    p.add_argument("--max-requeues", type=int, default=20, help="requeues after hitting the time limit")
-    p.add_argument("--signal-delay-s", type=int, default=120, help="SIGUSR2 this many seconds before the limit")
+    p.add_argument("--time", type=ranged(int, gt=0), default=4320, help="time limit per (re)start, minutes")
+    p.add_argument("--max-requeues", type=ranged(int, ge=0), default=20, help="requeues after hitting the time limit")
+    p.add_argument(
+        "--signal-delay-s", type=ranged(int, ge=0), default=120, help="SIGUSR2 this many seconds before the limit"
+    )
     p.add_argument("--constraint", default=None)
     p.add_argument("--account", default=None)
     p.add_argument("--name", default="pcl")
