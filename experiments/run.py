@@ -20,11 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-from pcl.suite import ROOT, Job, command_line, is_finished, load_suite, machine_info, plan, run_job
-from pcl.summary import summarize
-from pcl.utils.cli import ErrorParser, pythonpath_env, report_error
+from suite import Job, child_env, command_line, is_finished, load_suite, machine_info, plan, run_job
+from summary import summarize
+
+from pcl.utils.cli import ErrorParser, report_error
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: default --out, tools/evaluate.py
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -53,11 +56,11 @@ def _evaluate(job: Job) -> None:
     import subprocess
 
     tool = ROOT / "tools" / "evaluate.py"
-    if not tool.is_file() or (job.exp_dir / "eval.json").is_file():
+    rd = job.run_dir
+    if not tool.is_file() or rd.eval.is_file():
         return
-    env = pythonpath_env(ROOT)
-    with open(job.exp_dir / "eval.log", "w") as log:
-        subprocess.call([sys.executable, str(tool), str(job.exp_dir)], stdout=log, stderr=log, cwd=ROOT, env=env)
+    with open(rd.eval_log, "w") as log:
+        subprocess.call([sys.executable, str(tool), str(job.exp_dir)], stdout=log, stderr=log, env=child_env())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, job in enumerate(jobs, 1):
                 tag = f"[{i}/{len(jobs)}] {job.run.name} seed{job.seed}"
                 if is_finished(job.exp_dir):
-                    print(f"{tag}: finished, skipped ({job.exp_dir / 'metrics.json'})")
+                    print(f"{tag}: finished, skipped ({job.run_dir.metrics})")
                 else:
                     print(f"{tag}: training in {job.exp_dir} ...", flush=True)
                     status = run_job(job)

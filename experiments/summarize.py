@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pcl.summary import summarize
+from summary import summarize
+
 from pcl.utils.cli import ErrorParser, report_error
 from pcl.utils.errors import PCLError
 

@@ -159,7 +159,7 @@ GROUPS: list[tuple[str, list[tuple[type, str]]]] = [
         [
             (E, "num_cluster"),
             (T, "warmup_epochs proto_weight fixed_concentration"),
-            (K, "niter nredo"),
+            (K, "niter nredo init"),
             (E, "max_points feature_dir feature_dtype shard_rows keep_features"),
             (T, "save_clusters cluster_metrics"),
         ],

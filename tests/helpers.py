@@ -94,6 +94,20 @@ def load_tool(name: str) -> ModuleType:
     return module
 
 
+def load_experiments() -> ModuleType:
+    """Import the suite runner ``experiments/run.py`` (a script beside its ``suite`` and ``summary`` modules, which
+    it imports as scripts do: ``experiments/`` goes on the path)."""
+    folder = str(ROOT / "experiments")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    if "experiments_run" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["experiments_run"] = module
+    return sys.modules["experiments_run"]
+
+
 def tool_env() -> dict[str, str]:
     """Environment for running a tool as a subprocess: this checkout's ``pcl`` first on the path, so that the
     tests check this checkout even where another one is installed in the environment."""

@@ -11,6 +11,7 @@ import torch
 from pcl.utils.flags import check_fields, flag
 
 KMEANS_ALPHA = 10.0
+KMEANS_INITS = ("random", "previous")
 
 
 @dataclass
@@ -22,6 +23,13 @@ class KMeansConfig:
     max_points_per_centroid: int = 1000
     min_points_per_centroid: int = 10
     use_gpu: bool | None = None  # None: GPU faiss when importable and a GPU exists
+    init: str = flag(
+        "random",
+        "--kmeans-init",
+        choices=KMEANS_INITS,
+        help="random: --kmeans-nredo runs from random rows (official); previous: one run from the previous "
+        "E-step's centroids (warm start; the first E-step starts at random)",
+    )
 
     def validate(self) -> None:
         """Raise a one-line ``PCLError`` for a value outside its flag's range."""
@@ -35,24 +43,30 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def train_kmeans(x: np.ndarray, k: int, seed: int, cfg: KMeansConfig) -> np.ndarray:
-    """Train k-means on ``(n, d)`` float32 rows; returns ``(k, d)`` float32 centroids (not normalised)."""
+def train_kmeans(x: np.ndarray, k: int, seed: int, cfg: KMeansConfig, init: np.ndarray | None = None) -> np.ndarray:
+    """Train k-means on ``(n, d)`` float32 rows; returns ``(k, d)`` float32 centroids (not normalised).
+
+    ``init``: ``(k, d)`` starting centroids (warm start): one run of ``cfg.niter`` iterations from them instead
+    of ``cfg.nredo`` runs from random rows.
+    """
     import faiss
 
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if init is not None and init.shape != (k, x.shape[1]):
+        raise ValueError(f"init centroids have shape {init.shape}, expected {(k, x.shape[1])}")
     use_gpu = faiss_gpu_available() if cfg.use_gpu is None else cfg.use_gpu
     km = faiss.Kmeans(
         x.shape[1],
         k,
         niter=cfg.niter,
-        nredo=cfg.nredo,
+        nredo=cfg.nredo if init is None else 1,
         seed=seed,
         verbose=False,
         gpu=bool(use_gpu),
         max_points_per_centroid=cfg.max_points_per_centroid,
         min_points_per_centroid=cfg.min_points_per_centroid,
     )
-    km.train(x)
+    km.train(x, init_centroids=None if init is None else np.ascontiguousarray(init, dtype=np.float32))
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
@@ -107,12 +121,24 @@ class Granularity:
     centroids: torch.Tensor  # (k, d) float32, L2-normalised
     density: torch.Tensor  # (k,) float32 concentration phi
     stats: dict[str, float] = field(default_factory=dict)
+    centroid_norms: torch.Tensor | None = None  # (k,) float32 norms of the k-means centroids before normalising
 
     def to(self, device: torch.device) -> Granularity:
         """The same granularity with its tensors on ``device``."""
+        norms = None if self.centroid_norms is None else self.centroid_norms.to(device)
         return Granularity(
-            self.k, self.im2cluster.to(device), self.centroids.to(device), self.density.to(device), self.stats
+            self.k, self.im2cluster.to(device), self.centroids.to(device), self.density.to(device), self.stats, norms
         )
+
+    def kmeans_centroids(self) -> np.ndarray:
+        """``(k, d)`` float32 k-means centroids as trained (``centroids`` x ``centroid_norms``), for a warm start.
+
+        Without stored norms (results of older versions): the L2-normalised centroids.
+        """
+        c = self.centroids.float()
+        if self.centroid_norms is not None:
+            c = c * self.centroid_norms.to(c.device, torch.float32)[:, None]
+        return np.ascontiguousarray(c.cpu().numpy(), dtype=np.float32)
 
 
 @dataclass
@@ -121,6 +147,12 @@ class ClusterResult:
 
     epoch: int
     levels: list[Granularity]
+
+    def warm_start(self, num_cluster: list[int], dim: int) -> list[np.ndarray | None]:
+        """Starting centroids ``(k, dim)`` per entry of ``num_cluster``: this result's k-means centroids of the
+        same ``k`` (and dimension), else None (that granularity starts cold)."""
+        by_k = {g.k: g for g in self.levels if g.centroids.shape[1] == dim}
+        return [by_k[k].kmeans_centroids() if k in by_k else None for k in num_cluster]
 
     def to(self, device: torch.device) -> ClusterResult:
         """The same result with every granularity's tensors on ``device``."""
@@ -137,6 +169,7 @@ class ClusterResult:
                     "centroids": g.centroids.cpu(),
                     "density": g.density.cpu(),
                     "stats": dict(g.stats),
+                    **({} if g.centroid_norms is None else {"centroid_norms": g.centroid_norms.cpu()}),
                 }
                 for g in self.levels
             ],
@@ -147,7 +180,12 @@ class ClusterResult:
         """Inverse of :meth:`state_dict` (tensors on the CPU, ``im2cluster`` back to int64)."""
         levels = [
             Granularity(
-                int(lv["k"]), lv["im2cluster"].long(), lv["centroids"].float(), lv["density"].float(), dict(lv["stats"])
+                int(lv["k"]),
+                lv["im2cluster"].long(),
+                lv["centroids"].float(),
+                lv["density"].float(),
+                dict(lv["stats"]),
+                lv["centroid_norms"].float() if lv.get("centroid_norms") is not None else None,
             )
             for lv in state["levels"]
         ]

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pcl.estep.clustering import (
+    KMEANS_INITS,
     ClusterResult,
     Granularity,
     KMeansConfig,
@@ -106,30 +107,51 @@ def cluster_store(
     temperature: float,
     show: bool = True,
     timer: PhaseTimer = NULL_TIMER,
+    previous: ClusterResult | None = None,
 ) -> ClusterResult:
     """k-means for every granularity on this rank's ``store`` (and the other ranks'), streamed assignment.
 
     The concentrations of each granularity are rescaled to mean ``temperature``. ``timer`` gets the phases
-    ``kmeans`` (sample + training) and ``assign`` (streamed assignment, concentrations).
+    ``kmeans`` (sample + training) and ``assign`` (streamed assignment, concentrations). With
+    ``cfg.kmeans.init == "previous"``, each granularity whose ``k`` ``previous`` (the last E-step's result)
+    also has starts from its centroids (one run, no restarts); the others, and every granularity of the first
+    E-step, start as with ``random``.
     """
     with timer.phase("kmeans"):
-        centroids = _train_centroids(store, num_total, cfg, info, epoch)
+        inits = warm_start_centroids(previous, cfg, store.dim)
+        centroids = _train_centroids(store, num_total, cfg, info, epoch, inits)
     with timer.phase("assign"):
         return _assign_all(store, centroids, num_total, cfg, info, epoch, temperature, show)
 
 
+def warm_start_centroids(previous: ClusterResult | None, cfg: EStepConfig, dim: int) -> list[np.ndarray | None]:
+    """Starting centroids ``(k, dim)`` per granularity: the previous E-step's with ``--kmeans-init previous``,
+    None (random restarts) with ``random``, for the first E-step, or for a ``k`` the previous result lacks."""
+    if cfg.kmeans.init not in KMEANS_INITS:
+        raise ValueError(f"unknown k-means init {cfg.kmeans.init!r}; choose from {', '.join(KMEANS_INITS)}")
+    if cfg.kmeans.init == "random" or previous is None:
+        return [None] * len(cfg.num_cluster)
+    return previous.warm_start(cfg.num_cluster, dim)
+
+
 def _train_centroids(
-    store: FeatureStore, num_total: int, cfg: EStepConfig, info: DistInfo, epoch: int
+    store: FeatureStore,
+    num_total: int,
+    cfg: EStepConfig,
+    info: DistInfo,
+    epoch: int,
+    inits: list[np.ndarray | None],
 ) -> list[torch.Tensor]:
-    """Rank 0 trains ``(k, d)`` centroids per granularity on a gathered sample; broadcast to every rank."""
+    """Rank 0 trains ``(k, d)`` centroids per granularity (from ``inits[i]`` when given) on a gathered sample;
+    broadcast to every rank."""
     dev = info.device
     rng = np.random.default_rng([cfg.seed, epoch, info.rank])
     sample = pdist.gather_rows_to_main(kmeans_sample(store, num_total, cfg.max_points, rng), dev)
     centroids = []
-    for i, k in enumerate(cfg.num_cluster):
+    for i, (k, init) in enumerate(zip(cfg.num_cluster, inits, strict=True)):
         c = torch.empty(k, store.dim, dtype=torch.float32, device=dev)
         if info.is_main:  # official: seed = granularity index
-            c.copy_(torch.from_numpy(train_kmeans(sample, k, seed=i, cfg=cfg.kmeans)))
+            c.copy_(torch.from_numpy(train_kmeans(sample, k, seed=i, cfg=cfg.kmeans, init=init)))
         centroids.append(pdist.broadcast(c))
     return centroids
 
@@ -172,8 +194,9 @@ def _assign_all(
             "objective": float(sq_total[j] / num_total),
         }
         density = concentration(counts[j], sums[j], temperature)
+        norms = centroids[j].norm(dim=1)
         c = torch.nn.functional.normalize(centroids[j], dim=1)
-        out.append(Granularity(k, im2cluster[j], c, density.to(dev), stats))
+        out.append(Granularity(k, im2cluster[j], c, density.to(dev), stats, norms))
     return ClusterResult(epoch, out)
 
 
@@ -188,9 +211,11 @@ def run_estep(
     temperature: float,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     timer: PhaseTimer = NULL_TIMER,
+    previous: ClusterResult | None = None,
 ) -> ClusterResult:
     """Whole E-step for ``epoch``: features ``(B, feat_dim)`` of this rank's ``loader`` to shards, clustering
-    (concentrations of mean ``temperature``), clean-up. ``timer`` gets ``estep_features``, ``kmeans``, ``assign``."""
+    (concentrations of mean ``temperature``; warm start from ``previous``, see :func:`cluster_store`), clean-up.
+    ``timer`` gets ``estep_features``, ``kmeans``, ``assign``."""
     if cfg.feature_dir is None:
         raise ValueError("EStepConfig.feature_dir is unset (main_pcl sets it to <exp-dir>/features)")
     show = info.is_main
@@ -199,7 +224,7 @@ def run_estep(
     )
     with timer.phase("estep_features"):
         store = extract_features(features_fn, loader, writer, info.device, autocast, show)
-    result = cluster_store(store, num_total, cfg, info, epoch, temperature, show, timer)
+    result = cluster_store(store, num_total, cfg, info, epoch, temperature, show, timer, previous)
     if not cfg.keep_features:
         store.delete()
     return result

@@ -65,11 +65,32 @@ def _describe(info: dict) -> str:
     return f"pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
 
 
-class ExpDirLock:
-    """``acquire()`` takes the lock or raises ``PCLError`` naming the run that holds it; ``release()``."""
+def is_locked(path: Path) -> bool:
+    """True while a live process holds the ``flock`` of ``path`` (checked without taking it; no file, no lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no flock on this file system: the recorded pid decides (same host only)
+        info = _read(path)
+        return info.get("host") == socket.gethostname() and _pid_alive(int(info.get("pid", -1)))
+    finally:
+        os.close(fd)
+    return False
 
-    def __init__(self, exp_dir: Path) -> None:
-        self.path = Path(exp_dir) / LOCK_NAME
+
+class ExpDirLock:
+    """``acquire()`` takes the lock or raises ``PCLError`` naming the run that holds it; ``release()``.
+
+    ``name``: the lock file in ``exp_dir`` (the trainer's ``.lock``; the suite runner holds its own).
+    """
+
+    def __init__(self, exp_dir: Path, name: str = LOCK_NAME) -> None:
+        self.path = Path(exp_dir) / name
         self._fd: int | None = None
         self.stale: dict | None = None  # the previous owner's record when a stale lock was taken over
 

@@ -7,6 +7,9 @@
     <exp-dir>/clusters/epoch_XXXX.pth       ``--save-clusters``: each E-step's cluster result
     <exp-dir>/features/                     E-step feature shards (default ``--feature-dir``)
     <exp-dir>/metrics.json, eval.json       per-epoch metrics and evaluation results
+    <exp-dir>/train.log, eval.log           output of a run started by the suite runner (and of its evaluation)
+    <exp-dir>/status.json                   the suite runner's outcome of the last start (done / stopped / failed)
+    <exp-dir>/.runner.lock                  held by the suite runner (or its SLURM task) that runs this exp-dir
 
 Everything else asks a :class:`RunDir` for these paths instead of spelling them.
 """
@@ -73,6 +76,42 @@ class RunDir:
     def eval(self) -> Path:
         """Evaluation results (JSON)."""
         return self.root / "eval.json"
+
+    @property
+    def train_log(self) -> Path:
+        """Output (stdout and stderr) of every start by the suite runner, appended."""
+        return self.root / "train.log"
+
+    @property
+    def eval_log(self) -> Path:
+        """Output of the suite runner's ``tools/evaluate.py`` call."""
+        return self.root / "eval.log"
+
+    @property
+    def status(self) -> Path:
+        """The suite runner's record of the last start (JSON)."""
+        return self.root / "status.json"
+
+    @property
+    def runner_lock(self) -> Path:
+        """Lock file of the suite runner that owns this run (one runner per run; the trainer's is ``.lock``)."""
+        return self.root / ".runner.lock"
+
+    def is_finished(self) -> bool:
+        """True when the run trained its last epoch: ``metrics.json`` says complete and :attr:`last` is a readable
+        checkpoint of that epoch (a run killed while writing its last checkpoint is not finished)."""
+        import json
+
+        import torch
+
+        try:
+            metrics = json.loads(self.metrics.read_text())
+            if not metrics.get("complete"):
+                return False
+            state = torch.load(self.last, map_location="cpu", weights_only=False, mmap=True)  # tensors not read
+            return int(state["epoch"]) >= int(metrics["epochs_total"])
+        except Exception:  # missing, truncated or foreign files: not finished
+            return False
 
     def resume_path(self, resume: str | None) -> Path | None:
         """``--resume``: ``auto`` -> :attr:`last` if it exists (else ``None``: fresh start); a path -> that path."""

@@ -17,11 +17,16 @@ T = TypeVar("T")
 
 
 class PhaseTimer:
-    """Accumulates seconds per named phase until :meth:`pop`; ``enabled=False`` makes every call a no-op."""
+    """Accumulates seconds per named phase until :meth:`pop`; ``enabled=False`` makes every call a no-op.
 
-    def __init__(self, device: torch.device | None = None, enabled: bool = True) -> None:
+    ``cpu=True``: each :meth:`phase` also adds this process's CPU seconds as ``<name>_cpu`` (benchmarks on a
+    shared machine; data-loader worker processes are not counted).
+    """
+
+    def __init__(self, device: torch.device | None = None, enabled: bool = True, cpu: bool = False) -> None:
         self.sync = device is not None and device.type == "cuda"
         self.enabled = enabled
+        self.cpu = cpu
         self.seconds: dict[str, float] = {}
 
     def add(self, name: str, seconds: float) -> None:
@@ -36,13 +41,15 @@ class PhaseTimer:
             return
         if self.sync:
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             if self.sync:
                 torch.cuda.synchronize()
             self.add(name, time.perf_counter() - t0)
+            if self.cpu:
+                self.add(f"{name}_cpu", time.process_time() - c0)
 
     def timed_iter(self, items: Iterable[T], name: str) -> Iterator[T]:
         """Yield from ``items``, adding the time spent waiting for each item to ``name`` (no device sync)."""

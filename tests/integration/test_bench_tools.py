@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import ROOT, tool_env
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, load_tool, tool_env
 
 TINY_STEP = [
     *("--stem", "imagenet", "--image-size", "16", "--batch-size", "8", "--bn-splits", "2", "--pcl-r", "32"),
@@ -58,3 +61,57 @@ def test_bench_data_too_few_images_is_one_error_line(tiny_data: Path) -> None:
     assert out.returncode == 2 and out.stderr.strip() == (
         "error: only 48 training images: fewer than two batches of --batch-size 32"
     )
+
+
+TINY_EPOCH = [
+    *("--num-cluster", "3,5", "--rounds", "1", "--warmup", "0", "--json", "--"),
+    *("--stem", "imagenet", "--image-size", "16", "--batch-size", "8", "--pcl-r", "16", "--bn-splits", "2"),
+    *("--workers", "0", "--low-dim", "16", "--eval-batch-size", "16", "--kmeans-nredo", "1", "--kmeans-niter", "5"),
+]
+
+
+def test_bench_epoch_times_moco_and_pcl_epochs_and_their_parts(tiny_data: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = ["--data", str(tiny_data), "--work-dir", str(work), "--variant", "warm=--kmeans-init previous"]
+    out = _tool("tools/bench_epoch.py", *argv, *TINY_EPOCH)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert set(res["seconds"]) == set(res["ratio_to_moco"]) == set(res["cpu_ratio_to_moco"]) == {"moco", "pcl", "warm"}
+    assert res["ratio_to_moco"]["moco"] == 1.0 and res["variants"]["warm"] == ["--kmeans-init", "previous"]
+    moco, pcl = res["seconds"]["moco"], res["seconds"]["pcl"]
+    assert moco["kmeans"] == moco["estep_features"] == 0.0 < min(pcl["kmeans"], pcl["estep_features"])
+    for s in res["seconds"].values():
+        assert min(s["mstep"], s["knn"]) > 0 and s["epoch"] >= sum(s[p] for p in ("estep_features", "mstep", "knn"))
+        assert s["epoch_cpu"] > 0 and 0 <= s["knn_top1"] <= 100
+    assert not any(work.iterdir())  # the runs' folders are removed
+
+
+def test_bench_epoch_kmeans_only_reports_cold_and_warm_quality(tmp_path: Path) -> None:
+    argv = ["--kmeans-only", "--n", "1500", "--k", "30", "--dim", "8", "--components", "10", "--steps", "1"]
+    out = _tool("tools/bench_epoch.py", *argv, "--nredo", "2", "--niter", "10", "--work-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    first, second = (json.loads(line) for line in out.stdout.splitlines())
+    assert first["step"] == 0 and "warm" not in first and second["step"] == 1
+    for r in (first["cold"], second["cold"], second["warm"]):
+        assert r["objective"] > 0 and 0 < r["ami_truth"] <= 1 and r["kmeans"] > 0 and r["kmeans_cpu"] >= 0
+    assert 0 < second["ami_warm_vs_cold"] <= 1
+    assert second["objective_warm_over_cold"] == round(second["warm"]["objective"] / second["cold"]["objective"], 5)
+    assert not any(tmp_path.iterdir())
+
+
+def test_bench_epoch_ami_equals_scikit_learns() -> None:
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    ami = load_tool("bench_epoch").ami
+    rng = np.random.default_rng(0)
+    for n, ka, kb in [(500, 7, 30), (2000, 50, 200), (300, 300, 5)]:
+        u = rng.integers(0, ka, n)
+        v = np.where(rng.random(n) < 0.5, u % kb, rng.integers(0, kb, n))
+        assert abs(ami(u, v) - adjusted_mutual_info_score(u, v)) < 1e-9
+    assert ami(u, u) == pytest.approx(1.0)
+
+
+def test_bench_epoch_without_data_is_one_error_line() -> None:
+    out = _tool("tools/bench_epoch.py", "--rounds", "1")
+    assert out.returncode == 2 and out.stderr.strip() == "error: epoch mode needs --data DIR (or use --kmeans-only)"

@@ -21,15 +21,13 @@ from pcl.losses import proto_nce
 from pcl.run.curves import aggregate, load_curves
 from pcl.run.metrics import MetricsLog
 from pcl.run.run_dir import RunDir
-from pcl.suite import flags_to_argv, last_error_line, load_suite
-from pcl.summary import RunRow, SeedResult, summarize, table
 from pcl.train.engine import Trainer, total_loss
 from pcl.utils.errors import PCLError
-from tests.helpers import ROOT, TINY_ARGS, tool_env
+from tests.helpers import ROOT, TINY_ARGS, load_experiments, tool_env
 
-_spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
-runner = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(runner)
+runner = load_experiments()
+from suite import flags_to_argv, last_error_line, load_suite  # noqa: E402 - experiments/ is on the path now
+from summary import RunRow, SeedResult, summarize, table  # noqa: E402
 
 # TINY_ARGS as a suite's [base] table (flag -> value)
 TINY_BASE = "\n".join(f'{k.removeprefix("--")} = "{v}"' for k, v in zip(TINY_ARGS[::2], TINY_ARGS[1::2], strict=True))
@@ -130,7 +128,7 @@ def test_dry_run_prints_commands_and_writes_nothing(
     out = tmp_path / "out"
     assert runner.main([str(suite), str(tiny_data), "--out", str(out), "--dry-run", "--", "--amp", "bf16"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and all(ln.startswith("python main_pcl.py ") for ln in lines)
+    assert len(lines) == 4 and all(ln.startswith("python -m pcl ") for ln in lines)
     assert lines[0].count("--warmup-epochs") == 1 and "--warmup-epochs 2 " in lines[0]  # the run overrides the base
     assert "--amp bf16 --seed 0" in lines[0]  # extra flags after the suite's, then the runner's own
     assert lines[1].endswith(f"--seed 0 --exp-dir {out}/tiny/pcl/seed0 --resume auto")  # seed-major order

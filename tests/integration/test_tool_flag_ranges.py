@@ -17,7 +17,7 @@ import pytest
 
 from pcl.utils.cli import ErrorParser, pythonpath_env
 from pcl.utils.flags import Ranged
-from tests.helpers import ROOT, load_tool
+from tests.helpers import ROOT, load_experiments, load_tool
 
 TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py") if "def main(" in p.read_text())
 EXPERIMENTS = ["run", "summarize"]
@@ -32,6 +32,8 @@ class Captured(Exception):
 
 
 def load_experiment(name: str) -> ModuleType:
+    """Import ``experiments/<name>.py`` as the runner does (``experiments/`` on the path)."""
+    load_experiments()
     spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -35,6 +35,20 @@ def test_phase_timer_accumulates_and_pops() -> None:
     assert off.pop() == {}
 
 
+def test_phase_timer_counts_cpu_seconds_apart_from_waiting() -> None:
+    t = PhaseTimer(torch.device("cpu"), cpu=True)
+    with t.phase("sleep"):
+        time.sleep(0.05)
+    with t.phase("spin"):
+        end = time.perf_counter() + 0.05
+        while time.perf_counter() < end:
+            pass
+    out = t.pop()
+    assert set(out) == {f"time/{n}_seconds" for n in ("sleep", "sleep_cpu", "spin", "spin_cpu")}
+    assert out["time/sleep_cpu_seconds"] < 0.5 * out["time/sleep_seconds"]
+    assert out["time/spin_cpu_seconds"] > 0.0
+
+
 def test_epoch_breakdown_is_logged_and_knn_runs_every_knn_freq_epochs(tiny_data: Path, tmp_path: Path) -> None:
     assert run(tiny_data, tmp_path, "--epochs", "3", "--knn-freq", "2") == 0
     tags = scalars(tmp_path)

@@ -15,8 +15,10 @@ A suite file (``experiments/suites/NAME.toml``)::
     name = "pcl"
 
 A flag ``key = value`` becomes ``--key value``; ``true`` becomes ``--key`` and ``false`` ``--no-key``.
-Every (run, seed) trains in ``OUT/SUITE/RUN/seedS/`` through ``main_pcl.py`` in a subprocess with
+Every (run, seed) trains in ``OUT/SUITE/RUN/seedS/`` through ``python -m pcl`` in a subprocess with
 ``--resume auto``: a finished run (complete ``metrics.json``) is skipped, an interrupted one continues.
+The files of a run folder are named by :class:`pcl.run.run_dir.RunDir`; this module lives beside the runner
+(``experiments/``), not in the library, and finds the suites next to itself.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from pathlib import Path
 
 import torch
 
+import pcl
+from pcl.run.run_dir import RunDir
+from pcl.utils.atomic import write_atomic
 from pcl.utils.cli import pythonpath_env
 from pcl.utils.errors import PCLError
 
-ROOT = Path(__file__).resolve().parents[1]
-SUITES_DIR = ROOT / "experiments" / "suites"
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
 FlagValue = str | int | float | bool
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -70,6 +74,10 @@ class Job:
     seed: int
     exp_dir: Path
     argv: list[str]  # main_pcl.py arguments
+
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(self.exp_dir)
 
 
 def flags_to_argv(flags: dict[str, FlagValue]) -> list[str]:
@@ -151,7 +159,7 @@ def plan(suite: Suite, out: Path, seeds: int, data: str | None, extra: list[str]
 def is_finished(exp_dir: Path) -> bool:
     """True when ``metrics.json`` exists and records the last epoch of the schedule."""
     try:
-        return bool(json.loads((exp_dir / "metrics.json").read_text()).get("complete"))
+        return bool(json.loads(RunDir(exp_dir).metrics.read_text()).get("complete"))
     except (OSError, ValueError):
         return False
 
@@ -177,26 +185,37 @@ def machine_info() -> dict[str, str | int]:
 
 
 def command_line(jobs_argv: list[str]) -> str:
-    return "python main_pcl.py " + shlex.join(jobs_argv)
+    return "python -m pcl " + shlex.join(jobs_argv)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a training subprocess: the ``pcl`` this process imported comes first on its path, so
+    the child trains with the same code (a checkout on ``PYTHONPATH``, or the installed package)."""
+    return pythonpath_env(Path(pcl.__file__).resolve().parents[1])
+
+
+def write_status(run_dir: RunDir, status: dict) -> None:
+    """``status.json``, written atomically (a reader never sees half a file)."""
+    data = json.dumps(status, indent=1).encode()
+    write_atomic(run_dir.status, lambda f: f.write(data), "status file")
 
 
 def run_job(job: Job, python: str = sys.executable) -> dict:
-    """Train one job in a subprocess (output to ``exp_dir/train.log``); returns and writes ``status.json``."""
+    """Train one job in a subprocess (output appended to ``train.log``); returns and writes ``status.json``."""
     job.exp_dir.mkdir(parents=True, exist_ok=True)
-    log_path = job.exp_dir / "train.log"
-    env = pythonpath_env(ROOT)
+    rd = job.run_dir
     t0 = time.time()
-    with open(log_path, "a") as log:
+    with open(rd.train_log, "a") as log:
         log.write(f"$ {command_line(job.argv)}\n")
         log.flush()
-        rc = subprocess.call([python, str(ROOT / "main_pcl.py"), *job.argv], stdout=log, stderr=log, cwd=ROOT, env=env)
+        rc = subprocess.call([python, "-m", "pcl", *job.argv], stdout=log, stderr=log, env=child_env())
     if rc == 130 or rc == -2:
         raise KeyboardInterrupt
     # done: all epochs; stopped: exit 0 before the last epoch (--stop-after-epochs); failed: non-zero exit
     state = "failed" if rc != 0 else "done" if is_finished(job.exp_dir) else "stopped"
     status: dict = {"status": state, "returncode": rc}
     if state == "failed":
-        status["error"] = last_error_line(log_path.read_text(errors="replace"))
+        status["error"] = last_error_line(rd.train_log.read_text(errors="replace"))
     status["seconds"] = round(time.time() - t0, 1)
-    (job.exp_dir / "status.json").write_text(json.dumps(status, indent=1))
+    write_status(rd, status)
     return status

@@ -1,4 +1,4 @@
-"""Experiments stage, read side: a suite's results table (Markdown + CSV) and curve plots.
+"""Experiments, read side: a suite's results table (Markdown + CSV) and curve plots.
 
 Reads only files the runs wrote: ``suite.json`` (written by the runner), and per ``RUN/seedS/``
 ``metrics.json`` (engine), ``status.json`` (runner) and ``eval.json`` (``tools/evaluate.py``, optional).
@@ -13,9 +13,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from suite import flags_to_argv
+
 from pcl.run.curves import plot_curves
 from pcl.run.metrics import read_run_record
-from pcl.suite import flags_to_argv
+from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
 
 PLOTS = {"knn_top1": "eval/knn_top1", "acc_inst": "epoch/acc_inst", "acc_proto": "epoch/acc_proto"}
@@ -84,10 +86,9 @@ def _ami(metrics: dict, evaluation: dict) -> float | None:
 
 
 def read_seed(exp_dir: Path, seed: int) -> SeedResult:
-    metrics_path = exp_dir / "metrics.json"
-    metrics = read_run_record(metrics_path) if metrics_path.is_file() else {}
-    status = _read_json(exp_dir / "status.json")
-    evaluation = _read_json(exp_dir / "eval.json")
+    rd = RunDir(exp_dir)
+    metrics = read_run_record(rd.metrics) if rd.metrics.is_file() else {}
+    status, evaluation = _read_json(rd.status), _read_json(rd.eval)
     state = status.get("status") or ("running or interrupted" if metrics else "not started")
     if state == "done" and not metrics.get("complete"):
         state = "stopped"
