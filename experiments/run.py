@@ -28,6 +28,8 @@ from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: default --out, tools/evaluate.py
+# what --eval measures (the summary's columns; fine-tuning takes minutes per run on a CPU)
+EVAL_PROTOCOLS = "knn,linear,clusters,lowshot,finetune,kmeans"
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -52,7 +54,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def _evaluate(job: Job) -> None:
-    """Linear probe + kNN + cluster metrics of a finished run into ``eval.json`` (when the tool exists)."""
+    """``EVAL_PROTOCOLS`` of a finished run into ``eval.json`` (when the tool exists)."""
     import subprocess
 
     tool = ROOT / "tools" / "evaluate.py"
@@ -60,7 +62,8 @@ def _evaluate(job: Job) -> None:
     if not tool.is_file() or rd.eval.is_file():
         return
     with open(rd.eval_log, "w") as log:
-        subprocess.call([sys.executable, str(tool), str(job.exp_dir)], stdout=log, stderr=log, env=child_env())
+        cmd = [sys.executable, str(tool), str(job.exp_dir), "--protocols", EVAL_PROTOCOLS]
+        subprocess.call(cmd, stdout=log, stderr=log, env=child_env())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,29 @@ class SeedResult:
     sec_per_epoch: float | None = None
     peak_rss_mib: float | None = None
     cuda_peak_mib: float | None = None
+    protocols: dict[str, float | None] = field(default_factory=dict)  # EVAL_COLUMNS' figures of eval.json
+
+
+# the evaluation protocols' figures shown when some run has them: key -> (header, eval.json path, digits)
+EVAL_COLUMNS = {
+    "lowshot_k1": ("low-shot top-1 k=1 (%)", ("lowshot", "1", "top1"), 2),
+    "lowshot_k16": ("low-shot top-1 k=16 (%)", ("lowshot", "16", "top1"), 2),
+    "finetune_1": ("fine-tune top-1 1% (%)", ("finetune", "1", "top1"), 2),
+    "finetune_10": ("fine-tune top-1 10% (%)", ("finetune", "10", "top1"), 2),
+    "cluster_acc": ("clustering ACC (%)", ("kmeans", "acc_k_classes"), 2),
+}
+
+
+def _eval_figure(evaluation: dict, path: tuple[str, ...]) -> float | None:
+    """The number at ``path`` in ``eval.json`` (clustering ACC: k-means at k = number of classes, in %)."""
+    if path == ("kmeans", "acc_k_classes"):
+        k = str((evaluation.get("settings") or {}).get("kmeans", {}).get("k_classes"))
+        acc = (evaluation.get("kmeans") or {}).get(k, {}).get("acc")
+        return None if acc is None else 100.0 * acc
+    node: object = evaluation
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, (int, float)) else None
 
 
 @dataclass
@@ -108,6 +131,7 @@ def read_seed(exp_dir: Path, seed: int) -> SeedResult:
         sec_per_epoch=final.get("seconds_per_epoch"),
         peak_rss_mib=final.get("peak_rss_mib"),
         cuda_peak_mib=final.get("cuda_max_allocated_mib"),
+        protocols={key: _eval_figure(evaluation, col[1]) for key, col in EVAL_COLUMNS.items()},
     )
 
 
@@ -147,6 +171,11 @@ def _row_cells(row: RunRow, ref_sec: float | None) -> dict[str, object]:
         "linear_std": _std(v("linear")),
         "ami_mean": _mean(v("ami")),
         "ami_std": _std(v("ami")),
+        **{
+            f"{key}_{stat}": f([s.protocols.get(key) for s in row.done() if s.protocols.get(key) is not None])
+            for key in EVAL_COLUMNS
+            for stat, f in (("mean", _mean), ("std", _std))
+        },
         "acc_proto_final": _mean(v("acc_proto")),
         "acc_proto_best": _mean(v("best_acc_proto")),
         "skipped_steps": sum(s.skipped for s in row.done()),
@@ -170,6 +199,8 @@ def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> 
     has = {k: any(c[k] is not None for c in cells) for k in ("linear_mean", "ami_mean", "cuda_peak_mib")}
     head = ["run", "seeds", "kNN top-1 (%)"]
     head += ["linear top-1 (%)"] * has["linear_mean"] + ["AMI"] * has["ami_mean"]
+    shown = [key for key in EVAL_COLUMNS if any(c[f"{key}_mean"] is not None for c in cells)]
+    head += [EVAL_COLUMNS[key][0] for key in shown]
     head += ["acc_proto final", "acc_proto best", "skipped steps", "s/epoch (rel.)", "peak RSS (MiB)"]
     head += ["CUDA peak (MiB)"] * has["cuda_peak_mib"] + ["flags vs base"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -180,6 +211,7 @@ def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> 
             row.append(_fmt(c["linear_mean"], c["linear_std"]))
         if has["ami_mean"]:
             row.append(_fmt(c["ami_mean"], c["ami_std"], 3))
+        row += [_fmt(c[f"{key}_mean"], c[f"{key}_std"], EVAL_COLUMNS[key][2]) for key in shown]
         row += [
             _fmt(c["acc_proto_final"], None, 1),
             _fmt(c["acc_proto_best"], None, 1),

@@ -90,6 +90,11 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> tuple
     return torch.cat(ids), torch.cat(dists)
 
 
+def _phi_unclamped(counts: torch.Tensor, dist_sums: torch.Tensor, alpha: float) -> torch.Tensor:
+    """PCL eq. 12 for clusters with > 1 member: ``mean ||v - c||_2 / log(Z + alpha)``, ``(m,)`` float64 in and out."""
+    return (dist_sums / counts) / torch.log(counts + alpha)
+
+
 def concentration(
     counts: torch.Tensor, dist_sums: torch.Tensor, temperature: float, alpha: float = KMEANS_ALPHA
 ) -> torch.Tensor:
@@ -104,7 +109,7 @@ def concentration(
     counts = counts.double()
     phi = torch.zeros_like(counts)
     big = counts > 1
-    phi[big] = (dist_sums.double()[big] / counts[big]) / torch.log(counts[big] + alpha)
+    phi[big] = _phi_unclamped(counts[big], dist_sums.double()[big], alpha)
     dmax = phi[big].max() if big.any() else torch.tensor(1.0, dtype=phi.dtype)
     phi[~big] = dmax
     lo, hi = np.percentile(phi.cpu().numpy(), [10, 90])
@@ -197,5 +202,4 @@ def phi_raw_mean(counts: torch.Tensor, dist_sums: torch.Tensor, alpha: float = K
     big = counts > 1
     if not big.any():
         return math.nan
-    phi = (dist_sums[big].double() / counts[big]) / torch.log(counts[big].double() + alpha)
-    return float(phi.mean())
+    return float(_phi_unclamped(counts[big].double(), dist_sums[big].double(), alpha).mean())

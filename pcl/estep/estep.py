@@ -30,6 +30,7 @@ from pcl.estep.clustering import (
     train_kmeans,
 )
 from pcl.estep.feature_store import DTYPES, FeatureStore, ShardWriter
+from pcl.model.features import iter_features
 from pcl.utils import distributed as pdist
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
@@ -83,9 +84,7 @@ def extract_features(
     show: bool = True,
 ) -> FeatureStore:
     """Run ``features_fn`` ``(B,3,H,W) -> (B,d)`` over ``loader`` (items ``(images, index)``) into shards."""
-    for images, index in tqdm(loader, desc="E-step features", disable=not show, leave=False):
-        with autocast():
-            feats = features_fn(images.to(device, non_blocking=True))
+    for feats, index in iter_features(features_fn, loader, device, autocast, "E-step features", show):
         writer.add(feats, index)
     return writer.close()
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+
+from pcl.model.features import iter_features
 
 
 @torch.no_grad()
@@ -23,8 +24,4 @@ def extract(
 
     The result stays on ``device`` (the model's device).
     """
-    chunks = []
-    for images, _ in tqdm(loader, desc=desc, disable=not show, leave=False):
-        with autocast():
-            chunks.append(features_fn(images.to(device, non_blocking=True)).float())
-    return torch.cat(chunks)
+    return torch.cat([f.float() for f, _ in iter_features(features_fn, loader, device, autocast, desc, show)])

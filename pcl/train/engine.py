@@ -1,8 +1,21 @@
-"""Engine stage: the EM loop. Per epoch: E-step (after warmup), M-step, kNN monitor, logging, checkpoint."""
+"""Engine stage: the EM loop of PCL and its M-step, in :class:`Trainer`.
+
+One epoch of :meth:`Trainer.fit`::
+
+    if epoch >= --warmup-epochs:                      # E-step, Trainer.estep
+        momentum features of every training image     -> pcl.estep.estep.run_estep (disk shards)
+        k-means per granularity, prototypes, phi      -> pcl.estep.clustering (train_kmeans, assign, concentration)
+    for batch in the training loader:                 # M-step, Trainer.train_epoch
+        embeddings q, k (and the cluster head's)      -> pcl.model.builder.PCL.forward
+        InfoNCE + mean ProtoNCE                       -> pcl.losses.objective.pcl_objective
+        finite? step + momentum update + enqueue      -> Trainer._apply; else pcl.train.guard.NonFiniteGuard
+        mid-epoch checkpoint when due / on a signal   -> pcl.train.save_policy, pcl.train.signals
+    kNN monitor                                       -> Trainer.evaluate (pcl.eval.knn)
+    TensorBoard, metrics.json, checkpoint             -> pcl.run.tb, pcl.run.metrics, pcl.run.checkpointer
+"""
 
 from __future__ import annotations
 
-import math
 import signal
 import time
 import warnings
@@ -20,13 +33,14 @@ from pcl.estep.estep import run_estep
 from pcl.eval.cluster_metrics import cluster_scalars
 from pcl.eval.features import extract
 from pcl.eval.knn import knn_top1
-from pcl.losses import info_nce, proto_nce
+from pcl.losses.objective import pcl_objective
 from pcl.model.builder import PCL
-from pcl.run.checkpoint import link_or_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pcl.run.checkpoint import save_checkpoint, set_rng_state
+from pcl.run.checkpointer import Checkpointer, TrainState
 from pcl.run.metrics import MetricsLog, peak_memory_mib
-from pcl.run.resume_check import apply_hyperparams, snapshot_hyperparams
 from pcl.run.tb import TBLogger
 from pcl.train.amp import autocast_factory, grad_scaler
+from pcl.train.guard import NonFiniteGuard, non_finite_terms
 from pcl.train.meters import EpochMeter, EpochStats, StepResult
 from pcl.train.save_policy import SavePolicy
 from pcl.train.signals import STOP, Preempted
@@ -34,11 +48,6 @@ from pcl.utils import distributed as pdist
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import NonFiniteError
 from pcl.utils.timing import PhaseTimer
-
-REMEDIES = (
-    "lower --lr or add --lr-warmup-epochs; try --clip-grad 1.0; use --amp bf16 or off instead of fp16; "
-    "for lamb/lars try --exclude-bn-bias; or fall back to --optimizer sgd-cos"
-)
 
 
 @dataclass
@@ -58,28 +67,6 @@ class Loaders:
     class_labels: torch.Tensor | None = None
 
 
-@dataclass
-class TrainState:
-    """Counters that persist across epochs and are checkpointed."""
-
-    epoch: int = 0  # completed epochs
-    global_step: int = 0
-    skipped_steps: int = 0
-    consecutive_bad: int = 0
-
-
-def total_loss(inst: torch.Tensor, protos: list[torch.Tensor], proto_weight: float = 1.0) -> torch.Tensor:
-    """InfoNCE + ``proto_weight`` x the mean of the ProtoNCE losses over granularities (all scalars).
-
-    With weight 1 this is the official ``loss = InfoNCE + mean_m ProtoNCE_m`` (same operations, same rounding);
-    without granularities it is InfoNCE.
-    """
-    if not protos:
-        return inst
-    proto = torch.stack(protos).mean()
-    return inst + proto if proto_weight == 1.0 else inst + proto_weight * proto
-
-
 class Trainer:
     """Runs the EM loop (:meth:`fit`) over a built model, optimizer, scheduler and loaders.
 
@@ -96,14 +83,8 @@ class Trainer:
         loaders: Loaders,
         info: DistInfo,
     ) -> None:
-        self.cfg, self.model, self.optimizer, self.scheduler, self.loaders, self.info = (
-            cfg,
-            model,
-            optimizer,
-            scheduler,
-            loaders,
-            info,
-        )
+        self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
+        self.loaders, self.info = loaders, info
         self.raw: PCL = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.device = info.device
         self.autocast = autocast_factory(self.device, cfg.train.amp)
@@ -120,93 +101,32 @@ class Trainer:
         # mid-epoch resume: steps already done in epoch ``state.epoch``, that epoch's meter, the RNG to restore
         # once the epoch's loader iterator exists (creating it draws from the RNG)
         self.position, self.resumed_meter, self.pending_rng = 0, None, None
-        self.policy = SavePolicy(cfg.train.save_every_steps, cfg.train.save_every_minutes)
+        self.policy = SavePolicy(t.save_every_steps, t.save_every_minutes)
+        self.guard = NonFiniteGuard(t.max_bad_steps, show=info.is_main)
+        self.checkpointer = Checkpointer(
+            self.run_dir, self.raw, optimizer, scheduler, self.scaler, info, to_dict(cfg), t.save_freq, t.epochs
+        )
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_state(self, step_in_epoch: int = 0, meter: EpochMeter | None = None) -> dict:
-        """Everything needed to continue bit-identically: counters, model (queue included), optimizer,
-        scheduler, scaler, cluster result, every rank's RNG states, and the configuration (``asdict``).
+    def save(self, step_in_epoch: int = 0, meter: EpochMeter | None = None) -> Path:
+        """Write ``last.pth`` (and at an epoch end the kept numbered one) through the checkpointer; collective.
 
         Mid-epoch (``step_in_epoch`` > 0): also the steps done in epoch ``epoch`` and that epoch's meter.
-        Collective under DDP (gathers the RNG states): every rank must call it.
         """
-        rngs = pdist.all_gather_object(rng_state())
-        return {
-            "epoch": self.state.epoch,
-            "step_in_epoch": step_in_epoch,
-            "epoch_meter": None if meter is None else vars(meter).copy(),
-            "num_train": self.loaders.num_train,
-            "global_step": self.state.global_step,
-            "skipped_steps": self.state.skipped_steps,
-            "model": self.raw.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "cluster_result": None if self.cluster_result is None else self.cluster_result.state_dict(),
-            "rng": rngs,
-            "world": self.info.world,
-            "config": to_dict(self.cfg),
-        }
-
-    def numbered(self, epoch: int) -> Path | None:
-        """The kept ``checkpoint_XXXX.pth`` after ``epoch`` completed epochs (every ``--save-freq`` and the
-        last), or None."""
-        t = self.cfg.train
-        return self.run_dir.checkpoint(epoch) if epoch % t.save_freq == 0 or epoch == t.epochs else None
-
-    def save(self, step_in_epoch: int = 0, meter: EpochMeter | None = None) -> Path:
-        """Write ``last.pth`` from rank 0, atomically; all ranks wait for it. At an epoch end the kept
-        ``checkpoint_XXXX.pth`` is written first and ``last.pth`` made from it, so a kill between the two
-        cannot lose the numbered one."""
-        state = self.checkpoint_state(step_in_epoch, meter)  # collective: every rank takes part
-        last = self.run_dir.last
-        if self.info.is_main:
-            numbered = None if step_in_epoch else self.numbered(self.state.epoch)
-            if numbered is not None:
-                save_checkpoint(state, numbered)
-                link_or_save(numbered, last, state)
-            else:
-                save_checkpoint(state, last)
+        cluster = None if self.cluster_result is None else self.cluster_result.state_dict()
+        meter_state = None if meter is None else vars(meter).copy()
+        state = self.checkpointer.state(self.state, self.loaders.num_train, cluster, step_in_epoch, meter_state)
+        path = self.checkpointer.save(state)
         self.policy.reset()
-        pdist.barrier()
-        return last
+        return path
 
     def resume(self, path: Path, ckpt: dict | None = None) -> None:
-        """Restore everything ``save`` wrote; rank 0 reads the file (or passes ``ckpt``) and sends it on.
-
-        The new configuration's lr / wd / momentum replace the stored ones (README, "Reliability").
-        """
-        if self.info.is_main and ckpt is None:
-            ckpt = load_checkpoint(path)
-        ckpt = pdist.broadcast_object(ckpt if self.info.is_main else None)
-        fresh = snapshot_hyperparams(self.optimizer, self.scheduler)
-        self.raw.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        changes = apply_hyperparams(self.optimizer, self.scheduler, fresh)
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = TrainState(ckpt["epoch"], ckpt["global_step"], ckpt["skipped_steps"])
-        if ckpt["cluster_result"] is not None:
-            self.cluster_result = ClusterResult.from_state_dict(ckpt["cluster_result"]).to(self.device)
-        self.position = ckpt.get("step_in_epoch", 0)
-        self.resumed_meter = ckpt.get("epoch_meter")
-        rngs = ckpt["rng"]
-        rng = rngs[self.info.rank] if len(rngs) == self.info.world else None
-        if rng is None:  # different number of processes: continue with fresh, rank-dependent seeds
-            torch.manual_seed(self.cfg.train.seed + 1000 * ckpt["epoch"] + self.info.rank)
-        elif self.position:
-            self.pending_rng = rng
-        else:
-            set_rng_state(rng)
-        if self.info.is_main:
-            where = f", {self.position} steps into epoch {ckpt['epoch']}" if self.position else ""
-            print(f"resumed from {path}: {ckpt['epoch']} epochs done{where}, step {ckpt['global_step']}")
-            for c in changes:
-                print(f"resume: {c} applied from step {ckpt['global_step']} on")
-            numbered = None if self.position else self.numbered(self.state.epoch)
-            if numbered is not None and not numbered.exists() and self.state.epoch > 0:
-                save_checkpoint(ckpt, numbered)  # lost by a kill between the two writes (older versions)
-                print(f"recreated {numbered}")
+        """Restore everything :meth:`save` wrote; rank 0 reads the file (or passes ``ckpt``) and sends it on."""
+        r = self.checkpointer.restore(path, ckpt, self.cfg.train.seed)
+        self.state, self.position = r.state, r.step_in_epoch
+        self.resumed_meter, self.pending_rng = r.epoch_meter, r.pending_rng
+        if r.cluster_result is not None:
+            self.cluster_result = ClusterResult.from_state_dict(r.cluster_result).to(self.device)
 
     # ------------------------------------------------------------------ E-step
     def estep(self, epoch: int) -> ClusterResult:
@@ -215,18 +135,9 @@ class Trainer:
         self.model.eval()
         t0 = time.time()
         with STOP.stop_at_once():  # nothing resumable inside the E-step: a signal stops it at once
-            result = run_estep(
-                self.raw.cluster_features,
-                self.loaders.estep,
-                self.loaders.num_train,
-                self.cfg.model.low_dim,
-                self.cfg.estep,
-                self.info,
-                epoch,
-                self.cfg.model.temperature,
-                self.autocast,
-                self.timer,
-            )
+            m, ld = self.cfg.model, self.loaders
+            args = (ld.estep, ld.num_train, m.low_dim, self.cfg.estep, self.info, epoch, m.temperature)
+            result = run_estep(self.raw.cluster_features, *args, self.autocast, self.timer)
         self.model.train()
         scalars = {f"cluster/k{g.k}/{name}": v for g in result.levels for name, v in g.stats.items()}
         scalars["time/estep_seconds"] = time.time() - t0
@@ -276,6 +187,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{meter.loss:.3f}", acc_inst=f"{meter.acc_inst:.1f}")
             done += 1
             self._maybe_save_mid_epoch(done, meter)
+        pdist.broadcast_buffers(self.raw)  # rank 0's BN statistics, as the checkpoint stores them
         return meter.stats(time.time() - t0, proto=bool(levels))
 
     @property
@@ -308,52 +220,20 @@ class Trainer:
         with self.autocast():
             emb = self.model(im_q, im_k, with_cluster=bool(levels))
         k = emb.k.float()  # losses, the prototype softmax and the queue stay float32 under autocast
-        loss_inst, logits = info_nce(emb.q.float(), k, self.raw.queue, m.temperature)
-        protos = [
-            proto_nce(emb.q_cluster.float(), g.im2cluster[index], g.centroids, self._phi(g), m.pcl_r) for g in levels
-        ]
-        loss = total_loss(loss_inst, [p[0] for p in protos], self.cfg.train.proto_weight)
+        t = self.cfg.train
+        obj = pcl_objective(emb.q.float(), k, self.raw.queue, emb.q_cluster.float(), index, levels,
+                            m.temperature, m.pcl_r, t.fixed_concentration, t.proto_weight)  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(obj.total).backward()
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping: logged and checked
-        hits_inst = (logits.argmax(dim=1) == 0).sum()
-        batch = torch.tensor(float(im_q.shape[0]), device=dev)
-        packed = torch.stack(
-            [
-                loss_inst.detach(),
-                *[p[0].detach() for p in protos],
-                grad_norm.float(),
-                hits_inst.float(),
-                *[p[1].float() for p in protos],
-                batch,
-            ]
-        )
-        v = pdist.all_reduce_sum(packed).tolist()
-        n, w = len(protos), self.info.world
-        step = StepResult(
-            inst=v[0] / w,
-            protos=[x / w for x in v[1 : 1 + n]],
-            grad_norm=v[1 + n] / w,
-            hits_inst=v[2 + n],
-            hits_proto=v[3 + n : 3 + 2 * n],
-            batch=v[-1],
-            lr=self.optimizer.param_groups[0]["lr"],
-            proto_weight=self.cfg.train.proto_weight,
-        )
-        names = ["InfoNCE", *[f"ProtoNCE k={g.k}" for g in levels]]
-        step.bad = [name for name, x in zip(names, [step.inst, *step.protos], strict=True) if not math.isfinite(x)]
-        if not math.isfinite(step.grad_norm):
-            step.bad.append(f"gradients (first: {self._first_non_finite_grad()})")
+        hits_inst = (obj.logits.argmax(dim=1) == 0).sum()
+        packed = StepResult.pack(obj.inst, obj.protos, grad_norm, hits_inst, im_q.shape[0])
+        lr, weight = self.optimizer.param_groups[0]["lr"], self.cfg.train.proto_weight
+        step = StepResult.unpack(pdist.all_reduce_sum(packed).tolist(), self.info.world, lr, weight)
+        step.bad = non_finite_terms(step, ["InfoNCE", *[f"ProtoNCE k={g.k}" for g in levels]], self.raw)
         return step, k, grads, grad_norm
-
-    def _phi(self, g: Granularity) -> torch.Tensor:
-        """Per-prototype temperatures ``(k,)``: the estimated concentration, or T for every prototype with
-        ``--fixed-concentration`` (the PCL paper's ablation)."""
-        if self.cfg.train.fixed_concentration:
-            return torch.full_like(g.density, self.cfg.model.temperature)
-        return g.density
 
     def _apply(self, keys: torch.Tensor, grads: list[torch.Tensor], grad_norm: torch.Tensor) -> str:
         """A finite step: clip, optimizer step, momentum update, enqueue the keys."""
@@ -364,48 +244,14 @@ class Trainer:
         self.scaler.update()
         self.raw.momentum_update()
         self.raw.enqueue(keys)
-        self.state.consecutive_bad = 0
+        self.guard.applied()
         return ""
 
     def _skip(self, step: StepResult) -> str:
-        """A non-finite step: no update at all; counted, reported; returns the stop message past the limit.
-
-        fp16 gradient overflow with finite losses is GradScaler's normal back-off: skipped and counted,
-        but it counts towards ``--max-bad-steps`` only once the scale cannot drop further.
-        """
-        st, scaler = self.state, self.scaler
-        overflow_only = (
-            len(step.bad) == 1
-            and step.bad[0].startswith("gradients")
-            and scaler.is_enabled()
-            and scaler.get_scale() > 1
-        )
-        scaler.update()  # fp16: lowers the scale; otherwise a no-op
-        st.skipped_steps += 1
-        st.consecutive_bad += 0 if overflow_only else 1
-        amp = f", amp_scale={scaler.get_scale():.4g}" if scaler.is_enabled() else ""
-        diag = (
-            f"step {st.global_step}: non-finite {', '.join(step.bad)} "
-            f"(lr={step.lr:.4g}, grad_norm={step.grad_norm:.4g}{amp})"
-        )
-        if self.info.is_main:
-            tqdm.write(f"{diag}; step skipped ({st.consecutive_bad} in a row)")
-        limit = self.cfg.train.max_bad_steps
-        if st.consecutive_bad >= limit and not overflow_only:
-            return f"{limit} consecutive non-finite steps, last {diag}. Remedies: {REMEDIES}"
-        return ""
-
-    def _first_non_finite_grad(self) -> str:
-        """Name of the first parameter whose gradient holds NaN/Inf (only called on a bad step)."""
-        largest, where = 0.0, "none"
-        for name, p in self.raw.named_parameters():
-            if p.grad is None:
-                continue
-            if not bool(torch.isfinite(p.grad).all()):
-                return name
-            m = float(p.grad.abs().max())
-            largest, where = (m, name) if m > largest else (largest, where)
-        return f"none; all finite but the norm overflows, largest |grad| {largest:.3g} in {where}"
+        """A non-finite step: no update at all; counted and reported (:mod:`pcl.train.guard`); returns the stop
+        message past ``--max-bad-steps``."""
+        self.state.skipped_steps += 1
+        return self.guard.skip(step, self.state.global_step, self.scaler)
 
     def _log_step(self, step: StepResult) -> None:
         """Per-step TensorBoard scalars; losses, accuracies and grad norm only for applied steps."""
@@ -416,17 +262,7 @@ class Trainer:
         if self.scaler.is_enabled():
             scalars["train/amp_scale"] = self.scaler.get_scale()
         if not step.bad:
-            scalars.update(
-                {
-                    "train/loss": step.loss,
-                    "train/loss_inst": step.inst,
-                    "train/acc_inst": 100.0 * step.hits_inst / step.batch,
-                    "train/grad_norm": step.grad_norm,
-                }
-            )
-            if step.protos:
-                scalars["train/loss_proto"] = step.proto
-                scalars["train/acc_proto"] = 100.0 * sum(step.hits_proto) / (step.batch * len(step.protos))
+            scalars.update(step.scalars())
         self.tb.scalars(scalars, self.state.global_step)
 
     # ------------------------------------------------------------------ kNN monitor
@@ -460,15 +296,8 @@ class Trainer:
             if knn_due:
                 with self.timer.phase("knn"):
                     knn = self.evaluate()
-            scalars = {
-                "epoch/acc_inst": stats.acc_inst,
-                "epoch/loss": stats.loss,
-                "epoch/skipped_steps": float(stats.skipped),
-                "time/epoch_seconds": stats.seconds,
-                **self.timer.pop(),
-            }
-            if self.cluster_result is not None:
-                scalars.update({"epoch/acc_proto": stats.acc_proto, "epoch/loss_proto": stats.loss_proto})
+            proto = self.cluster_result is not None
+            scalars = {**stats.scalars(proto), **self.timer.pop()}
             if knn_due and knn is not None:
                 scalars["eval/knn_top1"] = knn
             scalars["time/epoch_total_seconds"] = time.time() - t_epoch  # E-step + M-step + kNN monitor
@@ -485,12 +314,6 @@ class Trainer:
             self.epoch_scalars.update(ckpt_time)
             self.metrics.add(epoch, self.epoch_scalars)  # the same record, now with the checkpoint's time
             if self.info.is_main:
-                msg = f"epoch {epoch}: loss {stats.loss:.4f} acc_inst {stats.acc_inst:.1f}"
-                if self.cluster_result is not None:
-                    msg += f" acc_proto {stats.acc_proto:.1f}"
-                if "eval/knn_top1" in scalars:
-                    msg += f" knn_top1 {knn:.2f}"
-                msg += f" skipped {stats.skipped} ({stats.seconds:.0f}s)"
-                tqdm.write(msg)
+                tqdm.write(stats.line(epoch, proto, knn if "eval/knn_top1" in scalars else None))
         self.tb.close()
         return knn

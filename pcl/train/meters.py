@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class StepResult:
@@ -30,6 +32,55 @@ class StepResult:
         """Total loss: InfoNCE + proto_weight x mean ProtoNCE."""
         return self.inst + self.proto_weight * self.proto
 
+    @staticmethod
+    def pack(
+        inst: torch.Tensor,
+        protos: list[tuple[torch.Tensor, torch.Tensor]],
+        grad_norm: torch.Tensor,
+        hits_inst: torch.Tensor,
+        batch: int,
+    ) -> torch.Tensor:
+        """One step's logged values as one ``(3 + 2M,)`` tensor (M granularities, ``protos`` = (loss, hits)),
+        so that one all-reduce and one host sync carry them all."""
+        return torch.stack(
+            [
+                inst.detach(),
+                *[p[0].detach() for p in protos],
+                grad_norm.float(),
+                hits_inst.float(),
+                *[p[1].float() for p in protos],
+                torch.tensor(float(batch), device=inst.device),
+            ]
+        )
+
+    @classmethod
+    def unpack(cls, v: list[float], world: int, lr: float, proto_weight: float) -> StepResult:
+        """Inverse of :meth:`pack` after summing over ``world`` ranks: losses and grad norm averaged."""
+        n = (len(v) - 3) // 2
+        return cls(
+            inst=v[0] / world,
+            protos=[x / world for x in v[1 : 1 + n]],
+            grad_norm=v[1 + n] / world,
+            hits_inst=v[2 + n],
+            hits_proto=v[3 + n : 3 + 2 * n],
+            batch=v[-1],
+            lr=lr,
+            proto_weight=proto_weight,
+        )
+
+    def scalars(self) -> dict[str, float]:
+        """TensorBoard ``train/*`` scalars of an applied step: losses, accuracies (%), grad norm."""
+        out = {
+            "train/loss": self.loss,
+            "train/loss_inst": self.inst,
+            "train/acc_inst": 100.0 * self.hits_inst / self.batch,
+            "train/grad_norm": self.grad_norm,
+        }
+        if self.protos:
+            out["train/loss_proto"] = self.proto
+            out["train/acc_proto"] = 100.0 * sum(self.hits_proto) / (self.batch * len(self.protos))
+        return out
+
 
 @dataclass
 class EpochStats:
@@ -42,6 +93,27 @@ class EpochStats:
     good_steps: int = 0
     skipped: int = 0
     seconds: float = 0.0
+
+    def scalars(self, proto: bool) -> dict[str, float]:
+        """TensorBoard ``epoch/*`` scalars and ``time/epoch_seconds``; ``proto``: the epoch had ProtoNCE."""
+        out = {
+            "epoch/acc_inst": self.acc_inst,
+            "epoch/loss": self.loss,
+            "epoch/skipped_steps": float(self.skipped),
+            "time/epoch_seconds": self.seconds,
+        }
+        if proto:
+            out.update({"epoch/acc_proto": self.acc_proto, "epoch/loss_proto": self.loss_proto})
+        return out
+
+    def line(self, epoch: int, proto: bool, knn: float | None) -> str:
+        """The one-line epoch summary printed after each epoch."""
+        msg = f"epoch {epoch}: loss {self.loss:.4f} acc_inst {self.acc_inst:.1f}"
+        if proto:
+            msg += f" acc_proto {self.acc_proto:.1f}"
+        if knn is not None:
+            msg += f" knn_top1 {knn:.2f}"
+        return msg + f" skipped {self.skipped} ({self.seconds:.0f}s)"
 
 
 @dataclass

@@ -7,21 +7,16 @@ import csv
 import importlib.util
 import json
 import statistics
-import types
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from pcl import cli
 from pcl.config import parse_config
-from pcl.losses import proto_nce
 from pcl.run.curves import aggregate, load_curves
 from pcl.run.metrics import MetricsLog
 from pcl.run.run_dir import RunDir
-from pcl.train.engine import Trainer, total_loss
 from pcl.utils.errors import PCLError
 from tests.helpers import ROOT, TINY_ARGS, load_experiments, tool_env
 
@@ -253,34 +248,6 @@ def test_plot_curves_tool(suite_run: tuple[Path, Path], tmp_path: Path, capsys: 
 
 
 # ---------------------------------------------------------------------------------------------- ablation flags
-def test_total_loss_weights_the_proto_term() -> None:
-    inst, protos = torch.tensor(2.0), [torch.tensor(1.0), torch.tensor(3.0)]
-    assert total_loss(inst, protos).item() == 4.0  # official: InfoNCE + mean over granularities
-    assert total_loss(inst, protos, 0.5).item() == 3.0
-    assert total_loss(inst, protos, 0.0).item() == 2.0
-    assert total_loss(inst, []).item() == 2.0
-
-
-def test_fixed_concentration_uses_temperature_for_every_prototype() -> None:
-    torch.manual_seed(0)
-    q = F.normalize(torch.randn(6, 8), dim=1)
-    c = F.normalize(torch.randn(10, 8), dim=1)
-    g = types.SimpleNamespace(density=torch.rand(10) + 0.1)
-    pos = torch.tensor([0, 1, 1, 2, 3, 3])
-    model = types.SimpleNamespace(temperature=0.2)
-    fixed = types.SimpleNamespace(
-        cfg=types.SimpleNamespace(train=types.SimpleNamespace(fixed_concentration=True), model=model)
-    )
-    phi = Trainer._phi(fixed, g)
-    assert torch.equal(phi, torch.full((10,), 0.2))
-    torch.manual_seed(1)
-    loss, _ = proto_nce(q, pos, c, phi, r=10)
-    ids = torch.cat([pos, torch.tensor([4, 5, 6, 7, 8, 9])])  # r >= free clusters: all negatives, in order
-    assert loss.item() == pytest.approx(F.cross_entropy(q @ c[ids].T / 0.2, torch.arange(6)).item(), rel=1e-6)
-    estimated = types.SimpleNamespace(cfg=types.SimpleNamespace(train=types.SimpleNamespace(fixed_concentration=False)))
-    assert Trainer._phi(estimated, g) is g.density
-
-
 def test_official_defaults_cluster_after_warmup_and_moco_note(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -327,3 +294,38 @@ def test_runner_killed_mid_run_resumes(tmp_path: Path, tiny_data: Path) -> None:
     done = json.loads(metrics.read_text())
     assert done["complete"] and [e["epoch"] for e in done["epochs"]] == [0, 1, 2]
     assert "resumed from" in (out / "kill" / "pcl" / "seed0" / "train.log").read_text()
+
+
+def test_summary_shows_the_evaluation_protocols_with_mean_and_std(tmp_path: Path) -> None:
+    """eval.json's low-shot k=1/16, fine-tune 1 %/10 % and clustering ACC (k = classes) become columns."""
+    from summary import _markdown, read_seed
+
+    seeds = []
+    for seed, (top1, acc) in enumerate(((20.0, 0.30), (30.0, 0.40))):
+        exp = tmp_path / f"seed{seed}"
+        exp.mkdir()
+        evaluation = {
+            "knn_top1": 50.0,
+            "lowshot": {"1": {"top1": top1}, "16": {"top1": top1 + 20.0}},
+            "finetune": {"1": {"top1": top1 + 1.0}, "10": {"top1": top1 + 2.0}},
+            "kmeans": {"10": {"acc": acc}, "20": {"acc": 0.9}},
+            "settings": {"kmeans": {"k_classes": 10}},
+        }
+        (exp / "eval.json").write_text(json.dumps(evaluation))
+        s = read_seed(exp, seed)
+        s.status = "done"
+        seeds.append(s)
+    assert seeds[0].protocols == {
+        "lowshot_k1": 20.0,
+        "lowshot_k16": 40.0,
+        "finetune_1": 21.0,
+        "finetune_10": 22.0,
+        "cluster_acc": 30.0,  # k = number of classes, in percent
+    }
+    cells = table([RunRow("pcl", {}, 2, seeds), RunRow("moco", {}, 2, [SeedResult(seed=0, status="done")])])
+    assert cells[0]["lowshot_k1_mean"] == 25.0
+    assert cells[0]["lowshot_k1_std"] == pytest.approx(statistics.stdev([20, 30]))
+    assert cells[0]["cluster_acc_mean"] == pytest.approx(35.0) and cells[1]["finetune_10_mean"] is None
+    md = _markdown({"suite": "s", "seeds": 2}, cells, [])
+    assert "| low-shot top-1 k=1 (%) | low-shot top-1 k=16 (%) | fine-tune top-1 1% (%)" in md
+    assert "| 25.00 ± 7.07 | 45.00 ± 7.07 | 26.00 ± 7.07 | 27.00 ± 7.07 | 35.00 ± 7.07 |" in md

@@ -257,12 +257,12 @@ def test_fresh_run_over_a_checkpoint_needs_resume_or_overwrite(
     assert "already holds checkpoints" in line and "--resume auto" in line and "--overwrite" in line
     assert last.read_bytes() == before
 
-    import pcl.train.engine
+    import pcl.run.checkpointer as ckpt_mod
 
     written: list[str] = []
-    save, link = pcl.train.engine.save_checkpoint, pcl.train.engine.link_or_save
-    monkeypatch.setattr(pcl.train.engine, "save_checkpoint", lambda s, p: (written.append(p.name), save(s, p))[1])
-    monkeypatch.setattr(pcl.train.engine, "link_or_save", lambda a, b, s: (written.append(b.name), link(a, b, s))[1])
+    save, link = ckpt_mod.save_checkpoint, ckpt_mod.link_or_save
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", lambda s, p: (written.append(p.name), save(s, p))[1])
+    monkeypatch.setattr(ckpt_mod, "link_or_save", lambda a, b, s: (written.append(b.name), link(a, b, s))[1])
     (exp_copy / "checkpoints" / "last.pth.tmp").write_bytes(b"partial")  # a killed writer's leftover
     assert run(tiny_data, exp_copy, "--overwrite", "--epochs", "1") == 0
     assert torch.load(last, weights_only=False)["global_step"] == 48 // 8  # a new run, not a resumed one

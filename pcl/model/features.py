@@ -1,0 +1,27 @@
+"""Frozen features of an encoder over a loader, batch by batch: the one loop behind the E-step's feature
+shards (:func:`pcl.estep.estep.extract_features`) and the evaluation features (:func:`pcl.eval.features.extract`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+
+@torch.no_grad()
+def iter_features(
+    features_fn: Callable[[torch.Tensor], torch.Tensor],
+    loader: DataLoader,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    desc: str = "features",
+    show: bool = True,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(features_fn(images) (B, D) on device, index (B,))`` for each item ``(images, index)`` of ``loader``."""
+    for images, index in tqdm(loader, desc=desc, disable=not show, leave=False):
+        with autocast():
+            feats = features_fn(images.to(device, non_blocking=True))
+        yield feats, index

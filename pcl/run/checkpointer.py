@@ -1,0 +1,172 @@
+"""The run folder's checkpoints: what a training checkpoint holds, when it is written, and how a run resumes.
+
+A checkpoint (``torch.save`` of a dict, written atomically, finite values only) holds::
+
+    epoch, step_in_epoch, epoch_meter   completed epochs; mid-epoch: steps done in ``epoch`` and its meter
+    num_train, global_step, skipped_steps, world
+    model, optimizer, scheduler, scaler state dicts (the model's buffers hold the queue)
+    cluster_result                      the last E-step's result (``ClusterResult.state_dict()``) or None
+    rng                                 every rank's Python / NumPy / torch (CUDA) generator states
+    config                              the resolved configuration (``pcl.config.to_dict``)
+
+``<exp-dir>/checkpoints/last.pth`` is the latest; ``checkpoint_XXXX.pth`` is kept every ``--save-freq`` epochs and
+after the last. On resume the new configuration's lr / wd / momentum replace the stored ones
+(:mod:`pcl.run.resume_check`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pcl.run.checkpoint import link_or_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pcl.run.resume_check import apply_hyperparams, snapshot_hyperparams
+from pcl.run.run_dir import RunDir
+from pcl.utils import distributed as pdist
+from pcl.utils.distributed import DistInfo
+
+
+@dataclass
+class TrainState:
+    """Counters that persist across epochs and are checkpointed."""
+
+    epoch: int = 0  # completed epochs
+    global_step: int = 0
+    skipped_steps: int = 0
+
+
+@dataclass
+class Resumed:
+    """What a restored checkpoint gives the engine besides the modules' states.
+
+    ``cluster_result``: ``ClusterResult.state_dict()`` or None; ``step_in_epoch`` / ``epoch_meter``: a mid-epoch
+    position (0 / None at an epoch end); ``pending_rng``: this rank's RNG state to set once the epoch's loader
+    iterator exists (mid-epoch only; otherwise it is set already).
+    """
+
+    state: TrainState
+    cluster_result: dict | None
+    step_in_epoch: int = 0
+    epoch_meter: dict | None = None
+    pending_rng: dict | None = None
+
+
+class Checkpointer:
+    """Writes and restores the training checkpoints of ``run_dir`` for one model / optimizer / scheduler /
+    GradScaler; rank 0 reads and writes, every rank takes part (RNG gather, broadcast, barrier)."""
+
+    def __init__(
+        self,
+        run_dir: RunDir,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+        info: DistInfo,
+        config: dict,
+        save_freq: int,
+        epochs: int,
+    ) -> None:
+        self.run_dir, self.model, self.optimizer, self.scheduler, self.scaler = (
+            run_dir,
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+        )
+        self.info, self.config, self.save_freq, self.epochs = info, config, save_freq, epochs
+
+    def numbered(self, epoch: int) -> Path | None:
+        """The kept ``checkpoint_XXXX.pth`` after ``epoch`` completed epochs (every ``--save-freq`` and the
+        last), or None."""
+        return self.run_dir.checkpoint(epoch) if epoch % self.save_freq == 0 or epoch == self.epochs else None
+
+    def state(
+        self,
+        st: TrainState,
+        num_train: int,
+        cluster_result: dict | None,
+        step_in_epoch: int = 0,
+        meter: dict | None = None,
+    ) -> dict:
+        """Everything needed to continue bit-identically (the keys of the module docstring).
+
+        Collective under DDP (gathers the RNG states): every rank must call it.
+        """
+        rngs = pdist.all_gather_object(rng_state())
+        return {
+            "epoch": st.epoch,
+            "step_in_epoch": step_in_epoch,
+            "epoch_meter": meter,
+            "num_train": num_train,
+            "global_step": st.global_step,
+            "skipped_steps": st.skipped_steps,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "cluster_result": cluster_result,
+            "rng": rngs,
+            "world": self.info.world,
+            "config": self.config,
+        }
+
+    def save(self, state: dict) -> Path:
+        """Write ``state`` (from :meth:`state`) as ``last.pth`` from rank 0, atomically; all ranks wait for it.
+
+        At an epoch end the kept ``checkpoint_XXXX.pth`` is written first and ``last.pth`` made from it, so a kill
+        between the two cannot lose the numbered one.
+        """
+        last = self.run_dir.last
+        if self.info.is_main:
+            numbered = None if state["step_in_epoch"] else self.numbered(state["epoch"])
+            if numbered is not None:
+                save_checkpoint(state, numbered)
+                link_or_save(numbered, last, state)
+            else:
+                save_checkpoint(state, last)
+        pdist.barrier()
+        return last
+
+    def restore(self, path: Path, ckpt: dict | None, seed: int) -> Resumed:
+        """Load the checkpoint ``path`` (rank 0 reads it unless ``ckpt`` is given, and sends it on) into the
+        model, optimizer, scheduler and scaler; the new configuration's lr / wd / momentum replace the stored
+        ones. With a different number of processes the RNG continues from fresh rank-dependent seeds."""
+        info = self.info
+        if info.is_main and ckpt is None:
+            ckpt = load_checkpoint(path)
+        ckpt = pdist.broadcast_object(ckpt if info.is_main else None)
+        fresh = snapshot_hyperparams(self.optimizer, self.scheduler)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        changes = apply_hyperparams(self.optimizer, self.scheduler, fresh)
+        self.scaler.load_state_dict(ckpt["scaler"])
+        position = ckpt.get("step_in_epoch", 0)
+        out = Resumed(
+            TrainState(ckpt["epoch"], ckpt["global_step"], ckpt["skipped_steps"]),
+            ckpt["cluster_result"],
+            position,
+            ckpt.get("epoch_meter"),
+        )
+        rngs = ckpt["rng"]
+        rng = rngs[info.rank] if len(rngs) == info.world else None
+        if rng is None:  # different number of processes: continue with fresh, rank-dependent seeds
+            torch.manual_seed(seed + 1000 * ckpt["epoch"] + info.rank)
+        elif position:
+            out.pending_rng = rng
+        else:
+            set_rng_state(rng)
+        if info.is_main:
+            where = f", {position} steps into epoch {ckpt['epoch']}" if position else ""
+            print(f"resumed from {path}: {ckpt['epoch']} epochs done{where}, step {ckpt['global_step']}")
+            for c in changes:
+                print(f"resume: {c} applied from step {ckpt['global_step']} on")
+            numbered = None if position else self.numbered(ckpt["epoch"])
+            if numbered is not None and not numbered.exists() and ckpt["epoch"] > 0:
+                save_checkpoint(ckpt, numbered)  # lost by a kill between the two writes (older versions)
+                print(f"recreated {numbered}")
+        return out

@@ -1,0 +1,90 @@
+"""The checkpointer: the checkpoint format (unchanged since aaff5a9), kept / latest files, exact restore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pcl.run.checkpoint import load_checkpoint, save_checkpoint
+from pcl.run.checkpointer import Checkpointer, TrainState
+from pcl.run.run_dir import RunDir
+from pcl.utils.distributed import DistInfo
+
+# the top-level keys a checkpoint of the code at aaff5a9 holds (old checkpoints must keep resuming)
+KEYS_AT_AAFF5A9 = {
+    "epoch", "step_in_epoch", "epoch_meter", "num_train", "global_step", "skipped_steps", "model", "optimizer",
+    "scheduler", "scaler", "cluster_result", "rng", "world", "config",
+}  # fmt: skip
+
+
+def _parts(seed: int) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    torch.manual_seed(seed)
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+
+
+def _checkpointer(root: Path, seed: int, save_freq: int = 2, epochs: int = 4) -> Checkpointer:
+    model, opt, sched = _parts(seed)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return Checkpointer(RunDir(root), model, opt, sched, scaler, DistInfo(), {"train": {}}, save_freq, epochs)
+
+
+def _train_a_step(c: Checkpointer) -> None:
+    c.model(torch.randn(5, 4)).square().mean().backward()
+    c.optimizer.step()
+    c.scheduler.step()
+
+
+def test_checkpoint_keys_are_those_of_aaff5a9(tmp_path: Path) -> None:
+    c = _checkpointer(tmp_path, 0)
+    state = c.state(TrainState(2, 10, 1), num_train=48, cluster_result=None)
+    assert set(state) == KEYS_AT_AAFF5A9
+    assert (state["epoch"], state["global_step"], state["skipped_steps"], state["num_train"]) == (2, 10, 1, 48)
+    assert state["world"] == 1 and len(state["rng"]) == 1 and state["config"] == {"train": {}}
+
+
+def test_save_keeps_numbered_checkpoints_and_last(tmp_path: Path) -> None:
+    c = _checkpointer(tmp_path, 0, save_freq=2, epochs=3)
+    rd = RunDir(tmp_path)
+    for epoch in (1, 2, 3):
+        c.save(c.state(TrainState(epoch, epoch * 5), 48, None))
+        assert load_checkpoint(rd.last)["epoch"] == epoch
+    assert sorted(p.name for p in rd.checkpoints.glob("checkpoint_*.pth")) == [
+        "checkpoint_0002.pth",  # every --save-freq
+        "checkpoint_0003.pth",  # and the last epoch
+    ]
+    c.save(c.state(TrainState(3, 17), 48, None, step_in_epoch=2, meter={"seen": 8.0}))  # mid-epoch: last.pth only
+    assert load_checkpoint(rd.last)["step_in_epoch"] == 2
+    assert load_checkpoint(rd.checkpoint(3))["step_in_epoch"] == 0
+
+
+def test_restore_puts_back_modules_counters_and_rng(tmp_path: Path) -> None:
+    src = _checkpointer(tmp_path, 0)
+    _train_a_step(src)
+    torch.manual_seed(123)
+    src.save(src.state(TrainState(1, 7, 2), 48, {"epoch": 0, "levels": []}))
+    expected_draw = torch.rand(3)
+    dst = _checkpointer(tmp_path, 1)
+    resumed = dst.restore(RunDir(tmp_path).last, None, seed=0)
+    assert torch.rand(3).equal(expected_draw)  # epoch-end checkpoint: RNG restored at once
+    assert resumed.state == TrainState(1, 7, 2) and resumed.step_in_epoch == 0 and resumed.pending_rng is None
+    assert resumed.cluster_result == {"epoch": 0, "levels": []}
+    for a, b in zip(src.model.parameters(), dst.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert dst.optimizer.state_dict()["state"].keys() == src.optimizer.state_dict()["state"].keys()
+    assert dst.scheduler.last_epoch == 1
+
+
+def test_a_checkpoint_without_the_later_keys_still_restores(tmp_path: Path) -> None:
+    """Checkpoints older than the mid-epoch position (no ``step_in_epoch`` / ``epoch_meter``) resume at an
+    epoch end."""
+    src = _checkpointer(tmp_path, 0)
+    state = src.state(TrainState(1, 7), 48, None)
+    del state["step_in_epoch"], state["epoch_meter"]
+    path = tmp_path / "old.pth"
+    save_checkpoint(state, path)
+    resumed = _checkpointer(tmp_path, 1).restore(path, None, seed=0)
+    assert resumed.step_in_epoch == 0 and resumed.epoch_meter is None and resumed.state.epoch == 1
