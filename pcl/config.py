@@ -106,6 +106,12 @@ class TrainConfig:
         ge=0,
         help="kNN monitor every N epochs and after the last one (0 = never); costs a full train+val feature pass",
     )
+    knn_encoder: str = flag(
+        "query",
+        choices=("query", "key"),
+        help="encoder the kNN monitor measures; key: on E-step epochs the bank comes from the E-step's own pass "
+        "(docs/performance.md)",
+    )
 
     def validate(self) -> None:
         """Raise a one-line ``PCLError`` for a value outside its flag's range or contradictory run flags."""
@@ -168,7 +174,7 @@ GROUPS: list[tuple[str, list[tuple[type, str]]]] = [
         "run",
         [
             (T, "exp_dir resume stop_after_epochs save_freq save_every_minutes save_every_steps overwrite requeue"),
-            (T, "print_freq seed device dist_backend knn_freq knn_k knn_t"),
+            (T, "print_freq seed device dist_backend knn_freq knn_encoder knn_k knn_t"),
             (D, "eval_batch_size"),
         ],
     ),

@@ -112,7 +112,8 @@ def epoch_bench(a: argparse.Namespace) -> dict:
     epochs = a.warmup + a.rounds
     rounds: dict[str, list[dict[str, float]]] = {n: [] for n in variants}
     with tempfile.TemporaryDirectory(prefix="bench_epoch_", dir=a.work_dir) as tmp:
-        trainers = {n: build_variant(n, f, a, Path(tmp), epochs) for n, f in variants.items()}
+        # one epoch more than run: no timed epoch is the schedule's last (whose kNN monitor is never deferred)
+        trainers = {n: build_variant(n, f, a, Path(tmp), epochs + 1) for n, f in variants.items()}
         device = str(trainers["moco"].device)
         for r in range(epochs):
             for name, trainer in trainers.items():

@@ -191,3 +191,18 @@ class PCL(nn.Module):
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """Query backbone features for the kNN monitor, L2-normalised ``(B, D)``."""
         return F.normalize(self.encoder_q.backbone(images), dim=1)
+
+    @torch.no_grad()
+    def key_backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Momentum (key) backbone features for the kNN monitor (``--knn-encoder key``), L2-normalised ``(B, D)``."""
+        return F.normalize(self.encoder_k.backbone(images), dim=1)
+
+    @torch.no_grad()
+    def cluster_and_bank_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One momentum-encoder pass for the E-step and the kNN bank: ``(cluster_features (B, low_dim),
+        key_backbone_features (B, D))``, each equal to its own method's result (the same operations)."""
+        h = self.encoder_k.backbone(images)
+        z = self.encoder_k.head(h)
+        if self.cluster_k is not None:
+            z = self.cluster_k(z)
+        return F.normalize(z, dim=1), F.normalize(h, dim=1)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pcl.run.metrics import read_run_record
+from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
 
 Curve = dict[int, float]  # epoch -> value
@@ -20,7 +21,7 @@ Curve = dict[int, float]  # epoch -> value
 
 def load_curves(exp_dir: Path) -> dict[str, Curve]:
     """Every per-epoch scalar of one run: ``{tag: {epoch: value}}``."""
-    metrics = exp_dir / "metrics.json"
+    metrics = RunDir(exp_dir).metrics
     if metrics.is_file():
         doc = read_run_record(metrics)
         out: dict[str, Curve] = {}

@@ -88,6 +88,17 @@ class MetricsLog:
         self.epochs = [e for e in self.epochs if e["epoch"] < epoch] + [rec]
         self.write()
 
+    def update(self, epoch: int, scalars: dict[str, float]) -> None:
+        """Merge ``scalars`` measured later (a deferred kNN monitor) into epoch ``epoch``'s record, then write."""
+        if not self.enabled:
+            return
+        rec = next((e for e in self.epochs if e["epoch"] == epoch), None)
+        if rec is None:
+            self.add(epoch, scalars)
+            return
+        rec.update({k: _finite_or_none(v) for k, v in scalars.items()})
+        self.write()
+
     def final(self) -> dict[str, float | int | None]:
         """Summary of the run so far: last-epoch values, best acc_proto, totals and means."""
         if not self.epochs:
