@@ -40,6 +40,7 @@ from pcl.train.engine import Loaders, Trainer
 from pcl.train.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
 from pcl.train.signals import STOP, Preempted, slurm_requeue
 from pcl.utils import distributed as pdist
+from pcl.utils.cli import report_error
 from pcl.utils.errors import PCLError
 
 VERIFY_AUTO_LIMIT = 200_000
@@ -210,10 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(argv)
         run(cfg)
     except PCLError as e:
-        # errors raised in DataLoader workers arrive with the worker's traceback: keep the last line only
-        last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-        print(f"error: {last.removeprefix('pcl.utils.errors.PCLError: ')}", file=sys.stderr)
-        return 2
+        return report_error(e)
     except KeyboardInterrupt:
         print(f"interrupted: {_resume_hint(cfg) if cfg is not None else 'nothing was written'}", file=sys.stderr)
         return 130

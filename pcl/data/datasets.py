@@ -117,9 +117,9 @@ class GaussianBlur:
 class AugConfig:
     """Augmentation strength (``--image-size`` ... ``--blur-prob``); MoCo v2's ``--aug-plus`` recipe at 32 px."""
 
-    image_size: int = flag(32, gt=0)
+    image_size: int = flag(32, gt=0, le=4096)
     crop_min: float = flag(0.2, gt=0, le=1, help="RandomResizedCrop minimum scale")
-    color_jitter: float = flag(0.4, ge=0, help="colour-jitter strength")
+    color_jitter: float = flag(0.4, ge=0, le=2, help="colour-jitter strength")
     color_jitter_prob: float = flag(0.8, ge=0, le=1)
     grayscale_prob: float = flag(0.2, ge=0, le=1)
     blur_prob: float | None = flag(  # None: 0.5, or 0 for images <= 64 px
@@ -128,8 +128,11 @@ class AugConfig:
     aug_plus: bool = flag(True, action=argparse.BooleanOptionalAction, help="MoCo v2 augmentation")
 
     def validate(self) -> None:
-        """Raise a one-line ``PCLError`` for a value outside its flag's range."""
+        """Raise a one-line ``PCLError`` for a value outside its flag's range (the hue jitter is strength / 4
+        with ``aug_plus``, strength without, and torchvision accepts at most 0.5)."""
         check_fields(self)
+        if not self.aug_plus and self.color_jitter > 0.5:
+            raise PCLError(f"--color-jitter must be <= 0.5 with --no-aug-plus (it is the hue jitter), got {self.color_jitter}")
 
     def resolved(self) -> AugConfig:
         """This config with the derived default filled in (``blur_prob``)."""
@@ -159,7 +162,7 @@ class DataConfig:
         None, help="labelled eval set of the kNN monitor, any DATA form (default: DATA's val/ or test/ split)"
     )
     aug: AugConfig = field(default_factory=AugConfig)
-    workers: int = flag(2, "-j", "--workers", ge=0, help="data-loading processes per rank")
+    workers: int = flag(2, "-j", "--workers", ge=0, le=1024, help="data-loading processes per rank")
     verify_images: str = flag(
         "auto", choices=("auto", "yes", "no"), help="decode every image before training (auto: when <= 200k images)"
     )

@@ -48,16 +48,8 @@ from pcl.eval.lowshot import OFFICIAL_COST, LowShotConfig, lowshot_svm
 from pcl.eval.pretrained import Pretrained, from_checkpoint
 from pcl.run.run_dir import RunDir
 from pcl.utils.atomic import write_atomic
+from pcl.utils.distributed import pick_device as resolve_device
 from pcl.utils.errors import PCLError
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PCLError("--device cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 @dataclass

@@ -81,7 +81,7 @@ def test_corrupt_image_met_during_training_names_the_file(
         (["--num-cluster", "a,b"], "comma-separated integers"),
         (["--num-cluster", "10,,20"], "comma-separated integers"),
         (["--crop-min", "-1"], "--crop-min must be in (0, 1]"),
-        (["--color-jitter", "-1"], "--color-jitter must be >= 0"),
+        (["--color-jitter", "-1"], "--color-jitter must be in [0, 2]"),
         (["--eval-batch-size", "0"], "--eval-batch-size must be positive"),
         (["--grayscale-prob", "1.5"], "--grayscale-prob must be in [0, 1]"),
         (["--lr", "-1"], "--lr must be positive"),

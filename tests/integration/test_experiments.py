@@ -18,10 +18,11 @@ from pcl.run.curves import aggregate, load_curves
 from pcl.run.metrics import MetricsLog
 from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
-from tests.helpers import ROOT, TINY_ARGS, load_experiments
+from tests.helpers import ROOT, TINY_ARGS, load_experiments, tool_env
 
 runner = load_experiments()
-from suite import flags_to_argv, last_error_line, load_suite  # noqa: E402 - experiments/ is on the path now
+from launch import last_error_line  # noqa: E402 - experiments/ is on the path now
+from suite import flags_to_argv, load_suite  # noqa: E402
 from summary import RunRow, SeedResult, summarize, table  # noqa: E402
 
 # TINY_ARGS as a suite's [base] table (flag -> value)
@@ -49,7 +50,7 @@ def suite_run(tiny_data: Path, module_tmp: Path) -> tuple[Path, Path]:
     failing = '\n[[runs]]\nname = "too-many-clusters"\nflags = { num-cluster = "1000" }\n'
     suite = write_suite(tmp / "tiny.toml", TWO_RUNS + failing)
     out = tmp / "out"
-    assert runner.main([str(suite), str(tiny_data), "--out", str(out)]) == 0
+    assert runner.main([str(suite), str(tiny_data), "--out", str(out)]) == 1  # a run failed: exit status 1
     return suite, out
 
 
@@ -275,7 +276,7 @@ def test_runner_killed_mid_run_resumes(tmp_path: Path, tiny_data: Path) -> None:
     suite = write_suite(tmp_path / "kill.toml", '[[runs]]\nname = "pcl"\nflags = { epochs = 3 }\n', seeds=1)
     out = tmp_path / "out"
     metrics = out / "kill" / "pcl" / "seed0" / "metrics.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = tool_env()
     cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), str(suite), str(tiny_data), "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
