@@ -33,8 +33,9 @@ from suite import Job, command_line, load_suite, machine_info, plan
 from summary import summarize
 
 from pcl.run.lock import is_locked
-from pcl.utils.cli import ErrorParser
+from pcl.utils.cli import ErrorParser, report_error
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: default --out, tools/evaluate.py
 LAUNCHERS = ("local", "slurm", "local-submitit")
@@ -50,7 +51,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = ErrorParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", help="suite name (experiments/suites/NAME.toml) or path to a suite .toml file")
     p.add_argument("data", nargs="?", default=None, help="ImageFolder root (default: the bundled subset)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the suite's `seeds`)")
+    p.add_argument("--seeds", type=ranged(int, gt=0), default=None, help="seeds 0..N-1 (default: the suite's `seeds`)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiments", help="root of the run folders")
     p.add_argument("--results", type=Path, default=None, help="also write results.md/csv/png here")
     p.add_argument("--runs", default=None, help="comma list: only these runs of the suite")
@@ -60,24 +61,35 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--summary-only", action="store_true", help="only rebuild the results from finished runs")
     p.add_argument("--metric", default="knn", help="sweep plots: knn, linear, ami, acc_proto_final or acc_proto_best")
     g = p.add_argument_group("on this machine (--launcher local)")
-    g.add_argument("--jobs", type=int, default=1, help="runs at once")
-    g.add_argument("--gpus-per-run", type=int, default=0, help="GPUs of each run (CUDA_VISIBLE_DEVICES; >1: torchrun)")
-    g.add_argument("--threads-per-run", type=int, default=None, help="CPU runs: torch threads (default cores/jobs)")
+    g.add_argument("--jobs", type=ranged(int, gt=0), default=1, help="runs at once")
+    g.add_argument(
+        "--gpus-per-run",
+        type=ranged(int, ge=0),
+        default=0,
+        help="GPUs of each run (CUDA_VISIBLE_DEVICES; >1: torchrun)",
+    )
+    g.add_argument(
+        "--threads-per-run", type=ranged(int, gt=0), default=None, help="CPU runs: torch threads (default cores/jobs)"
+    )
     g = p.add_argument_group("on a cluster (--launcher slurm | local-submitit)")
     g.add_argument("--launcher", default="local", choices=LAUNCHERS)
-    g.add_argument("--nodes", type=int, default=1)
-    g.add_argument("--gpus-per-node", type=int, default=1, help="one task per GPU (0: one CPU task)")
-    g.add_argument("--cpus-per-task", type=int, default=10)
-    g.add_argument("--mem-gb", type=int, default=None)
+    g.add_argument("--nodes", type=ranged(int, gt=0), default=1)
+    g.add_argument("--gpus-per-node", type=ranged(int, ge=0), default=1, help="one task per GPU (0: one CPU task)")
+    g.add_argument("--cpus-per-task", type=ranged(int, gt=0), default=10)
+    g.add_argument("--mem-gb", type=ranged(int, gt=0), default=None)
     g.add_argument("--partition", default=None)
-    g.add_argument("--time", type=int, default=4320, help="minutes per (re)start")
+    g.add_argument("--time", type=ranged(int, gt=0), default=4320, help="minutes per (re)start")
     g.add_argument("--account", default=None)
     g.add_argument("--qos", default=None)
     g.add_argument("--constraint", default=None)
-    g.add_argument("--max-requeues", type=int, default=20, help="requeues after hitting the time limit")
-    g.add_argument("--signal-delay-s", type=int, default=120, help="SIGUSR2 this many seconds before the limit")
-    g.add_argument("--save-every-minutes", type=float, default=None, help="passed to every run")
-    g.add_argument("--array-parallelism", type=int, default=None, help="tasks of the array running at once")
+    g.add_argument("--max-requeues", type=ranged(int, ge=0), default=20, help="requeues after hitting the time limit")
+    g.add_argument(
+        "--signal-delay-s", type=ranged(int, ge=0), default=120, help="SIGUSR2 this many seconds before the limit"
+    )
+    g.add_argument("--save-every-minutes", type=ranged(float, ge=0), default=None, help="passed to every run")
+    g.add_argument(
+        "--array-parallelism", type=ranged(int, gt=0), default=None, help="tasks of the array running at once"
+    )
     args = p.parse_args(argv)
     for flag in ("seeds", "jobs", "threads_per_run", "nodes", "time"):
         value = getattr(args, flag)
@@ -208,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{failed} of {len(jobs)} runs failed (their error lines are in the table above)")
             return 1
     except PCLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue (finished runs are skipped)", file=sys.stderr)
         return 130

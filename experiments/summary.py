@@ -17,6 +17,7 @@ from pathlib import Path
 from suite import flags_to_argv
 
 from pcl.run.curves import plot_curves
+from pcl.run.metrics import read_run_record
 from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
 
@@ -119,7 +120,8 @@ def _ami(metrics: dict, evaluation: dict) -> float | None:
 
 def read_seed(exp_dir: Path, seed: int) -> SeedResult:
     rd = RunDir(exp_dir)
-    metrics, status, evaluation = _read_json(rd.metrics), _read_json(rd.status), _read_json(rd.eval)
+    metrics = read_run_record(rd.metrics) if rd.metrics.is_file() else {}
+    status, evaluation = _read_json(rd.status), _read_json(rd.eval)
     state = status.get("status") or ("running or interrupted" if metrics else "not started")
     if state == "done" and not metrics.get("complete"):
         state = "stopped"

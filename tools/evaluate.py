@@ -25,19 +25,16 @@ from pcl.eval.evaluation import evaluate_run
 from pcl.eval.finetune import FinetuneConfig
 from pcl.eval.linear_probe import DEFAULT_WDS
 from pcl.eval.lowshot import DEFAULT_COSTS, DEFAULT_KS, LowShotConfig
+from pcl.utils.cli import ErrorParser, report_error
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
 PROTOCOLS = ("knn", "linear", "lowshot", "finetune", "kmeans", "clusters")
 DEFAULT_PROTOCOLS = ("knn", "linear", "clusters")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise PCLError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="run directory (its checkpoints/last.pth) or a checkpoint file")
     p.add_argument("--data", default=None, help="ImageFolder root (default: the run's own data)")
     p.add_argument("--out", type=Path, help="where to write the JSON (default RUN_DIR/eval.json)")
@@ -57,27 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="extra k for the kmeans protocol (always k = number of classes); turns the protocol on",
     )
-    p.add_argument("--kmeans-restarts", type=int, default=5, help="k-means runs (seeds SEED..), mean +- std")
+    p.add_argument(
+        "--kmeans-restarts", type=ranged(int, gt=0), default=5, help="k-means runs (seeds SEED..), mean +- std"
+    )
     p.add_argument("--lowshot", type=_ks, default=None, help="k images per class (default 1,2,4,8,16); turns it on")
-    p.add_argument("--lowshot-draws", type=int, default=5, help="seeded draws per k (mean +- std)")
+    p.add_argument("--lowshot-draws", type=ranged(int, gt=0), default=5, help="seeded draws per k (mean +- std)")
     p.add_argument(
         "--lowshot-costs", type=_floats, default=DEFAULT_COSTS, help="SVM costs, cross-validated in the k-shot sample"
     )
     p.add_argument("--finetune", type=_floats, default=None, help="percent of the labels (default 1,10); turns it on")
     ft = FinetuneConfig()
-    p.add_argument("--finetune-epochs", type=int, default=ft.epochs, help="passes over the label subset")
-    p.add_argument("--finetune-batch-size", type=int, default=ft.batch_size)
-    p.add_argument("--finetune-lr", type=float, default=ft.lr, help="backbone lr (cosine schedule)")
-    p.add_argument("--finetune-head-lr", type=float, default=ft.head_lr, help="linear head lr")
-    p.add_argument("--finetune-wd", type=float, default=ft.weight_decay, help="weight decay")
-    p.add_argument("--knn-k", type=int, default=200)
-    p.add_argument("--knn-t", type=float, default=0.1)
+    p.add_argument("--finetune-epochs", type=ranged(int, gt=0), default=ft.epochs, help="passes over the label subset")
+    p.add_argument("--finetune-batch-size", type=ranged(int, gt=0), default=ft.batch_size)
+    p.add_argument("--finetune-lr", type=ranged(float, gt=0), default=ft.lr, help="backbone lr (cosine schedule)")
+    p.add_argument("--finetune-head-lr", type=ranged(float, gt=0), default=ft.head_lr, help="linear head lr")
+    p.add_argument("--finetune-wd", type=ranged(float, ge=0), default=ft.weight_decay, help="weight decay")
+    p.add_argument("--knn-k", type=ranged(int, gt=0), default=200)
+    p.add_argument("--knn-t", type=ranged(float, gt=0), default=0.1)
     p.add_argument("--wd-grid", type=lambda s: tuple(float(x) for x in s.split(",")), default=DEFAULT_WDS)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--max-iter", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-batch-size", type=int, default=256)
-    p.add_argument("-j", "--workers", type=int, default=2)
+    p.add_argument("--val-fraction", type=ranged(float, gt=0, lt=1), default=0.2)
+    p.add_argument("--max-iter", type=ranged(int, gt=0), default=200)
+    p.add_argument("--seed", type=ranged(int, ge=0, le=2**31 - 1), default=0)
+    p.add_argument("--eval-batch-size", type=ranged(int, gt=0), default=256)
+    p.add_argument("-j", "--workers", type=ranged(int, ge=0, le=1024), default=2)
     p.add_argument("--feature-cache", type=Path, help="keep extracted features in this folder and reuse them")
     return p
 
@@ -195,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
             out=a.out,
         )
     except (PCLError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     s = result["settings"]
     print(f"{s['source']}, {s['arch']}, stem {s['stem']}, data {s['data'] or 'bundled subset'}")
     print(table(result))
     if s.get("cluster_skipped"):
         print(f"clusters not scored: {s['cluster_skipped']}")
+    if s.get("no_labels"):
+        print(f"kNN, linear and cluster figures: – ({s['no_labels']})")
     if s.get("written"):
         print(f"wrote {s['written']}")
     elif s.get("not_written"):

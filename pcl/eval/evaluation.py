@@ -34,14 +34,8 @@ import torch.nn.functional as F
 from torchvision import transforms
 
 from pcl.config import stored_config
-from pcl.data.datasets import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    IndexedImageFolder,
-    eval_loader,
-    eval_transform,
-    resolve_splits,
-)
+from pcl.data.datasets import IMAGENET_MEAN, IMAGENET_STD, IndexedImages, eval_loader, eval_transform
+from pcl.data.sources import resolve_data
 from pcl.estep.clustering import ClusterResult
 from pcl.eval.cluster_metrics import cluster_scores, has_classes, kmeans_scores
 from pcl.eval.features import extract
@@ -54,16 +48,8 @@ from pcl.eval.lowshot import OFFICIAL_COST, LowShotConfig, lowshot_svm
 from pcl.eval.pretrained import Pretrained, from_checkpoint
 from pcl.run.run_dir import RunDir
 from pcl.utils.atomic import write_atomic
+from pcl.utils.distributed import pick_device as resolve_device
 from pcl.utils.errors import PCLError
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PCLError("--device cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 @dataclass
@@ -77,19 +63,20 @@ class FrozenFeatures:
     num_classes: int
 
 
-def eval_sets(data: str | None, image_size: int) -> tuple[IndexedImageFolder, IndexedImageFolder]:
-    """Train and val/test splits of ``data`` (None = bundled subset) under the center-crop eval transform."""
-    splits = resolve_splits(data)
-    if splits.eval is None:
-        raise PCLError(f"{splits.train.parent} has no val/ or test/ split to evaluate on")
+def eval_sets(
+    data: str | None, image_size: int, labels: str = "auto", val: str | None = None
+) -> tuple[IndexedImages, IndexedImages]:
+    """Train and eval images of ``data`` (None = bundled subset; any ``sources.resolve_data`` form, ``val`` as
+    its eval set) under the center-crop eval transform; both need class labels."""
+    source = resolve_data(data, labels, val)
+    reason = source.knn_off_reason()
+    if reason is not None:
+        raise PCLError(f"cannot evaluate on {data or 'the bundled subset'}: {reason}")
     tf = eval_transform(image_size)
-    train, test = IndexedImageFolder(splits.train, tf), IndexedImageFolder(splits.eval, tf)
-    if train.classes != test.classes:
-        raise PCLError(f"{splits.train} and {splits.eval} have different class folders")
-    return train, test
+    return IndexedImages(source.train, tf), IndexedImages(source.eval, tf)
 
 
-def _cache_file(cache_dir: Path, pre: Pretrained, train: IndexedImageFolder, test: IndexedImageFolder) -> Path:
+def _cache_file(cache_dir: Path, pre: Pretrained, train: IndexedImages, test: IndexedImages) -> Path:
     key = json.dumps([pre.ident, pre.image_size, train.root, len(train), test.root, len(test)])
     return cache_dir / f"features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
 
@@ -102,9 +89,11 @@ def frozen_features(
     workers: int = 2,
     cache_dir: Path | None = None,
     show: bool = True,
+    labels: str = "auto",
+    val: str | None = None,
 ) -> FrozenFeatures:
     """Extract (or load from ``cache_dir``) the backbone features of both splits once, on ``device``."""
-    train, test = eval_sets(data, pre.image_size)
+    train, test = eval_sets(data, pre.image_size, labels, val)
     cache = _cache_file(cache_dir, pre, train, test) if cache_dir is not None else None
     if cache is not None and cache.is_file():
         t = torch.load(cache, map_location=device, weights_only=True)
@@ -232,7 +221,7 @@ def _run_paths(target: Path) -> tuple[RunDir | None, Path]:
     return (run if run.checkpoints == target.parent else None), target
 
 
-def data_identity(train: IndexedImageFolder) -> dict:
+def data_identity(train: IndexedImages) -> dict:
     """What identifies a train split: its resolved folder, its number of images and the first 16 hex digits of the
     SHA-1 of its sorted relative file paths."""
     root = Path(train.root).resolve()
@@ -245,7 +234,7 @@ def same_train_folder(data: str | None, own: str | None) -> bool:
     """True when ``data`` and the run's recorded data root ``own`` (None = bundled subset) name the same train
     folder; a recorded root that no longer exists is never the same."""
     try:
-        return resolve_splits(data).train.resolve() == resolve_splits(own).train.resolve()
+        return resolve_data(data).train.where.resolve() == resolve_data(own).train.where.resolve()
     except PCLError:
         return False
 
@@ -326,16 +315,24 @@ def evaluate_run(
     t0 = time.time()
     run, ckpt_path = _run_paths(Path(run_dir))
     pre = from_checkpoint(ckpt_path)
-    own_data = stored_config(pre.checkpoint, ckpt_path).data.root
+    stored = stored_config(pre.checkpoint, ckpt_path).data
+    own_data = stored.root
     own = data is None or same_train_folder(data, own_data)
+    labels, val = (stored.labels, stored.val) if data is None else ("auto", None)
     if data is None:  # the data the run was trained on
         data = own_data
     dev = resolve_device(device)
     result: dict = {"knn_top1": None, "linear_top1": None, "linear_top5": None, "cluster": {}, "kmeans": {}}
     settings: dict = {**pre.settings(), "checkpoint": str(ckpt_path), "data": data, "device": str(dev)}
-    settings["data_identity"] = data_identity(IndexedImageFolder(resolve_splits(data).train))
+    source = resolve_data(data, labels, val)
+    settings["data_identity"] = data_identity(IndexedImages(source.train))
+    no_labels = source.knn_off_reason()
+    if no_labels is not None:  # the figures that need labels stay None ("-")
+        settings["no_labels"] = no_labels
+        knn = linear = False
+        kmeans = lowshot = finetune = None
     if knn or linear or kmeans is not None or lowshot is not None:
-        feats = frozen_features(pre, data, dev, batch_size, workers, cache_dir, show)
+        feats = frozen_features(pre, data, dev, batch_size, workers, cache_dir, show, labels, val)
         settings.update(n_train=int(feats.train.shape[0]), n_test=int(feats.test.shape[0]))
         settings["num_classes"] = feats.num_classes
         if knn:
@@ -377,14 +374,14 @@ def evaluate_run(
     elif clusters:
         found = _last_cluster_result(run, pre.checkpoint)
         if found is not None:
-            train = IndexedImageFolder(resolve_splits(data).train)
-            if len(train.targets) != found.levels[0].im2cluster.numel():
+            train = source.train
+            if len(train) != found.levels[0].im2cluster.numel():
                 raise PCLError(
                     f"the cluster result covers {found.levels[0].im2cluster.numel()} images but "
-                    f"{resolve_splits(data).train} has {len(train.targets)}"
+                    f"{train.where} has {len(train)}"
                 )
-            if has_classes(train.targets):
-                scores = cluster_scores(found, torch.tensor(train.targets))
+            if train.labels is not None and has_classes(train.labels):
+                scores = cluster_scores(found, torch.tensor(train.labels))
                 result["cluster"] = {str(k): v for k, v in scores.items()}
             settings["cluster_epoch"] = found.epoch
     settings["seconds"] = round(time.time() - t0, 2)

@@ -23,8 +23,29 @@ from pathlib import Path
 import torch
 
 from pcl.utils.atomic import write_atomic
+from pcl.utils.errors import PCLError
 
 VERSION = 1
+
+
+def read_run_record(path: Path) -> dict:
+    """A ``metrics.json`` written by the engine; raises a one-line ``PCLError`` naming ``path`` when it cannot
+    be read or is not a run record (a JSON object whose ``epochs`` is a list of ``{"epoch": N, ...}``)."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise PCLError(f"{path} cannot be read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise PCLError(f"{path} is not valid JSON: {e}") from None
+    records = doc.get("epochs") if isinstance(doc, dict) else None
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records
+    ):
+        raise PCLError(
+            f"{path} is not a run record: expected main_pcl.py's metrics.json, a JSON object whose "
+            '"epochs" is a list of {"epoch": N, ...}'
+        )
+    return doc
 
 
 def peak_memory_mib(device: torch.device | None = None) -> dict[str, float]:

@@ -57,7 +57,8 @@ from pcl.utils.timing import PhaseTimer
 class Loaders:
     """``train``: two-crop views with indices; ``estep``: eval view of the train images, this rank's part;
     ``knn_train`` / ``knn_eval``: full train and val sets (eval view) for the kNN monitor, rank 0 only;
-    ``class_labels``: the train set's class labels ``(N,)`` for cluster metrics, rank 0 only, None without."""
+    ``class_labels``: the train set's class labels ``(N,)`` for cluster metrics, rank 0 only, None without;
+    ``data_identity``: count and hash of the resolved training file list, checkpointed so a resume can compare."""
 
     train: DataLoader
     estep: DataLoader
@@ -68,6 +69,7 @@ class Loaders:
     eval_labels: torch.Tensor | None = None
     num_classes: int = 0
     class_labels: torch.Tensor | None = None
+    data_identity: dict | None = None  # the training images' {"count", "sha256", "form"} (sources.ImageSet)
 
 
 class Trainer:
@@ -119,6 +121,7 @@ class Trainer:
         cluster = None if self.cluster_result is None else self.cluster_result.state_dict()
         meter_state = None if meter is None else vars(meter).copy()
         state = self.checkpointer.state(self.state, self.loaders.num_train, cluster, step_in_epoch, meter_state)
+        state["data_identity"] = self.loaders.data_identity  # checked by a resume (resume_check)
         path = self.checkpointer.save(state)
         self.policy.reset()
         return path

@@ -18,7 +18,7 @@ from pcl.run.curves import aggregate, load_curves
 from pcl.run.metrics import MetricsLog
 from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
-from tests.helpers import ROOT, TINY_ARGS, load_experiments
+from tests.helpers import ROOT, TINY_ARGS, load_experiments, tool_env
 
 runner = load_experiments()
 from launch import last_error_line  # noqa: E402 - experiments/ is on the path now
@@ -276,7 +276,7 @@ def test_runner_killed_mid_run_resumes(tmp_path: Path, tiny_data: Path) -> None:
     suite = write_suite(tmp_path / "kill.toml", '[[runs]]\nname = "pcl"\nflags = { epochs = 3 }\n', seeds=1)
     out = tmp_path / "out"
     metrics = out / "kill" / "pcl" / "seed0" / "metrics.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = tool_env()
     cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), str(suite), str(tiny_data), "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
