@@ -21,16 +21,9 @@ from pcl.eval.pictures import COLOUR_BY, PICTURES, PicturesConfig, make_pictures
 from pcl.eval.visualize import GALLERY_SORTS
 from pcl.utils.cli import ErrorParser
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+POSITIVE = ranged(int, gt=0)
 
 
 def _pictures(text: str) -> tuple[str, ...]:
@@ -53,24 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--exported", type=Path, help="backbone of tools/export_backbone.py for map and retrieval")
     p.add_argument("-a", "--arch", default=None, help="for --exported (default: the run's)")
     p.add_argument("--stem", default=None, choices=("imagenet", "small"), help="for --exported (default: the run's)")
-    p.add_argument("--image-size", type=_positive, default=None, help="for --exported (default: the run's)")
+    p.add_argument("--image-size", type=POSITIVE, default=None, help="for --exported (default: the run's)")
     p.add_argument(
         "--pictures", type=_pictures, default=(), help=f"comma list of {', '.join(PICTURES)} (default: all possible)"
     )
-    p.add_argument("--granularity", type=_positive, default=None, help="k of the clusters (default: the finest)")
+    p.add_argument("--granularity", type=POSITIVE, default=None, help="k of the clusters (default: the finest)")
     p.add_argument("--color-by", dest="colour_by", default=d.colour_by, choices=COLOUR_BY, help="feature map colours")
-    p.add_argument("--max-points", type=_positive, default=d.max_points, help="feature-map subsample (seeded)")
+    p.add_argument("--max-points", type=POSITIVE, default=d.max_points, help="feature-map subsample (seeded)")
     p.add_argument("--map-method", default=d.map_method, choices=("auto", "tsne", "umap"))
-    p.add_argument("--clusters", type=_positive, default=d.clusters, help="gallery rows")
-    p.add_argument("--members", type=_positive, default=d.members, help="images per gallery row")
+    p.add_argument("--clusters", type=POSITIVE, default=d.clusters, help="gallery rows")
+    p.add_argument("--members", type=POSITIVE, default=d.members, help="images per gallery row")
     p.add_argument("--gallery-sort", default=d.gallery_sort, choices=GALLERY_SORTS)
-    p.add_argument("--queries", type=_positive, default=d.queries, help="seeded random query images")
+    p.add_argument("--queries", type=POSITIVE, default=d.queries, help="seeded random query images")
     p.add_argument("--query", dest="query_paths", type=Path, action="append", default=[], help="query image file")
-    p.add_argument("--top", type=_positive, default=d.top, help="neighbours per query")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--top", type=POSITIVE, default=d.top, help="neighbours per query")
+    p.add_argument("--seed", type=ranged(int, ge=0, le=2**31 - 1), default=d.seed)
     p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
-    p.add_argument("--batch-size", type=_positive, default=d.batch_size)
-    p.add_argument("-j", "--workers", type=int, default=d.workers)
+    p.add_argument("--batch-size", type=POSITIVE, default=d.batch_size)
+    p.add_argument("-j", "--workers", type=ranged(int, ge=0), default=d.workers)
     return p
 
 

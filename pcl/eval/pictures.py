@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from pcl.config import Config, stored_config
-from pcl.data.datasets import IndexedImageFolder, eval_loader, eval_transform, load_rgb, resolve_splits
+from pcl.data.datasets import IndexedImages, eval_loader, eval_transform
+from pcl.data.decode import load_rgb
+from pcl.data.sources import resolve_data
 from pcl.estep.clustering import ClusterResult, Granularity
 from pcl.estep.feature_store import FeatureStore
 from pcl.eval import render
@@ -76,7 +78,7 @@ class PicturesConfig:
 class TrainImages:
     """The run's train images under the eval view; ``labels (N,)`` and ``classes`` when it has classes."""
 
-    dataset: IndexedImageFolder
+    dataset: IndexedImages
     labels: np.ndarray | None
     classes: list[str] | None
 
@@ -86,10 +88,10 @@ class TrainImages:
         return [p for p, _ in self.dataset.samples]
 
 
-def train_images(data: str | None, image_size: int) -> TrainImages:
-    """The train split of ``data`` (None = bundled subset), in the order the E-step indexed it."""
-    ds = IndexedImageFolder(resolve_splits(data).train, eval_transform(image_size))
-    labelled = has_classes(ds.targets)
+def train_images(data: str | None, image_size: int, labels: str = "auto") -> TrainImages:
+    """The training images of ``data`` (None = bundled subset; any ``resolve_data`` form), in E-step order."""
+    ds = IndexedImages(resolve_data(data, labels).train, eval_transform(image_size))
+    labelled = ds.labeled and has_classes(ds.targets)
     return TrainImages(ds, np.asarray(ds.targets) if labelled else None, list(ds.classes) if labelled else None)
 
 
@@ -178,7 +180,7 @@ def make_pictures(a: PicturesConfig) -> dict:
         raise PCLError("--exported without a run directory needs --data")
     pre = _backbone(a, ckpt_path, cfg)
     data = a.data if a.data is not None else cfg.data.root  # type: ignore[union-attr]
-    images = train_images(data, pre.image_size)
+    images = train_images(data, pre.image_size, cfg.data.labels if cfg is not None and a.data is None else "auto")
     n = len(images.dataset)
     result = _last_cluster_result(run, ckpt) if ckpt is not None else None
     if result is not None and result.levels[0].im2cluster.numel() != n:

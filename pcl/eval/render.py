@@ -16,7 +16,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pcl.data.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_transform, load_rgb
+from pcl.data.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from pcl.data.decode import load_rgb
 from pcl.eval.visualize import GalleryRow
 
 DPI = 100

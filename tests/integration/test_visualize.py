@@ -166,7 +166,7 @@ def test_query_image_given_by_path(vis_run: Path, tiny_data: Path, tmp_path: Pat
         (["{tmp}/missing"], "does not exist"),
         (["{run}", "--granularity", "7"], "--granularity 7: the run's clusters have k = 3, 5"),
         (["{run}", "--pictures", "map,movie"], "expected a comma list of map, gallery, retrieval"),
-        (["{run}", "--max-points", "0"], "expected a positive integer"),
+        (["{run}", "--max-points", "0"], "argument --max-points: must be positive, got 0"),
         (["--exported", "{tmp}/b.pth"], "--exported without a run directory needs --data"),
         (["{run}", "--query", "{tmp}/nope.jpg"], "--query"),
     ],
