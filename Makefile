@@ -26,11 +26,11 @@ venv: $(VENV)/.editable
 train: venv
 	$(PY) main_pcl.py $(TRAIN_ARGS) $(ARGS)
 
-## Fast test suite (CI runs this).
+## Fast test suite (CI runs this): everything but the tests marked slow.
 test: venv
 	$(PY) -m pytest -q -m "not slow"
 
-## Everything, including tests marked slow.
+## Everything, including the slow tests (the two-node torchrun tests, minutes each): run before every submission.
 test-all: venv
 	$(PY) -m pytest -q
 

@@ -1,11 +1,15 @@
 """Run ``main_pcl`` under torchrun, then dump this rank's cluster result and queue for the DDP test.
 
 torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR -- <main_pcl arguments>
+
+Fault injection (first torchrun attempt only): ``PCL_TEST_KILL_RANK1=1`` makes rank 1 exit after the first
+checkpoint; ``PCL_TEST_KILL_NODE=1`` makes rank 1 SIGKILL its torchrun agent too (a simulated node failure).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -17,14 +21,19 @@ from pcl import cli
 from pcl.config import parse_config
 
 
-def die_once_after_first_checkpoint() -> None:
-    """Fault injection for the restart test: on torchrun's first attempt, rank 1 dies after epoch 1's save."""
+def die_once_after_first_checkpoint(kill_agent: bool = False) -> None:
+    """Fault injection for the restart tests: on torchrun's first attempt, rank 1 dies after epoch 1's save.
+
+    ``kill_agent``: the whole simulated node dies: rank 1 SIGKILLs its torchrun agent (its parent) first.
+    """
     from pcl.train.engine import Trainer
 
     save = Trainer.save
 
     def save_then_die(self: Trainer) -> None:
         save(self)
+        if kill_agent:
+            os.kill(os.getppid(), signal.SIGKILL)
         os._exit(3)
 
     Trainer.save = save_then_die
@@ -35,6 +44,8 @@ if __name__ == "__main__":
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     if os.environ.get("PCL_TEST_KILL_RANK1") and first_attempt and os.environ.get("RANK") == "1":
         die_once_after_first_checkpoint()
+    if os.environ.get("PCL_TEST_KILL_NODE") and first_attempt and os.environ.get("RANK") == "1":
+        die_once_after_first_checkpoint(kill_agent=True)
     trainer = cli.run(parse_config(argv))
     rank = int(os.environ.get("RANK", "0"))
     clusters = trainer.cluster_result.state_dict() if trainer.cluster_result is not None else None

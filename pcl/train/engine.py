@@ -192,6 +192,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{meter.loss:.3f}", acc_inst=f"{meter.acc_inst:.1f}")
             done += 1
             self._maybe_save_mid_epoch(done, meter)
+        pdist.broadcast_buffers(self.raw)  # rank 0's BN statistics, as the checkpoint stores them
         return meter.stats(time.time() - t0, proto=bool(levels))
 
     @property

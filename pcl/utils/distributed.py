@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,16 +70,18 @@ def init_distributed(device_pref: str = "auto", backend: str = "auto", timeout_m
 
 
 def elastic_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.Store | None:
-    """Under torchrun: the rendezvous store with a per-restart key prefix (None otherwise: ``env://``).
+    """Under torchrun: the rendezvous store with a key prefix of this attempt's own (None otherwise: ``env://``).
 
     torchrun's agent keeps ONE TCPStore for all restarts (its rendezvous store is shared with the workers) and
     ``env://`` adds no per-attempt prefix, so after ``--max-restarts`` a fast rank could read the dead previous
     attempt's gloo address of a slower peer from the store and fail with "connectFullMesh ... Connection
-    refused" (the restart test failed about 1 in 3 on a loaded machine). ``attempt_<TORCHELASTIC_RESTART_COUNT>/``
-    keeps each attempt's keys apart.
+    refused" (the restart test failed about 1 in 3 on a loaded machine). The prefix cannot be
+    ``TORCHELASTIC_RESTART_COUNT``: that counts one agent's failures, so on several nodes it differs between
+    ranks of one attempt (a node restarted for a peer's membership change keeps its count; a replacement node
+    starts at 0), and the ranks would wait for each other under different prefixes. :func:`attempt_token`
+    gives a prefix that all ranks of the attempt share and no earlier attempt used.
     """
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None or "MASTER_ADDR" not in os.environ:
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ or "MASTER_ADDR" not in os.environ:
         return None
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
     base = dist.TCPStore(
@@ -88,7 +92,49 @@ def elastic_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.St
         timeout=timeout,
         multi_tenant=not agent_hosts,
     )
-    return dist.PrefixStore(f"/pcl/attempt_{attempt}/", base)
+    return dist.PrefixStore(f"/pcl/attempt_{attempt_token(base, rank, world, timeout)}/", base)
+
+
+def attempt_token(store: dist.Store, rank: int, world: int, timeout: datetime.timedelta, poll_s: float = 0.02) -> str:
+    """A token that every rank of this attempt receives and that no earlier attempt on ``store`` used.
+
+    The store may hold any keys of earlier attempts. Rank 0 draws a fresh token. Every other rank r writes a
+    fresh nonce to ``hello/r`` and takes the token from rank 0's answer to exactly that nonce (``welcome/r``),
+    which no earlier attempt can have written; rank 0 answers each new ``hello/r`` (a stale one may be answered
+    first) until every rank has acknowledged this token in ``ack/r``.
+    """
+    me = uuid.uuid4().hex
+    deadline = time.monotonic() + timeout.total_seconds()
+
+    def read(key: str) -> str | None:
+        return store.get(key).decode() if store.check([key]) else None
+
+    def wait() -> None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"torchrun ranks did not meet within {timeout} (rank {rank} of {world})")
+        time.sleep(poll_s)
+
+    if rank == 0:
+        answered: dict[int, str] = {}
+        pending = set(range(1, world))
+        while pending:
+            for r in sorted(pending):
+                nonce = read(f"/pcl/hello/{r}")
+                if nonce is not None and answered.get(r) != nonce:
+                    store.set(f"/pcl/welcome/{r}", f"{nonce} {me}")
+                    answered[r] = nonce
+                if read(f"/pcl/ack/{r}") == me:
+                    pending.discard(r)
+            if pending:
+                wait()
+        return me
+    store.set(f"/pcl/hello/{rank}", me)
+    while True:
+        nonce, _, token = (read(f"/pcl/welcome/{rank}") or "").partition(" ")
+        if nonce == me:
+            store.set(f"/pcl/ack/{rank}", token)
+            return token
+        wait()
 
 
 def shutdown() -> None:
@@ -151,6 +197,18 @@ def all_gather_object(obj: object) -> list[object]:
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank ``src``'s buffers (BatchNorm statistics, the queue), in place; no-op in one process.
+
+    DDP broadcasts rank 0's buffers only at the start of each forward pass, so after an epoch's last step every
+    rank holds BatchNorm statistics of its own batches until the next one; what runs in between (the E-step,
+    the kNN monitor) would use them, while a checkpoint stores rank 0's: a resumed run would then differ.
+    """
+    if is_distributed():
+        for b in module.buffers():
+            dist.broadcast(b, src)
 
 
 def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:

@@ -65,11 +65,7 @@ def test_readme_is_short_and_points_into_docs() -> None:
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_link_and_path_in_the_page_exists(page: Path) -> None:
     text = page.read_text()
-    missing = [
-        link
-        for link in LINK.findall(text)
-        if "://" not in link and not (page.parent / link).exists()
-    ]
+    missing = [link for link in LINK.findall(text) if "://" not in link and not (page.parent / link).exists()]
     missing += [p for raw in REPO_PATH.findall(text) for p in expand_braces(raw) if not exists(p)]
     assert not missing, f"{page.name} names paths that do not exist: {missing}"
 
