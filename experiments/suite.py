@@ -5,6 +5,7 @@ A suite file (``experiments/suites/NAME.toml``)::
     description = "MoCo v2 vs PCL vs PCL + cluster heads"
     seeds = 3                                   # default for --seeds
     [base]                                      # main_pcl.py flags shared by every run
+    config = "cifar.toml"                       # optional: a --config file, relative to this file
     epochs = 30
     warmup-epochs = 5
     num-cluster = "50,100,200"
@@ -13,33 +14,31 @@ A suite file (``experiments/suites/NAME.toml``)::
     flags = { warmup-epochs = 30 }              # overrides of the base
     [[runs]]
     name = "pcl"
+    [[sweeps]]                                  # a grid: one run per combination of the lists
+    name = "lr"                                 # name prefix: lr-lr0.03-num-cluster50_100, ...
+    lr = [0.03, 0.06]
+    num-cluster = ["50,100", "100,200"]
+    flags = { epochs = 20 }                     # optional: fixed overrides of every run of the sweep
 
 A flag ``key = value`` becomes ``--key value``; ``true`` becomes ``--key`` and ``false`` ``--no-key``.
-Every (run, seed) trains in ``OUT/SUITE/RUN/seedS/`` through ``python -m pcl`` in a subprocess with
-``--resume auto``: a finished run (complete ``metrics.json``) is skipped, an interrupted one continues.
-The files of a run folder are named by :class:`pcl.run.run_dir.RunDir`; this module lives beside the runner
-(``experiments/``), not in the library, and finds the suites next to itself.
+Every (run, seed) trains in ``OUT/SUITE/RUN/seedS/`` (``python -m pcl ... --resume auto``, see ``launch.py``).
+This module lives beside the runner (``experiments/``), not in the library, and finds the suites next to itself.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
 import platform
 import re
 import shlex
-import subprocess
-import sys
-import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-import pcl
 from pcl.run.run_dir import RunDir
-from pcl.utils.atomic import write_atomic
 from pcl.utils.errors import PCLError
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
@@ -53,6 +52,8 @@ class RunSpec:
 
     name: str
     flags: dict[str, FlagValue] = field(default_factory=dict)
+    sweep: str | None = None  # the [[sweeps]] entry this run was expanded from
+    swept: dict[str, FlagValue] = field(default_factory=dict)  # its values of the swept flags
 
 
 @dataclass
@@ -115,6 +116,35 @@ def resolve_suite_path(name_or_path: str) -> Path:
     return candidate
 
 
+def _value_name(v: FlagValue) -> str:
+    """A flag value as part of a run name: ``0.03`` -> ``0.03``, ``"50,100"`` -> ``50_100``, ``True`` -> ``true``."""
+    text = str(v).lower() if isinstance(v, bool) else str(v)
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
+
+
+def expand_sweep(entry: object, where: str) -> list[RunSpec]:
+    """One ``[[sweeps]]`` table -> a named run per combination of its value lists (first key varies slowest)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not _NAME.match(entry["name"]):
+        raise PCLError(f"{where} needs a name of letters, digits, '.', '_', '+' or '-'")
+    prefix = entry["name"]
+    fixed = _flag_table(entry.get("flags", {}), f"{where} {prefix!r} flags")
+    lists = {k: v for k, v in entry.items() if k not in ("name", "flags")}
+    if not lists:
+        raise PCLError(f"{where} {prefix!r} sweeps nothing: give lists of values, e.g. lr = [0.03, 0.06]")
+    for k, v in lists.items():
+        if not isinstance(v, list) or not v:
+            raise PCLError(f"{where} {prefix!r}: {k} must be a non-empty list of values, e.g. {k} = [1, 2]")
+        _flag_table(dict.fromkeys([k], v[0]), f"{where} {prefix!r}")
+        if any(not isinstance(x, str | int | float | bool) for x in v) or len(set(map(str, v))) < len(v):
+            raise PCLError(f"{where} {prefix!r}: {k} must list distinct strings, numbers or bools")
+    runs = []
+    for combo in itertools.product(*lists.values()):
+        swept = dict(zip(lists, combo, strict=True))
+        name = "-".join([prefix, *(f"{k}{_value_name(v)}" for k, v in swept.items())])
+        runs.append(RunSpec(name, {**fixed, **swept}, sweep=prefix, swept=swept))
+    return runs
+
+
 def load_suite(name_or_path: str) -> Suite:
     """Parse and check a suite file; one-line ``PCLError`` for anything malformed."""
     path = resolve_suite_path(name_or_path)
@@ -123,20 +153,26 @@ def load_suite(name_or_path: str) -> Suite:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise PCLError(f"suite file {path} is not valid TOML: {e}") from None
     base = _flag_table(doc.get("base", {}), f"{path.name} [base]")
-    raw_runs = doc.get("runs")
-    if not isinstance(raw_runs, list) or not raw_runs:
-        raise PCLError(f"{path.name} has no [[runs]]")
+    if isinstance(base.get("config"), str):  # a config file for main_pcl.py --config, relative to the suite file
+        base["config"] = str((path.parent / base["config"]).resolve())
+    raw_runs, raw_sweeps = doc.get("runs", []), doc.get("sweeps", [])
+    if not isinstance(raw_runs, list) or not isinstance(raw_sweeps, list) or not (raw_runs or raw_sweeps):
+        raise PCLError(f"{path.name} has no [[runs]] and no [[sweeps]]")
     runs: list[RunSpec] = []
     for i, r in enumerate(raw_runs):
         name = r.get("name") if isinstance(r, dict) else None
         if not isinstance(name, str) or not _NAME.match(name):
             raise PCLError(f"{path.name}: run {i} needs a name of letters, digits, '.', '_', '+' or '-'")
-        if name in {x.name for x in runs}:
-            raise PCLError(f"{path.name}: two runs are named {name!r}")
         unknown = set(r) - {"name", "flags"}
         if unknown:
             raise PCLError(f"{path.name}: run {name!r} has unknown keys {sorted(unknown)}")
         runs.append(RunSpec(name, _flag_table(r.get("flags", {}), f"{path.name} run {name!r}")))
+    for entry in raw_sweeps:
+        runs += expand_sweep(entry, f"{path.name} [[sweeps]]")
+    names = [r.name for r in runs]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise PCLError(f"{path.name}: two runs are named {dup!r}")
     seeds = doc.get("seeds", 1)
     if not isinstance(seeds, int) or seeds < 1:
         raise PCLError(f"{path.name}: seeds must be a positive integer")
@@ -148,26 +184,11 @@ def plan(suite: Suite, out: Path, seeds: int, data: str | None, extra: list[str]
     jobs = []
     for run in suite.runs:
         for seed in range(seeds):
-            exp = out / suite.name / run.name / f"seed{seed}"
+            exp = out.absolute() / suite.name / run.name / f"seed{seed}"
             argv = [*([data] if data else []), *flags_to_argv({**suite.base, **run.flags}), *extra]
             argv += ["--seed", str(seed), "--exp-dir", str(exp), "--resume", "auto"]
             jobs.append(Job(run, seed, exp, argv))
     return jobs
-
-
-def is_finished(exp_dir: Path) -> bool:
-    """True when ``metrics.json`` exists and records the last epoch of the schedule."""
-    try:
-        return bool(json.loads(RunDir(exp_dir).metrics.read_text()).get("complete"))
-    except (OSError, ValueError):
-        return False
-
-
-def last_error_line(log: str) -> str:
-    """The run's ``error:`` line if it printed one, else its last non-empty line."""
-    lines = [ln.strip() for ln in log.replace("\r", "\n").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    return (errors or lines or ["(no output)"])[-1]
 
 
 def machine_info() -> dict[str, str | int]:
@@ -185,37 +206,3 @@ def machine_info() -> dict[str, str | int]:
 
 def command_line(jobs_argv: list[str]) -> str:
     return "python -m pcl " + shlex.join(jobs_argv)
-
-
-def child_env() -> dict[str, str]:
-    """The environment of a training subprocess: the ``pcl`` this process imported comes first on its path, so
-    the child trains with the same code (a checkout on ``PYTHONPATH``, or the installed package)."""
-    where = str(Path(pcl.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [where, os.environ.get("PYTHONPATH")]))}
-
-
-def write_status(run_dir: RunDir, status: dict) -> None:
-    """``status.json``, written atomically (a reader never sees half a file)."""
-    data = json.dumps(status, indent=1).encode()
-    write_atomic(run_dir.status, lambda f: f.write(data), "status file")
-
-
-def run_job(job: Job, python: str = sys.executable) -> dict:
-    """Train one job in a subprocess (output appended to ``train.log``); returns and writes ``status.json``."""
-    job.exp_dir.mkdir(parents=True, exist_ok=True)
-    rd = job.run_dir
-    t0 = time.time()
-    with open(rd.train_log, "a") as log:
-        log.write(f"$ {command_line(job.argv)}\n")
-        log.flush()
-        rc = subprocess.call([python, "-m", "pcl", *job.argv], stdout=log, stderr=log, env=child_env())
-    if rc == 130 or rc == -2:
-        raise KeyboardInterrupt
-    # done: all epochs; stopped: exit 0 before the last epoch (--stop-after-epochs); failed: non-zero exit
-    state = "failed" if rc != 0 else "done" if is_finished(job.exp_dir) else "stopped"
-    status: dict = {"status": state, "returncode": rc}
-    if state == "failed":
-        status["error"] = last_error_line(rd.train_log.read_text(errors="replace"))
-    status["seconds"] = round(time.time() - t0, 1)
-    write_status(rd, status)
-    return status

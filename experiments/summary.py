@@ -2,7 +2,8 @@
 
 Reads only files the runs wrote: ``suite.json`` (written by the runner), and per ``RUN/seedS/``
 ``metrics.json`` (engine), ``status.json`` (runner) and ``eval.json`` (``tools/evaluate.py``, optional).
-Never parses printed output.
+Never parses printed output. The runs of a ``[[sweeps]]`` entry also get a section of their own: a table by
+swept value and a plot of one metric (default the final kNN top-1) against the first swept flag.
 """
 
 from __future__ import annotations
@@ -16,10 +17,18 @@ from pathlib import Path
 from suite import flags_to_argv
 
 from pcl.run.curves import plot_curves
+from pcl.run.metrics import read_run_record
 from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
 
 PLOTS = {"knn_top1": "eval/knn_top1", "acc_inst": "epoch/acc_inst", "acc_proto": "epoch/acc_proto"}
+METRICS = {  # --metric: its cells (mean, std) and label
+    "knn": ("knn_mean", "knn_std", "kNN top-1 (%)"),
+    "linear": ("linear_mean", "linear_std", "linear top-1 (%)"),
+    "ami": ("ami_mean", "ami_std", "AMI"),
+    "acc_proto_final": ("acc_proto_final", None, "acc_proto final (%)"),
+    "acc_proto_best": ("acc_proto_best", None, "acc_proto best (%)"),
+}
 
 
 def _read_json(path: Path) -> dict:
@@ -58,6 +67,29 @@ class SeedResult:
     sec_per_epoch: float | None = None
     peak_rss_mib: float | None = None
     cuda_peak_mib: float | None = None
+    protocols: dict[str, float | None] = field(default_factory=dict)  # EVAL_COLUMNS' figures of eval.json
+
+
+# the evaluation protocols' figures shown when some run has them: key -> (header, eval.json path, digits)
+EVAL_COLUMNS = {
+    "lowshot_k1": ("low-shot top-1 k=1 (%)", ("lowshot", "1", "top1"), 2),
+    "lowshot_k16": ("low-shot top-1 k=16 (%)", ("lowshot", "16", "top1"), 2),
+    "finetune_1": ("fine-tune top-1 1% (%)", ("finetune", "1", "top1"), 2),
+    "finetune_10": ("fine-tune top-1 10% (%)", ("finetune", "10", "top1"), 2),
+    "cluster_acc": ("clustering ACC (%)", ("kmeans", "acc_k_classes"), 2),
+}
+
+
+def _eval_figure(evaluation: dict, path: tuple[str, ...]) -> float | None:
+    """The number at ``path`` in ``eval.json`` (clustering ACC: k-means at k = number of classes, in %)."""
+    if path == ("kmeans", "acc_k_classes"):
+        k = str((evaluation.get("settings") or {}).get("kmeans", {}).get("k_classes"))
+        acc = (evaluation.get("kmeans") or {}).get(k, {}).get("acc")
+        return None if acc is None else 100.0 * acc
+    node: object = evaluation
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, (int, float)) else None
 
 
 @dataclass
@@ -66,6 +98,8 @@ class RunRow:
     flags: dict
     planned: int
     seeds: list[SeedResult] = field(default_factory=list)
+    sweep: str | None = None  # the [[sweeps]] entry of this run
+    swept: dict = field(default_factory=dict)  # its swept flag values
 
     def done(self) -> list[SeedResult]:
         return [s for s in self.seeds if s.status == "done"]
@@ -86,7 +120,8 @@ def _ami(metrics: dict, evaluation: dict) -> float | None:
 
 def read_seed(exp_dir: Path, seed: int) -> SeedResult:
     rd = RunDir(exp_dir)
-    metrics, status, evaluation = _read_json(rd.metrics), _read_json(rd.status), _read_json(rd.eval)
+    metrics = read_run_record(rd.metrics) if rd.metrics.is_file() else {}
+    status, evaluation = _read_json(rd.status), _read_json(rd.eval)
     state = status.get("status") or ("running or interrupted" if metrics else "not started")
     if state == "done" and not metrics.get("complete"):
         state = "stopped"
@@ -106,6 +141,7 @@ def read_seed(exp_dir: Path, seed: int) -> SeedResult:
         sec_per_epoch=final.get("seconds_per_epoch"),
         peak_rss_mib=final.get("peak_rss_mib"),
         cuda_peak_mib=final.get("cuda_max_allocated_mib"),
+        protocols={key: _eval_figure(evaluation, col[1]) for key, col in EVAL_COLUMNS.items()},
     )
 
 
@@ -116,7 +152,7 @@ def collect(suite_dir: Path) -> tuple[dict, list[RunRow]]:
         raise PCLError(f"{suite_dir} has no suite.json; run the suite with experiments/run.py first")
     rows = []
     for run in info["runs"]:
-        row = RunRow(run["name"], run["flags"], info["seeds"])
+        row = RunRow(run["name"], run["flags"], info["seeds"], sweep=run.get("sweep"), swept=run.get("swept") or {})
         for seed in range(info["seeds"]):
             row.seeds.append(read_seed(suite_dir / run["name"] / f"seed{seed}", seed))
         rows.append(row)
@@ -145,6 +181,11 @@ def _row_cells(row: RunRow, ref_sec: float | None) -> dict[str, object]:
         "linear_std": _std(v("linear")),
         "ami_mean": _mean(v("ami")),
         "ami_std": _std(v("ami")),
+        **{
+            f"{key}_{stat}": f([s.protocols.get(key) for s in row.done() if s.protocols.get(key) is not None])
+            for key in EVAL_COLUMNS
+            for stat, f in (("mean", _mean), ("std", _std))
+        },
         "acc_proto_final": _mean(v("acc_proto")),
         "acc_proto_best": _mean(v("best_acc_proto")),
         "skipped_steps": sum(s.skipped for s in row.done()),
@@ -168,6 +209,8 @@ def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> 
     has = {k: any(c[k] is not None for c in cells) for k in ("linear_mean", "ami_mean", "cuda_peak_mib")}
     head = ["run", "seeds", "kNN top-1 (%)"]
     head += ["linear top-1 (%)"] * has["linear_mean"] + ["AMI"] * has["ami_mean"]
+    shown = [key for key in EVAL_COLUMNS if any(c[f"{key}_mean"] is not None for c in cells)]
+    head += [EVAL_COLUMNS[key][0] for key in shown]
     head += ["acc_proto final", "acc_proto best", "skipped steps", "s/epoch (rel.)", "peak RSS (MiB)"]
     head += ["CUDA peak (MiB)"] * has["cuda_peak_mib"] + ["flags vs base"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -178,6 +221,7 @@ def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> 
             row.append(_fmt(c["linear_mean"], c["linear_std"]))
         if has["ami_mean"]:
             row.append(_fmt(c["ami_mean"], c["ami_std"], 3))
+        row += [_fmt(c[f"{key}_mean"], c[f"{key}_std"], EVAL_COLUMNS[key][2]) for key in shown]
         row += [
             _fmt(c["acc_proto_final"], None, 1),
             _fmt(c["acc_proto_best"], None, 1),
@@ -217,9 +261,71 @@ def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> 
     return "\n".join(out) + "\n"
 
 
-def summarize(suite_dir: Path, dest: Path | None = None) -> Path:
-    """Write ``results.md``, ``results.csv``, ``results_seeds.csv`` and the curve PNGs to ``dest``
-    (default: ``suite_dir``); returns the Markdown path."""
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def plot_sweep(name: str, rows: list[RunRow], cells: list[dict[str, object]], metric: str, out: Path) -> Path:
+    """``metric`` (mean ± std over seeds) against the first swept flag, one line per value of the others."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean_key, std_key, label = METRICS[metric]
+    keys = list(rows[0].swept)
+    xs = list(dict.fromkeys(r.swept[keys[0]] for r in rows))
+    numeric = all(_is_number(x) for x in xs)
+    lines: dict[str, list[tuple[float, float, float]]] = {}
+    for r, c in zip(rows, cells, strict=True):
+        if c[mean_key] is None:
+            continue
+        x = r.swept[keys[0]]
+        other = ", ".join(f"{k}={r.swept[k]}" for k in keys[1:]) or name
+        lines.setdefault(other, []).append((x if numeric else xs.index(x), c[mean_key], c[std_key] or 0.0))
+    fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=100)
+    for other, pts in lines.items():
+        pts.sort()
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                    label=other)  # fmt: skip
+    if not numeric:
+        ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+    elif len(xs) > 2 and min(xs) > 0 and max(xs) / min(xs) >= 8:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"--{keys[0]}")
+    ax.set_ylabel(label)
+    ax.set_title(f"sweep {name}: {label} (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    if lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _sweep_sections(rows: list[RunRow], cells: list[dict[str, object]], metric: str, dest: Path) -> str:
+    """Per sweep: a table of the metric by swept value, and its plot (written to ``dest``)."""
+    mean_key, std_key, label = METRICS[metric]
+    out = []
+    for name in dict.fromkeys(r.sweep for r in rows if r.sweep):
+        members = [(r, c) for r, c in zip(rows, cells, strict=True) if r.sweep == name]
+        keys = list(members[0][0].swept)
+        lines = ["| " + " | ".join([*keys, "seeds", label]) + " |", "|" + " --- |" * (len(keys) + 2)]
+        for r, c in members:
+            value = _fmt(c[mean_key], c[std_key] if std_key else None)
+            lines.append("| " + " | ".join([*(str(r.swept[k]) for k in keys), f"{c['seeds_done']}/{r.planned}",
+                                            value]) + " |")  # fmt: skip
+        png = plot_sweep(name, [r for r, _ in members], [c for _, c in members], metric, dest / f"sweep_{name}.png")
+        out += [f"## Sweep `{name}`", "", *lines, "", f"![sweep_{name}]({png.name})", ""]
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def summarize(suite_dir: Path, dest: Path | None = None, metric: str = "knn") -> Path:
+    """Write ``results.md``, ``results.csv``, ``results_seeds.csv``, the curve PNGs and one plot per sweep (of
+    ``metric``) to ``dest`` (default: ``suite_dir``); returns the Markdown path."""
+    if metric not in METRICS:
+        raise PCLError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     dest = dest or suite_dir
     dest.mkdir(parents=True, exist_ok=True)
     info, rows = collect(suite_dir)
@@ -244,7 +350,7 @@ def summarize(suite_dir: Path, dest: Path | None = None) -> Path:
     for stem, tag in PLOTS.items():
         plots += plot_curves(groups, [tag], dest / f"{stem}.png", title=f"{info['suite']}: {tag}") if groups else []
     md = dest / "results.md"
-    md.write_text(_markdown(info, cells, plots) + _kept_notes(md))
+    md.write_text(_markdown(info, cells, plots) + _sweep_sections(rows, cells, metric, dest) + _kept_notes(md))
     return md
 
 

@@ -20,17 +20,17 @@ from torch import nn
 
 from pcl.config import Config, parse_config, to_json, validate, validate_data
 from pcl.data.datasets import (
-    IndexedImageFolder,
+    IndexedImages,
     TwoCrops,
     eval_loader,
     eval_transform,
-    resolve_splits,
     train_loader,
     train_transform,
     verify_images,
 )
 from pcl.data.gpu_aug import GpuAugLoader
 from pcl.data.image_cache import attach_cache
+from pcl.data.sources import check_knn_data, resolve_data
 from pcl.eval.cluster_metrics import has_classes
 from pcl.model.builder import PCL
 from pcl.run import exp_dir as exp_dir_checks
@@ -41,23 +41,31 @@ from pcl.train.health import CollapseStop
 from pcl.train.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
 from pcl.train.signals import STOP, Preempted, slurm_requeue
 from pcl.utils import distributed as pdist
+from pcl.utils.cli import report_error
 from pcl.utils.errors import PCLError
 
 VERIFY_AUTO_LIMIT = 200_000
 
 
 def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
-    """Training (two views), E-step (eval view, this rank's share) and, on rank 0 with an eval split,
-    kNN-monitor loaders; verifies the images and checks the data-dependent limits first."""
-    d, batch, seed = cfg.data, cfg.train.batch_size, cfg.train.seed
-    splits = resolve_splits(d.root)
-    train_set = IndexedImageFolder(splits.train, TwoCrops(train_transform(d.aug)))
+    """Training (two views), E-step (eval view, this rank's share) and, on rank 0 with a labelled eval set,
+    kNN-monitor loaders, from the one data resolver; says the data form and which monitors are off (rank 0),
+    verifies the images and checks the data-dependent limits first."""
+    d, t, batch, seed = cfg.data, cfg.train, cfg.train.batch_size, cfg.train.seed
+    source = resolve_data(d.root, d.labels, d.val)
+    check_knn_data(source, t.knn_freq > 0, d.val is not None)
+    train_set = IndexedImages(source.train, TwoCrops(train_transform(d.aug)))
     size = d.aug.image_size
-    eval_set = IndexedImageFolder(splits.eval, eval_transform(size)) if splits.eval else None
-    if eval_set is not None:  # labels by class name, as train/ numbers them
-        warning = eval_set.relabel_like(train_set, splits.eval.name)
-        if warning and info.is_main:
-            print(warning, file=sys.stderr)
+    knn_off = source.knn_off_reason()
+    eval_set = IndexedImages(source.eval, eval_transform(size)) if source.eval is not None and not knn_off else None
+    if info.is_main:
+        print(source.describe())
+        if source.warning:
+            print(source.warning, file=sys.stderr)
+        if knn_off and t.knn_freq > 0:
+            print(f"kNN monitor off: {knn_off}")
+        if not source.train.labeled and t.cluster_metrics:
+            print("cluster metrics (NMI/AMI/purity) off: the training data has no labels")
     cache_mode = "yes" if d.gpu_aug and d.cache_images == "auto" else d.cache_images
     cached = attach_cache([train_set, *([eval_set] if eval_set else [])], cache_mode, d.cache_budget_mb, info.is_main)
     if d.gpu_aug and not cached:
@@ -75,8 +83,9 @@ def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
         else train_loader(train_set, per_rank, d.workers, seed, info.rank, info.world),
         estep=eval_loader(estep_set, d.eval_batch_size, d.workers, info.rank, info.world),
         num_train=len(train_set),
+        data_identity=source.identity(),
     )
-    if cfg.train.cluster_metrics and info.is_main and has_classes(estep_set.targets):
+    if t.cluster_metrics and info.is_main and source.train.labeled and has_classes(estep_set.targets):
         loaders.class_labels = torch.tensor(estep_set.targets)
     if eval_set is not None and info.is_main:
         loaders.knn_train = eval_loader(estep_set, d.eval_batch_size, d.workers)
@@ -166,9 +175,9 @@ def run(cfg: Config) -> Trainer:
         torch.manual_seed(t.seed + info.rank)
         trainer = build_trainer(cfg, info)
         if resume is not None:
-            num_train = trainer.loaders.num_train
+            num_train, identity = trainer.loaders.num_train, trainer.loaders.data_identity
             resume = ckpt.get("path", resume)
-            _agree(lambda: check_compatible(ckpt["state"], cfg, resume, num_train), info)
+            _agree(lambda: check_compatible(ckpt["state"], cfg, resume, num_train, identity), info)
             trainer.resume(resume, ckpt.get("state"))
         elif t.resume == "auto" and info.is_main:
             print(f"--resume auto: no checkpoint in {run_dir.checkpoints}, starting from scratch")
@@ -209,15 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(argv)
         run(cfg)
     except PCLError as e:
-        # errors raised in DataLoader workers arrive with the worker's traceback: keep the last line only
-        last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-        print(f"error: {last.removeprefix('pcl.utils.errors.PCLError: ')}", file=sys.stderr)
-        return 2
+        return report_error(e)
     except CollapseStop as e:  # --stop-on-collapse
         if os.environ.get("RANK", "0") == "0":
-            print(
-                f"stopped: {e}; rerun with --resume auto and a remedy (e.g. a lower --lr) to continue", file=sys.stderr
-            )
+            print(f"stopped: {e}; rerun with --resume auto and a remedy (e.g. a lower --lr)", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         print(f"interrupted: {_resume_hint(cfg) if cfg is not None else 'nothing was written'}", file=sys.stderr)

@@ -27,6 +27,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,9 +75,10 @@ class TrainConfig:
     )
     exp_dir: Path = flag(Path("runs/default"))
     resume: str | None = flag(None, help="checkpoint path, or 'auto' for <exp-dir>/checkpoints/last.pth")
-    stop_after_epochs: int | None = flag(
+    stop_after_epochs: int | None = flag(  # None: all remaining epochs
         None,
         type=int,
+        gt=0,
         help="run at most this many epochs in this invocation, then exit (for time-limited job slots)",
     )
     save_freq: int = flag(10, gt=0, help="also keep checkpoint_XXXX.pth every N epochs")
@@ -97,7 +101,7 @@ class TrainConfig:
         action=argparse.BooleanOptionalAction,
         help="log NMI/AMI/purity of each E-step's clusters against the train labels (when > 1 class)",
     )
-    seed: int = flag(0)
+    seed: int = flag(0, ge=0, le=2**31 - 1)  # numpy seeds must be < 2**32 (seed + rank)
     device: str = flag("auto", choices=("auto", "cpu", "cuda"))
     dist_backend: str = flag("auto", choices=("auto", "nccl", "gloo"))
     knn_k: int = flag(200, gt=0)
@@ -106,6 +110,12 @@ class TrainConfig:
         1,
         ge=0,
         help="kNN monitor every N epochs and after the last one (0 = never); costs a full train+val feature pass",
+    )
+    knn_encoder: str = flag(
+        "query",
+        choices=("query", "key"),
+        help="encoder the kNN monitor measures; key: on E-step epochs the bank comes from the E-step's own pass "
+        "(docs/performance.md)",
     )
 
     def validate(self) -> None:
@@ -142,7 +152,7 @@ GROUPS: list[tuple[str, list[tuple[type, str]]]] = [
         "data and augmentation",
         [
             (A, "image_size aug_plus crop_min color_jitter color_jitter_prob grayscale_prob blur_prob"),
-            (D, "workers cache_images cache_budget_mb gpu_aug verify_images"),
+            (D, "labels val workers cache_images cache_budget_mb gpu_aug verify_images"),
         ],
     ),
     (
@@ -169,7 +179,7 @@ GROUPS: list[tuple[str, list[tuple[type, str]]]] = [
         "run",
         [
             (T, "exp_dir resume stop_after_epochs save_freq save_every_minutes save_every_steps overwrite requeue"),
-            (T, "print_freq seed device dist_backend knn_freq knn_k knn_t"),
+            (T, "print_freq seed device dist_backend knn_freq knn_encoder knn_k knn_t"),
             (D, "eval_batch_size"),
         ],
     ),
@@ -193,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     about = "Prototypical Contrastive Learning (PCL v2) on an ImageFolder data set."
     p = ErrorParser(prog="main_pcl.py", description=about)
     field_flag(DataConfig, "root").add_to(p, _default(DataConfig, "root"))
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML or JSON file with the keys of a run's config.json (e.g. that file); flags given here override it",
+    )
     for title, members in GROUPS:
         g = p.add_argument_group(title)
         for cls, names in members:
@@ -241,9 +257,83 @@ def resolve(cfg: Config) -> Config:
     return cfg
 
 
+def _matches(value: Any, hint: Any) -> bool:
+    """True when a JSON/TOML ``value`` fits the field type ``hint`` (ints count as floats, strings as paths)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_matches(v, typing.get_args(hint)[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, str if hint is Path else hint)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
+
+
+def _type_name(hint: Any) -> str:
+    """``hint`` in words, e.g. ``a number or null``, ``a list of integers``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return "a list of " + _type_name(typing.get_args(hint)[0]).removeprefix("an ").removeprefix("a ") + "s"
+    return "null" if hint is type(None) else _TYPE_NAMES.get(hint, str(hint))
+
+
+def _checked(cls: type, d: Any, source: str, where: str = "") -> dict[str, Any]:
+    """``d`` (a table of ``cls``'s fields, nested like ``config.json``) with floats made floats; raises a one-line
+    ``PCLError`` naming the key for an unknown key or a value of the wrong type."""
+    if not isinstance(d, dict):
+        raise PCLError(f"{source}: {where.rstrip('.') or 'the file'} must be a table of keys, got {d!r}")
+    hints, out = typing.get_type_hints(cls), {}
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in d.items():
+        if key not in names:
+            raise PCLError(f"{source}: unknown key {where + key!r} (expected one of {', '.join(names)})")
+        if dataclasses.is_dataclass(hints[key]):
+            out[key] = _checked(hints[key], value, source, f"{where}{key}.")
+        elif not _matches(value, hints[key]):
+            raise PCLError(f"{source}: key {where + key!r} must be {_type_name(hints[key])}, got {value!r}")
+        else:
+            out[key] = float(value) if hints[key] in (float, float | None) and value is not None else value
+    return out
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The flag dests and values of a ``--config`` file: TOML, or JSON (a run's ``config.json``), with the keys
+    of ``config.json`` (``[model] arch = "resnet50"``); a feature dir that is its exp-dir's default is dropped, so
+    that a rerun under another ``--exp-dir`` writes its own."""
+    source = f"--config {path}"
+    try:
+        text = path.read_text()
+        d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except FileNotFoundError:
+        raise PCLError(f"{source}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PCLError(f"{source}: cannot read it ({e})") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise PCLError(f"{source}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})") from None
+    values = _flatten(Config, _checked(Config, d, source))
+    exp_dir, feature_dir = values.get("exp_dir"), values.get("feature_dir")
+    if exp_dir is not None and feature_dir is not None and Path(feature_dir) == RunDir(Path(exp_dir)).features:
+        values["feature_dir"] = None
+    return {k: Path(v) if k in ("exp_dir", "feature_dir") and v is not None else v for k, v in values.items()}
+
+
 def parse_config(argv: list[str] | None = None) -> Config:
-    """Parse the command line into a resolved :class:`Config`; a bad flag raises a one-line ``PCLError``."""
-    return resolve(_fill(Config, vars(build_parser().parse_args(argv))))
+    """Parse the command line (over a ``--config`` file's values) into a resolved :class:`Config`; a bad flag
+    or file raises a one-line ``PCLError``."""
+    parser = build_parser()
+    pre = ErrorParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        parser.set_defaults(**read_config_file(known.config))
+    return resolve(_fill(Config, vars(parser.parse_args(argv))))
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
@@ -277,6 +367,16 @@ def validate(cfg: Config, world: int = 1) -> None:
     splits = m.bn_splits if world == 1 else 1
     if per_rank % splits:
         raise PCLError(f"--batch-size {t.batch_size} is not divisible by --bn-splits {m.bn_splits}")
+    if per_rank // splits < 2:  # batch norm of one sample has no variance
+        raise PCLError(
+            f"--batch-size {t.batch_size} over {world} process(es) and --bn-splits {splits} gives "
+            f"{per_rank // splits} sample per batch-norm split; batch norm needs at least 2"
+        )
+    if cfg.estep.max_points < max(cfg.estep.num_cluster):
+        raise PCLError(
+            f"--kmeans-max-points {cfg.estep.max_points} is smaller than --num-cluster {max(cfg.estep.num_cluster)}: "
+            "k-means needs at least one point per cluster"
+        )
     if t.batch_size > m.pcl_r:
         raise PCLError(
             f"--batch-size {t.batch_size} is larger than the queue --pcl-r {m.pcl_r}: "

@@ -7,7 +7,6 @@ Test modules import from here (never from each other); the pytest fixtures built
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from pcl.model.builder import PCL, ModelConfig
+from pcl.utils.cli import pythonpath_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +89,7 @@ def load_tool(name: str) -> ModuleType:
         sys.path.append(tools)
     spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses defined in the tool look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -110,5 +111,4 @@ def load_experiments() -> ModuleType:
 def tool_env() -> dict[str, str]:
     """Environment for running a tool as a subprocess: this checkout's ``pcl`` first on the path, so that the
     tests check this checkout even where another one is installed in the environment."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path}
+    return pythonpath_env(ROOT)

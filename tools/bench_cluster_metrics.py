@@ -10,11 +10,14 @@ with ``--epoch-seconds``, their sum as a share of that epoch time.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
 
 from pcl.eval.cluster_metrics import label_scores
+from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.flags import ranged
 
 
 def synthetic(n: int, k: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -26,13 +29,14 @@ def synthetic(n: int, k: int, classes: int, seed: int = 0) -> tuple[np.ndarray, 
     return np.where(rng.random(n) < 0.3, rng.integers(0, k, n), a), labels
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=50_000)
+@entry_point()
+def main() -> int:
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=ranged(int, gt=0), default=50_000)
     p.add_argument("--k", default="1000,2000", help="granularities, comma list")
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--epoch-seconds", type=float, default=None, help="epoch time to compare with")
+    p.add_argument("--classes", type=ranged(int, gt=0), default=10)
+    p.add_argument("--repeat", type=ranged(int, gt=0), default=3)
+    p.add_argument("--epoch-seconds", type=ranged(float, gt=0), default=None, help="epoch time to compare with")
     a = p.parse_args()
     total = 0.0
     for k in (int(x) for x in a.k.split(",")):
@@ -48,7 +52,8 @@ def main() -> None:
     if a.epoch_seconds:
         line += f" = {100 * total / a.epoch_seconds:.2f} % of a {a.epoch_seconds:g} s epoch"
     print(line)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -26,16 +26,18 @@ import torch
 
 from pcl.data.datasets import (
     AugConfig,
-    IndexedImageFolder,
+    IndexedImages,
     TwoCrops,
     load_rgb,
-    resolve_splits,
     train_loader,
     train_transform,
 )
 from pcl.data.gpu_aug import GpuAugLoader
 from pcl.data.image_cache import ImageCache
+from pcl.data.sources import resolve_data
+from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
 PIPELINES = ("pil", "pil-cached", "gpu-aug")
 
@@ -70,7 +72,7 @@ def time_loader(loader: object, batches: int) -> dict:
     }
 
 
-def per_image_costs(ds: IndexedImageFolder, cfg: AugConfig, n: int) -> dict:
+def per_image_costs(ds: IndexedImages, cfg: AugConfig, n: int) -> dict:
     """CPU seconds to decode one image, and to make its two augmented views from the decoded image."""
     paths = [p for p, _ in ds.samples[:n]]
     c0 = time.process_time()
@@ -102,13 +104,13 @@ def step_throughput(a: argparse.Namespace) -> dict:
 
 
 def run(a: argparse.Namespace) -> dict:
-    splits = resolve_splits(a.data)
+    train = resolve_data(a.data).train
     cfg = AugConfig(image_size=a.image_size, blur_prob=a.blur_prob)
-    ds = IndexedImageFolder(splits.train, TwoCrops(train_transform(cfg)))
+    ds = IndexedImages(train, TwoCrops(train_transform(cfg)))
     if len(ds) < 2 * a.batch_size:
         raise PCLError(f"only {len(ds)} training images: fewer than two batches of --batch-size {a.batch_size}")
     out: dict = {
-        "data": str(splits.train),
+        "data": str(train.where),
         "num_images": len(ds),
         "device": a.device,
         "batch_size": a.batch_size,
@@ -138,42 +140,45 @@ def run(a: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", default=None, help="ImageFolder root (default: the bundled CIFAR-10 subset)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--blur-prob", type=float, default=0.0, help="as main_pcl.py's default for images <= 64 px")
+    p.add_argument("--batch-size", type=ranged(int, gt=0), default=256)
+    p.add_argument("--image-size", type=ranged(int, gt=0, le=4096), default=32)
+    p.add_argument(
+        "--blur-prob", type=ranged(float, ge=0, le=1), default=0.0, help="as main_pcl.py's default for images <= 64 px"
+    )
     p.add_argument("--workers", default="0,1,2", help="comma list of DataLoader worker counts")
     p.add_argument("--pipelines", default=",".join(PIPELINES), help=f"comma list of {', '.join(PIPELINES)}")
-    p.add_argument("--batches", type=int, default=8, help="timed batches per loader (after the first)")
-    p.add_argument("--per-image-samples", type=int, default=200, help="images for the decode / augment split")
+    p.add_argument("--batches", type=ranged(int, gt=0), default=8, help="timed batches per loader (after the first)")
+    p.add_argument(
+        "--per-image-samples", type=ranged(int, gt=0), default=200, help="images for the decode / augment split"
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=ranged(int, gt=0), default=None, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument("--no-step", dest="step", action="store_false", help="skip the step throughput")
     p.add_argument("--stem", default="imagenet", choices=("imagenet", "small"), help="model of the step")
-    p.add_argument("--step-steps", type=int, default=2)
-    p.add_argument("--bn-splits", type=int, default=8, help="shuffle-BN sub-batches of the step's model")
+    p.add_argument("--step-steps", type=ranged(int, gt=0), default=2)
+    p.add_argument("--bn-splits", type=ranged(int, gt=0), default=8, help="shuffle-BN sub-batches of the step's model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
+@entry_point(ValueError)
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    try:
-        a.workers = [int(w) for w in a.workers.split(",")]
-        bad = set(a.pipelines.split(",")) - set(PIPELINES)
-        if bad:
-            raise PCLError(f"unknown pipeline(s) {', '.join(sorted(bad))}; choose from {', '.join(PIPELINES)}")
-        if a.device == "cuda" and not torch.cuda.is_available():
-            raise PCLError("--device cuda was asked for but no CUDA device is available")
-        if a.batches < 1 or a.batch_size < 1 or min(a.workers) < 0:
-            raise PCLError("--batches and --batch-size must be >= 1, --workers >= 0")
-        if a.threads is not None:
-            torch.set_num_threads(a.threads)
-        out = run(a)
-    except (PCLError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    a.workers = [int(w) for w in a.workers.split(",")]
+    bad = set(a.pipelines.split(",")) - set(PIPELINES)
+    if bad:
+        raise PCLError(f"unknown pipeline(s) {', '.join(sorted(bad))}; choose from {', '.join(PIPELINES)}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise PCLError("--device cuda was asked for but no CUDA device is available")
+    if a.batches < 1 or a.batch_size < 1 or min(a.workers) < 0:
+        raise PCLError("--batches and --batch-size must be >= 1, --workers >= 0")
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    out = run(a)
     if a.json:
         print(json.dumps(out))
         return 0

@@ -44,8 +44,10 @@ from pcl.estep.clustering import ClusterResult, KMeansConfig
 from pcl.estep.estep import EStepConfig, cluster_store
 from pcl.estep.feature_store import ShardWriter
 from pcl.train.engine import Trainer
+from pcl.utils.cli import ErrorParser, report_error
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 from pcl.utils.timing import PhaseTimer
 
 # the CIFAR protocol of the README's measurements; flags after `--` and a variant's own flags override them
@@ -110,7 +112,8 @@ def epoch_bench(a: argparse.Namespace) -> dict:
     epochs = a.warmup + a.rounds
     rounds: dict[str, list[dict[str, float]]] = {n: [] for n in variants}
     with tempfile.TemporaryDirectory(prefix="bench_epoch_", dir=a.work_dir) as tmp:
-        trainers = {n: build_variant(n, f, a, Path(tmp), epochs) for n, f in variants.items()}
+        # one epoch more than run: no timed epoch is the schedule's last (whose kNN monitor is never deferred)
+        trainers = {n: build_variant(n, f, a, Path(tmp), epochs + 1) for n, f in variants.items()}
         device = str(trainers["moco"].device)
         for r in range(epochs):
             for name, trainer in trainers.items():
@@ -264,28 +267,32 @@ def kmeans_bench(a: argparse.Namespace) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="ImageFolder root with train/ and val/ or test/ (epoch mode)")
     p.add_argument("--num-cluster", default="500,1000,2000", help="granularities of the PCL variants")
     p.add_argument("--variant", action="append", default=[], metavar='NAME="FLAGS"',
                    help="a further PCL variant with these main_pcl.py flags (repeatable)")  # fmt: skip
-    p.add_argument("--rounds", type=int, default=3, help="timed epochs per variant")
-    p.add_argument("--warmup", type=int, default=1, help="untimed epochs per variant first")
+    p.add_argument("--rounds", type=ranged(int, gt=0), default=3, help="timed epochs per variant")
+    p.add_argument("--warmup", type=ranged(int, ge=0), default=1, help="untimed epochs per variant first")
     p.add_argument("--work-dir", default=None, help="parent of the temporary run / shard folders (default: $TMPDIR)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     g = p.add_argument_group("--kmeans-only")
     g.add_argument("--kmeans-only", action="store_true", help="cold vs warm k-means on synthetic drifting features")
-    g.add_argument("--n", type=int, default=200_000)
-    g.add_argument("--k", type=int, default=25_000)
-    g.add_argument("--dim", type=int, default=128)
-    g.add_argument("--components", type=int, default=1000, help="true blobs of the synthetic features")
-    g.add_argument("--noise", type=float, default=0.5, help="norm of the noise added to a blob centre")
-    g.add_argument("--drift", type=float, default=0.05, help="how far every blob centre moves per step")
-    g.add_argument("--steps", type=int, default=2, help="E-steps after the first (cold for both)")
-    g.add_argument("--niter", type=int, default=20)
-    g.add_argument("--nredo", type=int, default=5, help="random restarts of the cold k-means (official: 5)")
-    g.add_argument("--max-points", type=int, default=2_000_000, help="k-means training sample (E-step's flag)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--n", type=ranged(int, gt=0), default=200_000)
+    g.add_argument("--k", type=ranged(int, gt=0), default=25_000)
+    g.add_argument("--dim", type=ranged(int, gt=0), default=128)
+    g.add_argument("--components", type=ranged(int, gt=0), default=1000, help="true blobs of the synthetic features")
+    g.add_argument("--noise", type=ranged(float, ge=0), default=0.5, help="norm of the noise added to a blob centre")
+    g.add_argument("--drift", type=ranged(float, ge=0), default=0.05, help="how far every blob centre moves per step")
+    g.add_argument("--steps", type=ranged(int, gt=0), default=2, help="E-steps after the first (cold for both)")
+    g.add_argument("--niter", type=ranged(int, gt=0), default=20)
+    g.add_argument(
+        "--nredo", type=ranged(int, gt=0), default=5, help="random restarts of the cold k-means (official: 5)"
+    )
+    g.add_argument(
+        "--max-points", type=ranged(int, gt=0), default=2_000_000, help="k-means training sample (E-step's flag)"
+    )
+    g.add_argument("--seed", type=ranged(int, ge=0, le=2**31 - 1), default=0)
     p.add_argument("extra", nargs="*", help="main_pcl.py flags for every variant, after --, e.g. -- -j 0")
     return p
 
@@ -309,8 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PCLError("--rounds must be >= 1 and --warmup >= 0")
         out = epoch_bench(a)
     except PCLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     if a.json:
         print(json.dumps(out))
     else:

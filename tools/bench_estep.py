@@ -28,6 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
+
 CHUNK = 65536  # generation chunk (rows); fixed so both modes see identical data
 
 
@@ -142,7 +146,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"bench child ({mode}) failed with exit code {proc.returncode}")
+        raise PCLError(f"bench child ({mode}) failed with exit code {proc.returncode}")
     timing = json.loads(out.strip().splitlines()[-1])
     path = Path(args.work_dir) / f"{mode}.im2cluster.npy"
     im2cluster = np.load(path)
@@ -161,18 +165,20 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The benchmark's command line."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, required=True, help="number of feature rows")
-    p.add_argument("--k", type=int, required=True, help="number of clusters (and of true components)")
-    p.add_argument("--dim", type=int, required=True, help="feature dimension")
+    p = ErrorParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=ranged(int, gt=0), required=True, help="number of feature rows")
+    p.add_argument("--k", type=ranged(int, gt=0), required=True, help="number of clusters (and of true components)")
+    p.add_argument("--dim", type=ranged(int, gt=0), required=True, help="feature dimension")
     p.add_argument("--work-dir", required=True, help="folder for the shards (removed afterwards)")
-    p.add_argument("--shard-rows", type=int, default=65536)
-    p.add_argument("--max-points", type=int, default=100_000, help="k-means training sample (streamed mode)")
-    p.add_argument("--niter", type=int, default=20)
-    p.add_argument("--nredo", type=int, default=1)
+    p.add_argument("--shard-rows", type=ranged(int, gt=0), default=65536)
+    p.add_argument(
+        "--max-points", type=ranged(int, gt=0), default=100_000, help="k-means training sample (streamed mode)"
+    )
+    p.add_argument("--niter", type=ranged(int, gt=0), default=20)
+    p.add_argument("--nredo", type=ranged(int, gt=0), default=1)
     p.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32")
-    p.add_argument("--noise", type=float, default=0.3, help="norm of the noise added to a true centre")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=ranged(float, ge=0), default=0.3, help="norm of the noise added to a true centre")
+    p.add_argument("--seed", type=ranged(int, ge=0, le=2**31 - 1), default=0)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--reference", action="store_true", help="official in-memory E-step instead")
     mode.add_argument("--compare", action="store_true", help="run streamed and reference, print a ratio line")
@@ -181,12 +187,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+@entry_point()
+def main(argv: list[str] | None = None) -> int:
     """Run the child(ren) and print one JSON line per mode (and a ratio line with ``--compare``)."""
     args = parse_args(argv)
     if args.child:
         child(args)
-        return
+        return 0
     modes = ["streamed", "reference"] if args.compare else ["reference" if args.reference else "streamed"]
     try:
         rows = {m: measure(args, m) for m in modes}
@@ -203,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
             "ratio_rss": round(r["peak_rss_mib"] / s["peak_rss_mib"], 3),
         }
         print(json.dumps(ratio), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,8 +39,10 @@ from pcl.estep.clustering import ClusterResult, Granularity
 from pcl.model.builder import PCL
 from pcl.train.engine import Loaders, Trainer
 from pcl.train.optim import build_optimizer, param_groups
+from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
 CIFAR = {"num_cluster": "500,1000,2000", "pcl_r": 4096, "num_train": 50_000}
 SETTINGS = ("arch", "stem", "image_size", "batch_size", "pcl_r", "num_cluster", "num_train", "amp", "optimizer")
@@ -202,55 +204,56 @@ def run(a: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compare", default="moco,pcl", help="variants, first = reference of the ratios")
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--stem", default="small", choices=("imagenet", "small"), help="default: the CIFAR protocol's")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--pcl-r", type=int, default=CIFAR["pcl_r"], help="queue and negative prototypes")
+    p.add_argument("--image-size", type=ranged(int, gt=0, le=4096), default=32)
+    p.add_argument("--batch-size", type=ranged(int, gt=0), default=256)
+    p.add_argument("--pcl-r", type=ranged(int, gt=0), default=CIFAR["pcl_r"], help="queue and negative prototypes")
     p.add_argument("--num-cluster", default=CIFAR["num_cluster"])
     p.add_argument(
         "--imagenet-clusters",
         action="store_true",
         help="ImageNet granularities: --num-cluster 25000,50000,100000 --pcl-r 16384 --num-train 1281167",
     )
-    p.add_argument("--num-train", type=int, default=CIFAR["num_train"], help="images covered by the clusters")
-    p.add_argument("--moco-m", type=float, default=0.99)
-    p.add_argument("--low-dim", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument(
+        "--num-train", type=ranged(int, gt=0), default=CIFAR["num_train"], help="images covered by the clusters"
+    )
+    p.add_argument("--moco-m", type=ranged(float, ge=0, lt=1), default=0.99)
+    p.add_argument("--low-dim", type=ranged(int, gt=0, le=65536), default=128)
+    p.add_argument("--temperature", type=ranged(float, gt=0), default=0.2)
     p.add_argument("--optimizer", default="sgd-cos")
     p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
-    p.add_argument("--bn-splits", type=int, default=8)
+    p.add_argument("--bn-splits", type=ranged(int, gt=0), default=8)
     p.add_argument("--cluster-head", default="none")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=ranged(int, gt=0), default=3, help="timed steps per round")
+    p.add_argument("--rounds", type=ranged(int, gt=0), default=5)
+    p.add_argument("--warmup", type=ranged(int, ge=0), default=2, help="untimed steps per variant first")
+    p.add_argument("--seed", type=ranged(int, ge=0, le=2**31 - 1), default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=ranged(int, gt=0), default=None, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument("--profile", action="store_true", help="add torch.profiler's top ops of the first pcl variant")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("extra", nargs="*", help="further main_pcl.py flags after --, e.g. -- --cluster-head mlp")
     return p
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    try:
-        if a.device == "cuda" and not torch.cuda.is_available():
-            raise PCLError("--device cuda was asked for but no CUDA device is available")
-        if a.steps < 1 or a.rounds < 1 or a.warmup < 0:
-            raise PCLError("--steps and --rounds must be >= 1, --warmup >= 0")
-        if a.imagenet_clusters:
-            a.num_cluster, a.pcl_r, a.num_train = IMAGENET["num_cluster"], IMAGENET["pcl_r"], IMAGENET["num_train"]
-        if a.threads is not None:
-            torch.set_num_threads(a.threads)
-        a.extra = [*a.extra, "--low-dim", str(a.low_dim), "--temperature", str(a.temperature)]
-        out = run(a)
-    except PCLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise PCLError("--device cuda was asked for but no CUDA device is available")
+    if a.steps < 1 or a.rounds < 1 or a.warmup < 0:
+        raise PCLError("--steps and --rounds must be >= 1, --warmup >= 0")
+    if a.imagenet_clusters:
+        a.num_cluster, a.pcl_r, a.num_train = IMAGENET["num_cluster"], IMAGENET["pcl_r"], IMAGENET["num_train"]
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    a.extra = [*a.extra, "--low-dim", str(a.low_dim), "--temperature", str(a.temperature)]
+    out = run(a)
     if a.json:
         print(json.dumps(out))
         return 0

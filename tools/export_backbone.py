@@ -17,21 +17,18 @@ import torch
 from pcl.config import stored_config
 from pcl.eval.pretrained import backbone_state_dict
 from pcl.run.checkpoint import load_checkpoint
-from pcl.utils.errors import PCLError
+from pcl.utils.cli import ErrorParser, entry_point
 
 
+@entry_point()
 def main() -> int:
     """Write the backbone ``state_dict``; 2 with one ``error:`` line for a file that is no PCL checkpoint."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("output", type=Path)
     a = p.parse_args()
-    try:
-        ckpt = load_checkpoint(a.checkpoint)
-        model_cfg = stored_config(ckpt, a.checkpoint).model
-    except PCLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ckpt = load_checkpoint(a.checkpoint)
+    model_cfg = stored_config(ckpt, a.checkpoint).model
     sd = backbone_state_dict(ckpt)
     a.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(sd, a.output)

@@ -13,9 +13,14 @@ class labels, and a PNG grid of member images of the largest clusters. Prints th
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
+
+from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
 
 def load_levels(path: Path) -> list[dict]:
@@ -26,7 +31,7 @@ def load_levels(path: Path) -> list[dict]:
     if isinstance(state, dict) and "levels" not in state and isinstance(state.get("cluster_result"), dict):
         state = state["cluster_result"]
     if not isinstance(state, dict) or "levels" not in state:
-        raise SystemExit(f"{path} is not a saved cluster result (no 'levels')")
+        raise PCLError(f"{path} is not a saved cluster result (no 'levels')")
     return [
         {
             "k": int(lv["k"]),
@@ -107,32 +112,36 @@ def plot_grid(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The tool's command line."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ErrorParser(description=__doc__.splitlines()[0])
     p.add_argument("clusters", type=Path, help="a saved ClusterResult state dict (.pth)")
-    p.add_argument("--labels-from", type=Path, help="ImageFolder train folder the clusters were computed on")
+    p.add_argument("--labels-from", type=Path, help="the data the clusters were computed on (a DATA form)")
     p.add_argument("--out-dir", type=Path, help="where to write the PNGs (default: next to the input file)")
-    p.add_argument("--grid-clusters", type=int, default=4, help="rows of the member grid (largest clusters)")
-    p.add_argument("--grid-members", type=int, default=8, help="images per row of the member grid")
-    p.add_argument("--image-size", type=int, default=32, help="side of each grid image (pixels)")
+    p.add_argument(
+        "--grid-clusters", type=ranged(int, gt=0), default=4, help="rows of the member grid (largest clusters)"
+    )
+    p.add_argument("--grid-members", type=ranged(int, gt=0), default=8, help="images per row of the member grid")
+    p.add_argument("--image-size", type=ranged(int, gt=0, le=4096), default=32, help="side of each grid image (pixels)")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+@entry_point()
+def main(argv: list[str] | None = None) -> int:
     """Print each granularity's summary (and label agreement) and write its PNGs."""
     import matplotlib
 
     matplotlib.use("Agg")
     args = parse_args(argv)
     if not args.clusters.is_file():
-        raise SystemExit(f"no such file: {args.clusters}")
+        raise PCLError(f"no such file: {args.clusters}")
     levels = load_levels(args.clusters)
     out_dir = args.out_dir or args.clusters.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = None
     if args.labels_from is not None:
-        from pcl.data.datasets import IndexedImageFolder
+        from pcl.data.datasets import IndexedImages
+        from pcl.data.sources import resolve_data
 
-        dataset = IndexedImageFolder(args.labels_from)
+        dataset = IndexedImages(resolve_data(args.labels_from).train)
     stem = args.clusters.stem
     for lv in levels:
         k, im2cluster, density = lv["k"], lv["im2cluster"], lv["density"]
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         if dataset is None:
             continue
         if len(dataset.targets) != len(im2cluster):
-            raise SystemExit(
+            raise PCLError(
                 f"{args.labels_from} has {len(dataset.targets)} images, the clusters cover {len(im2cluster)}"
             )
         from pcl.eval.cluster_metrics import label_scores
@@ -161,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
             im2cluster, paths, labels, dataset.classes, grid_png, args.grid_clusters, args.grid_members, args.image_size
         )
         print(f"wrote {grid_png}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,31 +16,24 @@ import sys
 
 from pcl.eval.evaluation import frozen_features, knn_accuracy, resolve_device
 from pcl.eval.pretrained import add_source_args, load_source
-from pcl.utils.errors import PCLError
+from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.flags import ranged
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise PCLError(message)
-
-
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", default=None, help="ImageFolder root (default: bundled CIFAR-10 subset)")
     add_source_args(p)
-    p.add_argument("--knn-k", type=int, default=200)
-    p.add_argument("--knn-t", type=float, default=0.1)
+    p.add_argument("--knn-k", type=ranged(int, gt=0), default=200)
+    p.add_argument("--knn-t", type=ranged(float, gt=0), default=0.1)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("-j", "--workers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=256)
-    try:
-        a = p.parse_args(argv)
-        pre = load_source(a)
-        feats = frozen_features(pre, a.data, resolve_device(a.device), a.batch_size, a.workers)
-        acc = knn_accuracy(feats, a.knn_k, a.knn_t)
-    except PCLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    p.add_argument("-j", "--workers", type=ranged(int, ge=0, le=1024), default=2)
+    p.add_argument("--batch-size", type=ranged(int, gt=0), default=256)
+    a = p.parse_args(argv)
+    pre = load_source(a)
+    feats = frozen_features(pre, a.data, resolve_device(a.device), a.batch_size, a.workers)
+    acc = knn_accuracy(feats, a.knn_k, a.knn_t)
     print(f"kNN top-1 {acc:.2f}% ({pre.source}, {pre.arch}, stem {pre.stem}, k={a.knn_k}, t={a.knn_t})")
     return 0
 

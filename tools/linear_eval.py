@@ -30,7 +30,9 @@ from pcl.eval.evaluation import frozen_features, linear_features, linear_officia
 from pcl.eval.linear_official import OfficialConfig
 from pcl.eval.linear_probe import DEFAULT_WDS
 from pcl.eval.pretrained import add_source_args, load_source
+from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -40,33 +42,33 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise PCLError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", default=None, help="ImageFolder root (default: bundled CIFAR-10 subset)")
     add_source_args(p)
     p.add_argument("--protocol", default="features", choices=("features", "official"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("-j", "--workers", type=int, default=2)
+    p.add_argument("-j", "--workers", type=ranged(int, ge=0, le=1024), default=2)
     p.add_argument("--out", type=Path, help="write the result and settings as JSON")
     g = p.add_argument_group("features protocol")
     g.add_argument("--wd-grid", type=_floats, default=DEFAULT_WDS, help="L2 strengths to choose from (comma list)")
-    g.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of the train set for the choice")
-    g.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations per fit")
-    g.add_argument("--eval-batch-size", type=int, default=256, help="batch of the feature extraction")
+    g.add_argument(
+        "--val-fraction",
+        type=ranged(float, gt=0, lt=1),
+        default=0.2,
+        help="held-out share of the train set for the choice",
+    )
+    g.add_argument("--max-iter", type=ranged(int, gt=0), default=200, help="L-BFGS iterations per fit")
+    g.add_argument("--eval-batch-size", type=ranged(int, gt=0), default=256, help="batch of the feature extraction")
     g.add_argument("--feature-cache", type=Path, help="keep extracted features in this folder and reuse them")
     g = p.add_argument_group("official protocol (flags of eval_cls_imagenet.py)")
     d = OfficialConfig()
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("-b", "--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--lr", "--learning-rate", type=float, default=d.lr, help="5 for PCL v2, 30 for MoCo")
-    g.add_argument("--schedule", type=int, nargs="*", default=d.schedule, help="lr x0.1 at these epochs")
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--wd", "--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--epochs", type=ranged(int, gt=0), default=d.epochs)
+    g.add_argument("-b", "--batch-size", type=ranged(int, gt=0), default=d.batch_size)
+    g.add_argument("--lr", "--learning-rate", type=ranged(float, gt=0), default=d.lr, help="5 for PCL v2, 30 for MoCo")
+    g.add_argument("--schedule", type=ranged(int, ge=0), nargs="*", default=d.schedule, help="lr x0.1 at these epochs")
+    g.add_argument("--momentum", type=ranged(float, ge=0, lt=1), default=d.momentum)
+    g.add_argument("--wd", "--weight-decay", type=ranged(float, ge=0), default=d.weight_decay)
     return p
 
 
@@ -110,12 +112,9 @@ def run(argv: list[str] | None = None) -> dict:
     return out
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(argv)
-    except PCLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run(argv)
     return 0
 
 

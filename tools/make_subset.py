@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import tarfile
 from collections import defaultdict
 from pathlib import Path
+
+from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.flags import ranged
 
 
 def build_subset(src: Path, out: Path, per_split: dict[str, int], name: str = "cifar10_subset") -> dict[str, int]:
@@ -41,17 +45,19 @@ def build_subset(src: Path, out: Path, per_split: dict[str, int], name: str = "c
     return dict(counts)
 
 
-def main() -> None:
+@entry_point()
+def main() -> int:
     """Write the class-balanced subset archive from the full CIFAR-10 JPEG archive."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", type=Path, default=Path("../shared/data/cifar10-jpg.tar.gz"))
     p.add_argument("--out", type=Path, default=Path("data/cifar10_subset.tar.gz"))
-    p.add_argument("--train-per-class", type=int, default=500)
-    p.add_argument("--test-per-class", type=int, default=100)
+    p.add_argument("--train-per-class", type=ranged(int, gt=0), default=500)
+    p.add_argument("--test-per-class", type=ranged(int, gt=0), default=100)
     a = p.parse_args()
     counts = build_subset(a.src, a.out, {"train": a.train_per_class, "test": a.test_per_class})
     print(f"wrote {a.out} ({a.out.stat().st_size / 1e6:.1f} MB): {counts}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,6 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.flags import ranged
+
 
 def with_resume_auto(argv: list[str]) -> list[str]:
     """``argv`` with any ``--resume X`` / ``--resume=X`` / ``--overwrite`` replaced by ``--resume auto``."""
@@ -65,15 +68,21 @@ class PCLJob:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU (0: one CPU task per node)")
-    p.add_argument("--cpus-per-task", type=int, default=10, help="data-loading cores per task (match --workers)")
-    p.add_argument("--mem-gb", type=int, default=None, help="memory per node")
+    p = ErrorParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--nodes", type=ranged(int, gt=0), default=1)
+    p.add_argument(
+        "--gpus-per-node", type=ranged(int, ge=0), default=8, help="one task per GPU (0: one CPU task per node)"
+    )
+    p.add_argument(
+        "--cpus-per-task", type=ranged(int, gt=0), default=10, help="data-loading cores per task (match --workers)"
+    )
+    p.add_argument("--mem-gb", type=ranged(int, gt=0), default=None, help="memory per node")
     p.add_argument("--partition", default=None)
-    p.add_argument("--time", type=int, default=4320, help="time limit per (re)start, minutes")
-    p.add_argument("--max-requeues", type=int, default=20, help="requeues after hitting the time limit")
-    p.add_argument("--signal-delay-s", type=int, default=120, help="SIGUSR2 this many seconds before the limit")
+    p.add_argument("--time", type=ranged(int, gt=0), default=4320, help="time limit per (re)start, minutes")
+    p.add_argument("--max-requeues", type=ranged(int, ge=0), default=20, help="requeues after hitting the time limit")
+    p.add_argument(
+        "--signal-delay-s", type=ranged(int, ge=0), default=120, help="SIGUSR2 this many seconds before the limit"
+    )
     p.add_argument("--constraint", default=None)
     p.add_argument("--account", default=None)
     p.add_argument("--name", default="pcl")
@@ -133,5 +142,12 @@ def submit(argv: list[str] | None = None) -> object:
     return job
 
 
+@entry_point()
+def main(argv: list[str] | None = None) -> int:
+    """Submit; 2 with one ``error:`` line for a bad flag."""
+    submit(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    submit()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Data stage: the bundled default data set, ImageFolder datasets that return indices, transforms, loaders.
+"""Data stage: datasets of resolved images (``sources.resolve_data``) that return indices, transforms, loaders.
 
 Corrupt images: every image is decoded once before training (``--verify-images``); a corrupt file met
 later (e.g. one that changed on disk) stops the run with its file name. Nothing is skipped silently.
@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import shutil
-import tarfile
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -20,133 +16,71 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import datasets, transforms
+from torchvision import transforms
 from tqdm import tqdm
 
-from pcl.utils.errors import PCLError
-from pcl.utils.flags import check_fields, flag
-from pcl.data.folder_scan import align_to_train, scan_class_folder
+from pcl.data.decode import load_rgb
+from pcl.data.folder_scan import align_to_train
 from pcl.data.image_cache import ImageCache
 from pcl.data.sampler import ResumableSampler
+from pcl.data.sources import LABEL_MODES, ImageSet, image_set
+from pcl.utils.errors import PCLError
+from pcl.utils.flags import check_fields, flag
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # the bundled data ships with the repository
-BUNDLED_ARCHIVE = REPO_ROOT / "data" / "cifar10_subset.tar.gz"
-BUNDLED_CACHE = REPO_ROOT / "data" / ".cache"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-EVAL_SPLITS = ("val", "test")
 
 
-def bundled_root(archive: Path = BUNDLED_ARCHIVE, cache: Path = BUNDLED_CACHE) -> Path:
-    """Extract the bundled CIFAR-10 subset once (atomically) and return its ImageFolder root."""
-    name = archive.name.removesuffix(".tar.gz")
-    root = cache / name
-    if root.is_dir():
-        return root
-    if not archive.is_file():
-        raise PCLError(f"bundled data archive {archive} is missing; rebuild it with tools/make_subset.py")
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".extract-"))
-    with tarfile.open(archive, "r:gz") as tar:
-        tar.extractall(tmp, filter="data")
-    try:
-        os.replace(tmp / name, root)
-    except OSError:  # another process won the race
-        if not root.is_dir():
-            raise
-    shutil.rmtree(tmp, ignore_errors=True)
-    return root
+class IndexedImages(Dataset):
+    """The images of an :class:`ImageSet`; items are ``(transformed image, dataset index)``.
 
-
-@dataclass(frozen=True)
-class DataSplits:
-    """Resolved folders: ``train`` always, ``eval`` (val/ or test/) when present."""
-
-    train: Path
-    eval: Path | None
-
-
-def resolve_splits(data: str | None) -> DataSplits:
-    """Map the positional data argument (None = bundled subset) to its train and eval folders."""
-    root = bundled_root() if data is None else Path(data).expanduser()
-    if not root.exists():
-        raise PCLError(f"data folder {root} does not exist")
-    if not root.is_dir():
-        raise PCLError(f"data path {root} is not a folder")
-    train = root / "train"
-    if not train.is_dir():
-        raise PCLError(
-            f"data folder {root} has no train/ subfolder (expected ImageFolder layout root/train/<class>/*.jpg)"
-        )
-    evals = [root / s for s in EVAL_SPLITS if (root / s).is_dir()]
-    return DataSplits(train=train, eval=evals[0] if evals else None)
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB, turning any decoding problem into a ``PCLError`` naming the file."""
-    try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")
-    except Exception as e:  # PIL raises many types for bad files
-        raise PCLError(f"corrupt or unreadable image file {path}: {e}") from None
-
-
-class IndexedImageFolder(datasets.ImageFolder):
-    """ImageFolder whose items are ``(transformed image, dataset index)``; ``targets`` holds the labels.
-
-    ``cache``: an ``ImageCache`` of ``samples``' files (``--cache-images``), shared by ``with_transform`` copies.
+    ``samples``: ``[(path, label)]`` (label -1 when unlabeled), ``targets``: the labels, ``classes``: their names
+    (empty when unlabeled). ``cache``: an ``ImageCache`` of ``samples``' files (``--cache-images``), shared by
+    ``with_transform`` copies.
     """
 
     cache: ImageCache | None = None
 
-    def __init__(self, root: Path, transform: Callable | None = None) -> None:
-        try:
-            super().__init__(str(root), transform=transform, loader=load_rgb)
-        except (FileNotFoundError, RuntimeError) as e:
-            msg = str(e).splitlines()[0]
-            raise PCLError(f"no images found under {root}: {msg}") from None
+    def __init__(self, images: ImageSet, transform: Callable | None = None) -> None:
+        self.root = str(images.where)
+        self.samples = images.samples()
+        self.targets = [t for _, t in self.samples]
+        self.classes = list(images.classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.transform = transform
 
-    @staticmethod
-    def make_dataset(
-        directory: str | Path,
-        class_to_idx: dict[str, int],
-        extensions: tuple[str, ...] | None = None,
-        is_valid_file: Callable[[str], bool] | None = None,
-        allow_empty: bool = False,
-    ) -> list[tuple[str, int]]:
-        """torchvision's scan, except that a directory-symlink loop is an error naming it (``folder_scan``)."""
-        if is_valid_file is None:
-            exts = tuple(e.lower() for e in (extensions or datasets.folder.IMG_EXTENSIONS))
-            is_valid_file = lambda p: p.lower().endswith(exts)  # noqa: E731
-        out = []
-        for name in sorted(class_to_idx):
-            target = os.path.join(os.path.expanduser(directory), name)
-            if os.path.isdir(target):
-                out.extend((p, class_to_idx[name]) for p in scan_class_folder(target, is_valid_file))
-        present = {t for _, t in out}
-        empty = {c for c, i in class_to_idx.items() if i not in present}
-        if empty and not allow_empty:
-            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(sorted(empty))}.")
-        return out
+    @property
+    def labeled(self) -> bool:
+        """True when the images have class labels."""
+        return bool(self.classes)
 
-    def relabel_like(self, train: IndexedImageFolder, split: str) -> str | None:
+    def relabel_like(self, train: IndexedImages, split: str) -> str | None:
         """Use ``train``'s class indices (matched by folder name); returns a warning when the classes differ."""
         self.samples, warning = align_to_train(train.classes, self.classes, self.samples, split)
-        self.imgs, self.targets = self.samples, [t for _, t in self.samples]
+        self.targets = [t for _, t in self.samples]
         self.classes, self.class_to_idx = list(train.classes), dict(train.class_to_idx)
         return warning
 
-    def with_transform(self, transform: Callable) -> IndexedImageFolder:
+    def with_transform(self, transform: Callable) -> IndexedImages:
         """The same files (no second folder scan) under another transform."""
         other = copy.copy(self)
         other.transform = transform
         return other
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[object, int]:
         sample = self.cache[index] if self.cache is not None else load_rgb(self.samples[index][0])
         if self.transform is not None:
             sample = self.transform(sample)
         return sample, index
+
+
+class IndexedImageFolder(IndexedImages):
+    """:class:`IndexedImages` of a folder of class folders (``root/<class>/...``), labels from the folder names."""
+
+    def __init__(self, root: Path | str, transform: Callable | None = None) -> None:
+        super().__init__(image_set(root, labels="folders"), transform)
 
 
 def verify_images(paths: Sequence[str], workers: int = 8, show: bool = True) -> None:
@@ -183,9 +117,9 @@ class GaussianBlur:
 class AugConfig:
     """Augmentation strength (``--image-size`` ... ``--blur-prob``); MoCo v2's ``--aug-plus`` recipe at 32 px."""
 
-    image_size: int = flag(32, gt=0)
+    image_size: int = flag(32, gt=0, le=4096)
     crop_min: float = flag(0.2, gt=0, le=1, help="RandomResizedCrop minimum scale")
-    color_jitter: float = flag(0.4, ge=0, help="colour-jitter strength")
+    color_jitter: float = flag(0.4, ge=0, le=2, help="colour-jitter strength")
     color_jitter_prob: float = flag(0.8, ge=0, le=1)
     grayscale_prob: float = flag(0.2, ge=0, le=1)
     blur_prob: float | None = flag(  # None: 0.5, or 0 for images <= 64 px
@@ -194,8 +128,11 @@ class AugConfig:
     aug_plus: bool = flag(True, action=argparse.BooleanOptionalAction, help="MoCo v2 augmentation")
 
     def validate(self) -> None:
-        """Raise a one-line ``PCLError`` for a value outside its flag's range."""
+        """Raise a one-line ``PCLError`` for a value outside its flag's range (the hue jitter is strength / 4
+        with ``aug_plus``, strength without, and torchvision accepts at most 0.5)."""
         check_fields(self)
+        if not self.aug_plus and self.color_jitter > 0.5:
+            raise PCLError(f"--color-jitter must be <= 0.5 with --no-aug-plus (it is the hue jitter), got {self.color_jitter}")
 
     def resolved(self) -> AugConfig:
         """This config with the derived default filled in (``blur_prob``)."""
@@ -212,10 +149,20 @@ class DataConfig:
         None,
         "data",
         nargs="?",
-        help="ImageFolder root with train/ and optionally val/ or test/ (default: bundled CIFAR-10 subset)",
+        help="ROOT/train/<class>/ (+ val/ or test/), ROOT/<class>/, any folder of images (unlabeled), or a .txt / "
+        ".csv file list (default: bundled CIFAR-10 subset)",
+    )
+    labels: str = flag(
+        "auto",
+        choices=LABEL_MODES,
+        help="where labels come from: auto (class folders when DATA holds only >= 2 folders; a CSV's label column), "
+        "none (unlabeled), folders (class folders; a list's parent folders)",
+    )
+    val: str | None = flag(
+        None, help="labelled eval set of the kNN monitor, any DATA form (default: DATA's val/ or test/ split)"
     )
     aug: AugConfig = field(default_factory=AugConfig)
-    workers: int = flag(2, "-j", "--workers", ge=0, help="data-loading processes per rank")
+    workers: int = flag(2, "-j", "--workers", ge=0, le=1024, help="data-loading processes per rank")
     verify_images: str = flag(
         "auto", choices=("auto", "yes", "no"), help="decode every image before training (auto: when <= 200k images)"
     )

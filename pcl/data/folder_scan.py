@@ -1,7 +1,9 @@
-"""Data-folder scanning that cannot silently give wrong numbers.
+"""Data-folder scanning that cannot silently give wrong numbers, fast enough for millions of files.
 
-- ``scan_class_folder``: ImageFolder's walk, but a directory reached twice inside one class folder (a symlink
-  loop, or two links to the same directory) is an error naming the link, instead of being read over and over.
+- ``scan_images``: every image file under a folder, in ``sorted(os.walk(...))`` order (ImageFolder's), by one
+  ``os.scandir`` per directory (no ``stat`` per file). Hidden entries are never data (``is_hidden``). A directory
+  reached twice (a symlink loop, or two links to the same directory) is an error naming the link, instead of
+  being read over and over.
 - ``align_to_train``: the eval split's labels mapped to the train split's classes by name (ImageFolder numbers
   each split's own sorted folders, so a val/ with a missing class shifts every later label).
 """
@@ -11,11 +13,44 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
 from pcl.utils.errors import PCLError
 
+IMAGE_EXTENSIONS = tuple(e.lower() for e in IMG_EXTENSIONS)
+HIDDEN_DIRS = ("__MACOSX",)
 
-def scan_class_folder(target_dir: str, is_valid_file: Callable[[str], bool]) -> list[str]:
-    """Image paths under ``target_dir`` in ``sorted(os.walk(target_dir, followlinks=True))`` order."""
+
+def is_hidden(name: str) -> bool:
+    """Names that are never data: dot files and folders (``.DS_Store``, macOS ``._x.jpg``, ``.ipynb_checkpoints``,
+    ``.Trash-0``) and ``__MACOSX``."""
+    return name.startswith(".") or name in HIDDEN_DIRS
+
+
+def is_image_file(path: str) -> bool:
+    """True for the file extensions torchvision's ImageFolder reads (case-insensitive)."""
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def visible_entries(path: str) -> tuple[list[str], list[str]]:
+    """``(sorted sub-folder paths, sorted image file paths)`` directly in ``path``, hidden entries left out."""
+    dirs, files = [], []
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                if is_hidden(entry.name):
+                    continue
+                if entry.is_dir(follow_symlinks=True):
+                    dirs.append(entry.path)
+                elif is_image_file(entry.name):
+                    files.append(entry.path)
+    except OSError as e:
+        raise PCLError(f"cannot read data folder {path}: {e.strerror or e}") from None
+    return sorted(dirs), sorted(files)
+
+
+def scan_images(target_dir: str, is_valid_file: Callable[[str], bool] = is_image_file) -> list[str]:
+    """Image paths under ``target_dir`` (recursively, links followed) in ``sorted(os.walk(target_dir))`` order."""
     visited: dict[tuple[int, int], str] = {}
     found: list[tuple[str, list[str]]] = []
 
@@ -35,6 +70,8 @@ def scan_class_folder(target_dir: str, is_valid_file: Callable[[str], bool]) -> 
         try:
             with os.scandir(path) as it:
                 for entry in it:
+                    if is_hidden(entry.name):
+                        continue
                     if entry.is_dir(follow_symlinks=True):
                         dirs.append(entry)
                     else:
@@ -52,6 +89,11 @@ def scan_class_folder(target_dir: str, is_valid_file: Callable[[str], bool]) -> 
     return out
 
 
+def scan_class_folder(target_dir: str, is_valid_file: Callable[[str], bool] = is_image_file) -> list[str]:
+    """The images of one class folder (an alias of :func:`scan_images`, kept for its callers)."""
+    return scan_images(target_dir, is_valid_file)
+
+
 def align_to_train(
     train_classes: list[str], eval_classes: list[str], samples: list[tuple[str, int]], split: str
 ) -> tuple[list[tuple[str, int]], str | None]:
@@ -63,18 +105,18 @@ def align_to_train(
     missing = sorted(set(train_classes) - set(eval_classes))
     if not out:
         raise PCLError(
-            f"{split}/ shares no class folder with train/ (e.g. {', '.join(extra[:3])}); the kNN monitor needs "
-            "the same class names in both"
+            f"{split} shares no class with the training data (e.g. {', '.join(extra[:3])}); the kNN monitor "
+            "needs the same class names in both"
         )
     warning = None
     if extra or missing:
         parts = []
         if extra:
             parts.append(
-                f"{len(samples) - len(out)} images of {len(extra)} classes not in train/ are left out "
+                f"{len(samples) - len(out)} images of {len(extra)} classes not in train are left out "
                 f"({', '.join(extra[:3])})"
             )
         if missing:
             parts.append(f"{len(missing)} train classes have no {split} images ({', '.join(missing[:3])})")
-        warning = f"warning: {split}/ and train/ class folders differ: {'; '.join(parts)}; labels matched by name"
+        warning = f"warning: {split} and train classes differ: {'; '.join(parts)}; labels matched by name"
     return out, warning

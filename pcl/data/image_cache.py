@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pcl.data.decode import to_rgb
 from pcl.utils.errors import PCLError
 
 HEADER_SAMPLE = 64  # images whose headers estimate the size of a data set for --cache-images auto
@@ -66,8 +67,7 @@ class ImageCache:
     def _decode_into(self, i: int, path: str) -> None:
         try:
             with open(path, "rb") as f:
-                img = Image.open(f)
-                arr = np.asarray(img.convert("RGB"))
+                arr = np.asarray(to_rgb(Image.open(f)))
         except Exception as e:
             raise PCLError(f"corrupt or unreadable image file {path}: {e}") from None
         if arr.shape[:2] != tuple(self.shapes[i]):

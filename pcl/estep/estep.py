@@ -30,6 +30,7 @@ from pcl.estep.clustering import (
     train_kmeans,
 )
 from pcl.estep.feature_store import DTYPES, FeatureStore, ShardWriter
+from pcl.eval.bank import FeatureBank
 from pcl.model.features import iter_features
 from pcl.utils import distributed as pdist
 from pcl.utils.distributed import DistInfo
@@ -82,9 +83,17 @@ def extract_features(
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     show: bool = True,
+    bank: FeatureBank | None = None,
 ) -> FeatureStore:
-    """Run ``features_fn`` ``(B,3,H,W) -> (B,d)`` over ``loader`` (items ``(images, index)``) into shards."""
+    """Run ``features_fn`` ``(B,3,H,W) -> (B,d)`` over ``loader`` (items ``(images, index)``) into shards.
+
+    With ``bank``, ``features_fn`` returns ``((B, d) cluster features, (B, D) bank features)`` and the second
+    go into ``bank`` by dataset index (one pass for the E-step and the kNN monitor's bank).
+    """
     for feats, index in iter_features(features_fn, loader, device, autocast, "E-step features", show):
+        if bank is not None:
+            feats, bank_feats = feats
+            bank.add(bank_feats, index)
         writer.add(feats, index)
     return writer.close()
 
@@ -211,10 +220,12 @@ def run_estep(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     timer: PhaseTimer = NULL_TIMER,
     previous: ClusterResult | None = None,
+    bank: FeatureBank | None = None,
 ) -> ClusterResult:
     """Whole E-step for ``epoch``: features ``(B, feat_dim)`` of this rank's ``loader`` to shards, clustering
     (concentrations of mean ``temperature``; warm start from ``previous``, see :func:`cluster_store`), clean-up.
-    ``timer`` gets ``estep_features``, ``kmeans``, ``assign``."""
+    ``timer`` gets ``estep_features``, ``kmeans``, ``assign``. With ``bank``, ``features_fn`` returns pairs and
+    fills it as :func:`extract_features` says."""
     if cfg.feature_dir is None:
         raise ValueError("EStepConfig.feature_dir is unset (main_pcl sets it to <exp-dir>/features)")
     show = info.is_main
@@ -222,7 +233,7 @@ def run_estep(
         cfg.feature_dir / f"epoch{epoch:04d}", feat_dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}"
     )
     with timer.phase("estep_features"):
-        store = extract_features(features_fn, loader, writer, info.device, autocast, show)
+        store = extract_features(features_fn, loader, writer, info.device, autocast, show, bank)
     result = cluster_store(store, num_total, cfg, info, epoch, temperature, show, timer, previous)
     if not cfg.keep_features:
         store.delete()

@@ -1,58 +1,55 @@
-"""Evaluation of a trained encoder: kNN and linear probe on frozen features, cluster quality of a run.
+"""Evaluation of a trained encoder: kNN, linear probe, low-shot SVM, fine-tuning, clustering accuracy, and the
+cluster quality of a run.
 
 One feature extraction (``pcl.eval.features.extract``, center crop, query backbone, raw average-pooled features)
-serves both kNN (on the L2-normalised features) and the ``features`` linear probe. ``evaluate_run`` is the
-whole evaluation of a run directory (``tools/evaluate.py``); it writes ``RUN_DIR/eval.json``::
+serves kNN (on the L2-normalised features), the ``features`` linear probe, the low-shot SVMs and k-means.
+``evaluate_run`` is the whole evaluation of a run directory (``tools/evaluate.py``); it writes
+``RUN_DIR/eval.json``::
 
     {"knn_top1": float|null, "linear_top1": float|null, "linear_top5": float|null,
      "cluster": {"<K>": {"nmi": float, "ami": float, "purity": float}, ...},
-     "kmeans": {"<K>": {"nmi": ..., "ami": ..., "purity": ...}, ...}, "settings": {...}}
+     "kmeans": {"<K>": {"acc", "acc_std", "nmi", "nmi_std", "ari", ..., "ami", ..., "purity", ..., "runs"}, ...},
+     "lowshot": {"<k>": {"top1", "top1_std", "map", "map_std", "cost_selection", "draws"}, ...},     (when run)
+     "finetune": {"<percent>": {"top1", "top5", "n_train", "subset_file", "epoch_loss"}, ...},      (when run)
+     "settings": {...}}
 
-``cluster`` scores the run's own last E-step clusters (PCL runs only); ``kmeans`` (``--kmeans K,K``) clusters
-the frozen backbone features of the train split with the E-step's faiss settings, so that any checkpoint,
-MoCo v2's included, gets comparable cluster-quality figures. Accuracies are in percent, NMI / AMI / purity in [0, 1].
+``cluster`` scores the run's own last E-step clusters (PCL runs only, and only on the data the run was trained
+on); ``kmeans`` clusters the frozen backbone features of the train split with the E-step's faiss settings (k = the
+number of classes, plus any ``--kmeans K``), so that any checkpoint, MoCo v2's included, gets comparable figures.
+Accuracies are in percent; ACC / NMI / ARI / AMI / purity in [0, 1] (ARI and AMI can dip slightly below 0).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
 from pcl.config import stored_config
-from pcl.data.datasets import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    IndexedImageFolder,
-    eval_loader,
-    eval_transform,
-    resolve_splits,
-)
-from pcl.estep.clustering import ClusterResult, KMeansConfig, assign, train_kmeans
-from pcl.eval.cluster_metrics import cluster_scores, has_classes, label_scores
+from pcl.data.datasets import IMAGENET_MEAN, IMAGENET_STD, IndexedImages, eval_loader, eval_transform
+from pcl.data.sources import resolve_data
+from pcl.estep.clustering import ClusterResult
+from pcl.eval.cluster_metrics import cluster_scores, has_classes, kmeans_scores
 from pcl.eval.features import extract
+from pcl.eval.finetune import FinetuneConfig, balanced_subset, percent_key, write_subset
+from pcl.eval.finetune import finetune as run_finetune
 from pcl.eval.knn import knn_top1
 from pcl.eval.linear_official import OfficialConfig, train_official
 from pcl.eval.linear_probe import DEFAULT_WDS, ProbeResult, linear_probe
+from pcl.eval.lowshot import OFFICIAL_COST, LowShotConfig, lowshot_svm
 from pcl.eval.pretrained import Pretrained, from_checkpoint
 from pcl.run.run_dir import RunDir
 from pcl.utils.atomic import write_atomic
+from pcl.utils.distributed import pick_device as resolve_device
 from pcl.utils.errors import PCLError
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PCLError("--device cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 @dataclass
@@ -66,19 +63,20 @@ class FrozenFeatures:
     num_classes: int
 
 
-def eval_sets(data: str | None, image_size: int) -> tuple[IndexedImageFolder, IndexedImageFolder]:
-    """Train and val/test splits of ``data`` (None = bundled subset) under the center-crop eval transform."""
-    splits = resolve_splits(data)
-    if splits.eval is None:
-        raise PCLError(f"{splits.train.parent} has no val/ or test/ split to evaluate on")
+def eval_sets(
+    data: str | None, image_size: int, labels: str = "auto", val: str | None = None
+) -> tuple[IndexedImages, IndexedImages]:
+    """Train and eval images of ``data`` (None = bundled subset; any ``sources.resolve_data`` form, ``val`` as
+    its eval set) under the center-crop eval transform; both need class labels."""
+    source = resolve_data(data, labels, val)
+    reason = source.knn_off_reason()
+    if reason is not None:
+        raise PCLError(f"cannot evaluate on {data or 'the bundled subset'}: {reason}")
     tf = eval_transform(image_size)
-    train, test = IndexedImageFolder(splits.train, tf), IndexedImageFolder(splits.eval, tf)
-    if train.classes != test.classes:
-        raise PCLError(f"{splits.train} and {splits.eval} have different class folders")
-    return train, test
+    return IndexedImages(source.train, tf), IndexedImages(source.eval, tf)
 
 
-def _cache_file(cache_dir: Path, pre: Pretrained, train: IndexedImageFolder, test: IndexedImageFolder) -> Path:
+def _cache_file(cache_dir: Path, pre: Pretrained, train: IndexedImages, test: IndexedImages) -> Path:
     key = json.dumps([pre.ident, pre.image_size, train.root, len(train), test.root, len(test)])
     return cache_dir / f"features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
 
@@ -91,9 +89,11 @@ def frozen_features(
     workers: int = 2,
     cache_dir: Path | None = None,
     show: bool = True,
+    labels: str = "auto",
+    val: str | None = None,
 ) -> FrozenFeatures:
     """Extract (or load from ``cache_dir``) the backbone features of both splits once, on ``device``."""
-    train, test = eval_sets(data, pre.image_size)
+    train, test = eval_sets(data, pre.image_size, labels, val)
     cache = _cache_file(cache_dir, pre, train, test) if cache_dir is not None else None
     if cache is not None and cache.is_file():
         t = torch.load(cache, map_location=device, weights_only=True)
@@ -117,22 +117,6 @@ def knn_accuracy(feats: FrozenFeatures, k: int = 200, t: float = 0.1) -> float:
     """Weighted kNN top-1 (%) on the L2-normalised features (train split as the bank)."""
     bank, query = F.normalize(feats.train, dim=1), F.normalize(feats.test, dim=1)
     return knn_top1(bank, feats.train_labels, query, feats.test_labels, feats.num_classes, k, t)
-
-
-def kmeans_scores(
-    x: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...], seed: int = 0
-) -> dict[str, dict[str, float]]:
-    """NMI / AMI / purity against ``labels (N,)`` of faiss k-means (official settings) on the L2-normalised rows
-    of ``x (N, D)``, per ``k`` in ``ks``; keyed by ``str(k)``."""
-    rows = F.normalize(x.float(), dim=1).cpu()
-    out = {}
-    for k in ks:
-        if not 2 <= k <= rows.shape[0]:
-            raise PCLError(f"--kmeans: k = {k} needs 2 <= k <= {rows.shape[0]} (the number of train images)")
-        centroids = torch.from_numpy(train_kmeans(rows.numpy(), k, seed, KMeansConfig(use_gpu=False)))
-        ids, _ = assign(rows, centroids)
-        out[str(k)] = label_scores(ids, labels.cpu())
-    return out
 
 
 def linear_features(
@@ -237,6 +221,66 @@ def _run_paths(target: Path) -> tuple[RunDir | None, Path]:
     return (run if run.checkpoints == target.parent else None), target
 
 
+def data_identity(train: IndexedImages) -> dict:
+    """What identifies a train split: its resolved folder, its number of images and the first 16 hex digits of the
+    SHA-1 of its sorted relative file paths."""
+    root = Path(train.root).resolve()
+    rel = sorted(os.path.relpath(p, root) for p, _ in train.samples)
+    digest = hashlib.sha1("\n".join(rel).encode()).hexdigest()[:16]
+    return {"root": str(root), "n_files": len(rel), "paths_sha1": digest}
+
+
+def same_train_folder(data: str | None, own: str | None) -> bool:
+    """True when ``data`` and the run's recorded data root ``own`` (None = bundled subset) name the same train
+    folder; a recorded root that no longer exists is never the same."""
+    try:
+        return resolve_data(data).train.where.resolve() == resolve_data(own).train.where.resolve()
+    except PCLError:
+        return False
+
+
+def _lowshot_block(feats: FrozenFeatures, cfg: LowShotConfig) -> tuple[dict, dict]:
+    if not has_classes(feats.train_labels):
+        raise PCLError("--lowshot needs class labels: the train split has a single class")
+    result = lowshot_svm(feats.train, feats.train_labels, feats.test, feats.test_labels, cfg)
+    settings = {
+        **asdict(cfg),
+        "features": "query backbone, L2-normalised",
+        "svm": "one-vs-rest LinearSVC, squared hinge, class_weight {1: 2, -1: 1}, max_iter 2000",
+        "cost": f"cross-validated in the k-shot sample (k >= 2), else the official fixed {OFFICIAL_COST}",
+    }
+    return result, settings
+
+
+def _finetune_block(
+    pre: Pretrained,
+    data: str | None,
+    cfg: FinetuneConfig,
+    device: torch.device,
+    subsets: Path,
+    workers: int,
+    show: bool,
+) -> tuple[dict, dict]:
+    train, test = eval_sets(data, pre.image_size)
+    if not has_classes(train.targets):
+        raise PCLError("--finetune needs class labels: the train split has a single class")
+    train_aug = train.with_transform(linear_train_transform(pre.image_size))
+    out = {}
+    for p in cfg.percents:
+        idx = balanced_subset(np.array(train.targets), p, cfg.seed)
+        subset_file = subsets / f"{percent_key(p)}percent_seed{cfg.seed}.txt"
+        write_subset(subset_file, idx, train)
+        res = run_finetune(pre.backbone, pre.feat_dim, train_aug, idx, test, cfg, device, workers, show)
+        out[percent_key(p)] = {
+            "top1": res.top1,
+            "top5": res.top5,
+            "n_train": res.n_train,
+            "subset_file": str(subset_file),
+            "epoch_loss": res.epoch_loss,
+        }
+    return out, {**asdict(cfg), "schedule": "cosine over all steps", "augmentation": "RandomResizedCrop + flip"}
+
+
 def evaluate_run(
     run_dir: Path,
     data: str | None = None,
@@ -244,7 +288,7 @@ def evaluate_run(
     knn: bool = True,
     linear: bool = True,
     clusters: bool = True,
-    kmeans: tuple[int, ...] = (),
+    kmeans: tuple[int, ...] | None = None,
     knn_k: int = 200,
     knn_t: float = 0.1,
     wds: tuple[float, ...] = DEFAULT_WDS,
@@ -256,23 +300,39 @@ def evaluate_run(
     cache_dir: Path | None = None,
     out: Path | None = None,
     show: bool = True,
+    lowshot: LowShotConfig | None = None,
+    finetune: FinetuneConfig | None = None,
+    kmeans_restarts: int = 5,
 ) -> dict:
-    """kNN, ``features`` linear probe and cluster metrics of a run (``run_dir``) or of a checkpoint file.
+    """Any subset of the protocols on a run (``run_dir``) or on a checkpoint file; None / False = not run.
 
-    ``data`` defaults to the data the run was trained on (the checkpoint's stored configuration). Writes the
-    result to ``out`` (default ``RUN_DIR/eval.json`` for the run's last checkpoint; otherwise only when given)
-    and returns it (shape in the module docstring).
+    ``kmeans``: extra k for the clustering-accuracy protocol, which always uses k = number of classes (``()``: that
+    k only). ``data`` defaults to the data the run was trained on (the checkpoint's stored configuration); the
+    run's own E-step clusters are scored only on that data. Writes the result to ``out`` (default
+    ``RUN_DIR/eval.json`` for the run's last checkpoint on the run's own data; otherwise only when given) and
+    returns it (shape in the module docstring).
     """
     t0 = time.time()
     run, ckpt_path = _run_paths(Path(run_dir))
     pre = from_checkpoint(ckpt_path)
+    stored = stored_config(pre.checkpoint, ckpt_path).data
+    own_data = stored.root
+    own = data is None or same_train_folder(data, own_data)
+    labels, val = (stored.labels, stored.val) if data is None else ("auto", None)
     if data is None:  # the data the run was trained on
-        data = stored_config(pre.checkpoint, ckpt_path).data.root
+        data = own_data
     dev = resolve_device(device)
     result: dict = {"knn_top1": None, "linear_top1": None, "linear_top5": None, "cluster": {}, "kmeans": {}}
     settings: dict = {**pre.settings(), "checkpoint": str(ckpt_path), "data": data, "device": str(dev)}
-    if knn or linear or kmeans:
-        feats = frozen_features(pre, data, dev, batch_size, workers, cache_dir, show)
+    source = resolve_data(data, labels, val)
+    settings["data_identity"] = data_identity(IndexedImages(source.train))
+    no_labels = source.knn_off_reason()
+    if no_labels is not None:  # the figures that need labels stay None ("-")
+        settings["no_labels"] = no_labels
+        knn = linear = False
+        kmeans = lowshot = finetune = None
+    if knn or linear or kmeans is not None or lowshot is not None:
+        feats = frozen_features(pre, data, dev, batch_size, workers, cache_dir, show, labels, val)
         settings.update(n_train=int(feats.train.shape[0]), n_test=int(feats.test.shape[0]))
         settings["num_classes"] = feats.num_classes
         if knn:
@@ -290,29 +350,45 @@ def evaluate_run(
                 "max_iter": max_iter,
                 "seed": seed,
             }
-        if kmeans:
+        if kmeans is not None:
             if not has_classes(feats.train_labels):
                 raise PCLError("--kmeans needs class labels: the train split has a single class")
-            result["kmeans"] = kmeans_scores(feats.train, feats.train_labels, kmeans, seed)
-            settings["kmeans"] = {"features": "query backbone, L2-normalised, train split", "seed": seed}
-    if clusters:
+            ks = tuple(sorted({feats.num_classes, *kmeans}))
+            result["kmeans"] = kmeans_scores(feats.train, feats.train_labels, ks, seed, kmeans_restarts)
+            settings["kmeans"] = {
+                "features": "query backbone, L2-normalised, train split",
+                "seed": seed,
+                "restarts": kmeans_restarts,
+                "k_classes": feats.num_classes,
+                "faiss": "official E-step settings (niter 20, nredo 5), seeds seed .. seed + restarts - 1",
+            }
+        if lowshot is not None:
+            result["lowshot"], settings["lowshot"] = _lowshot_block(feats, lowshot)
+    own_ckpt = run is not None and ckpt_path == run.last  # an older checkpoint does not overwrite eval.json
+    target = out if out is not None else (run.eval if own_ckpt and own else None)
+    if finetune is not None:
+        subsets = (target.parent if target is not None else ckpt_path.parent) / "finetune"
+        result["finetune"], settings["finetune"] = _finetune_block(pre, data, finetune, dev, subsets, workers, show)
+    if clusters and not own:  # the run's clusters index the images it was trained on, not these
+        settings["cluster_skipped"] = f"the run's clusters belong to {own_data or 'the bundled subset'}, not {data}"
+    elif clusters:
         found = _last_cluster_result(run, pre.checkpoint)
         if found is not None:
-            train = IndexedImageFolder(resolve_splits(data).train)
-            if len(train.targets) != found.levels[0].im2cluster.numel():
+            train = source.train
+            if len(train) != found.levels[0].im2cluster.numel():
                 raise PCLError(
                     f"the cluster result covers {found.levels[0].im2cluster.numel()} images but "
-                    f"{resolve_splits(data).train} has {len(train.targets)}"
+                    f"{train.where} has {len(train)}"
                 )
-            if has_classes(train.targets):
-                scores = cluster_scores(found, torch.tensor(train.targets))
+            if train.labels is not None and has_classes(train.labels):
+                scores = cluster_scores(found, torch.tensor(train.labels))
                 result["cluster"] = {str(k): v for k, v in scores.items()}
             settings["cluster_epoch"] = found.epoch
     settings["seconds"] = round(time.time() - t0, 2)
     result["settings"] = settings
-    own = run is not None and ckpt_path == run.last  # an older checkpoint does not overwrite the run's eval.json
-    target = out if out is not None else (run.eval if own else None)
     settings["written"] = None if target is None else str(target)
+    if target is None and own_ckpt and not own:
+        settings["not_written"] = "the data is not the run's own: its eval.json is kept (use --out FILE)"
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(result, indent=2).encode()

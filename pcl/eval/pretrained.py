@@ -8,6 +8,7 @@ the source (tested).
 from __future__ import annotations
 
 import argparse
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import torch
 from torch import nn
 
 from pcl.config import stored_config
-from pcl.model.backbone import ARCHS, resnet_backbone
+from pcl.model.backbone import resnet_backbone
 from pcl.run.checkpoint import load_checkpoint
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import ranged
 
 PREFIX = "encoder_q.backbone."
 
@@ -58,8 +60,6 @@ def _file_ident(path: Path) -> str:
 
 
 def _build(arch: str, stem: str, state: dict[str, torch.Tensor] | None, what: str) -> tuple[nn.Module, int]:
-    if arch not in ARCHS:
-        raise PCLError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
     net, dim = resnet_backbone(arch, stem == "small")
     if state is not None:
         try:
@@ -95,8 +95,14 @@ def from_exported(path: Path, arch: str, stem: str | None, image_size: int) -> P
         raise PCLError(f"exported backbone {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # objects other than tensors, e.g. a training checkpoint's config
+        raise PCLError(
+            f"{path} is not a backbone state_dict (tools/export_backbone.py output); "
+            "for a training checkpoint use --checkpoint"
+        ) from None
     except Exception as e:
-        raise PCLError(f"exported backbone {path} cannot be read: {e}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PCLError(f"exported backbone {path} cannot be read: {first}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PCLError(f"{path} is not a backbone state_dict (tools/export_backbone.py output)")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -126,8 +132,8 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--exported", type=Path, help="backbone state_dict written by tools/export_backbone.py")
     p.add_argument("-a", "--arch", default="resnet18", help="for --untrained / --exported")
     p.add_argument("--stem", default=None, choices=("imagenet", "small"), help="for --untrained / --exported")
-    p.add_argument("--image-size", type=int, default=32, help="for --untrained / --exported")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=ranged(int, gt=0, le=4096), default=32, help="for --untrained / --exported")
+    p.add_argument("--seed", type=ranged(int, ge=0, le=2**31 - 1), default=0)
 
 
 def load_source(a: argparse.Namespace) -> Pretrained:

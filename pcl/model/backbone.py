@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from pcl.utils.errors import PCLError
+
 ARCHS = tuple(
     sorted(n for n in models.list_models(module=models) if n.startswith(("resnet", "resnext", "wide_resnet")))
 )
@@ -43,10 +45,15 @@ class SplitBatchNorm(nn.BatchNorm2d):
         return out
 
 
+def check_arch(arch: str) -> None:
+    """Raise a one-line ``PCLError`` unless ``arch`` is one of :data:`ARCHS`."""
+    if arch not in ARCHS:
+        raise PCLError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+
+
 def resnet_backbone(arch: str, small_stem: bool, bn_splits: int = 1) -> tuple[nn.Module, int]:
     """A torchvision ResNet with ``fc = Identity``; returns ``(module mapping (B,3,H,W)->(B,D), D)``."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}")
+    check_arch(arch)
     norm = partial(SplitBatchNorm, num_splits=bn_splits) if bn_splits > 1 else nn.BatchNorm2d
     net = models.__dict__[arch](norm_layer=norm)
     if small_stem:  # CIFAR-style stem for 32-px images: 3x3 conv, stride 1, no max-pool

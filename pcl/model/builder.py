@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pcl.model.backbone import ARCHS, resnet_backbone
+from pcl.model.backbone import ARCHS, check_arch, resnet_backbone
 from pcl.model.heads import CLUSTER_HEADS, cluster_head, projection_head
 from pcl.utils import distributed as pdist
-from pcl.utils.errors import PCLError
 from pcl.utils.flags import check_fields, flag
 
 
@@ -36,7 +35,7 @@ class ModelConfig:
         choices=("imagenet", "small"),
         help="small = CIFAR stem (3x3 stride-1 conv, no max-pool): better for 32-px data, ~12x the compute",
     )
-    low_dim: int = flag(128, gt=0, help="embedding dimension")
+    low_dim: int = flag(128, gt=0, le=65536, help="embedding dimension")
     pcl_r: int = flag(
         1024, gt=0, help="queue size = number of negatives, instance and prototype (official ImageNet: 16384)"
     )
@@ -48,8 +47,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise a one-line ``PCLError`` for a value outside its flag's range or an unknown arch."""
-        if self.arch not in ARCHS:
-            raise PCLError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        check_arch(self.arch)
         check_fields(self)
 
 
@@ -193,3 +191,18 @@ class PCL(nn.Module):
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """Query backbone features for the kNN monitor, L2-normalised ``(B, D)``."""
         return F.normalize(self.encoder_q.backbone(images), dim=1)
+
+    @torch.no_grad()
+    def key_backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Momentum (key) backbone features for the kNN monitor (``--knn-encoder key``), L2-normalised ``(B, D)``."""
+        return F.normalize(self.encoder_k.backbone(images), dim=1)
+
+    @torch.no_grad()
+    def cluster_and_bank_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One momentum-encoder pass for the E-step and the kNN bank: ``(cluster_features (B, low_dim),
+        key_backbone_features (B, D))``, each equal to its own method's result (the same operations)."""
+        h = self.encoder_k.backbone(images)
+        z = self.encoder_k.head(h)
+        if self.cluster_k is not None:
+            z = self.cluster_k(z)
+        return F.normalize(z, dim=1), F.normalize(h, dim=1)

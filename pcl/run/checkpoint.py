@@ -66,6 +66,10 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint onto the CPU, with a clear error for a missing or unreadable file."""
+    if path.is_dir():
+        hint = next((p for p in (path / "checkpoints" / "last.pth", path / "last.pth") if p.is_file()), None)
+        expected = f"{hint}" if hint else f"a .pth file such as {path / 'checkpoints' / 'last.pth'}"
+        raise PCLError(f"checkpoint {path} is a directory; expected {expected}")
     if not path.is_file():
         raise PCLError(f"checkpoint {path} does not exist")
     try:

@@ -7,12 +7,13 @@ one line (their mean) with the min–max range shaded.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from pcl.run.metrics import read_run_record
+from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
 
 Curve = dict[int, float]  # epoch -> value
@@ -20,14 +21,11 @@ Curve = dict[int, float]  # epoch -> value
 
 def load_curves(exp_dir: Path) -> dict[str, Curve]:
     """Every per-epoch scalar of one run: ``{tag: {epoch: value}}``."""
-    metrics = exp_dir / "metrics.json"
+    metrics = RunDir(exp_dir).metrics
     if metrics.is_file():
-        try:
-            doc = json.loads(metrics.read_text())
-        except ValueError as e:
-            raise PCLError(f"{metrics} is not valid JSON: {e}") from None
+        doc = read_run_record(metrics)
         out: dict[str, Curve] = {}
-        for rec in doc.get("epochs", []):
+        for rec in doc["epochs"]:
             for tag, v in rec.items():
                 if tag != "epoch" and isinstance(v, int | float) and math.isfinite(v):
                     out.setdefault(tag, {})[int(rec["epoch"])] = float(v)
@@ -68,6 +66,12 @@ def plot_curves(groups: dict[str, list[Path]], tags: list[str], out: Path, title
     import matplotlib.pyplot as plt
 
     loaded = {label: [load_curves(d) for d in dirs] for label, dirs in groups.items()}
+    present = {tag for runs in loaded.values() for r in runs for tag in r}
+    missing = [t for t in tags if t not in present]
+    if missing:
+        raise PCLError(
+            f"no run has the tag(s) {', '.join(missing)}; tags that exist: {', '.join(sorted(present)) or 'none'}"
+        )
     written = []
     for tag in tags:
         fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=100)

@@ -25,8 +25,29 @@ from pathlib import Path
 import torch
 
 from pcl.utils.atomic import write_atomic
+from pcl.utils.errors import PCLError
 
 VERSION = 1
+
+
+def read_run_record(path: Path) -> dict:
+    """A ``metrics.json`` written by the engine; raises a one-line ``PCLError`` naming ``path`` when it cannot
+    be read or is not a run record (a JSON object whose ``epochs`` is a list of ``{"epoch": N, ...}``)."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise PCLError(f"{path} cannot be read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise PCLError(f"{path} is not valid JSON: {e}") from None
+    records = doc.get("epochs") if isinstance(doc, dict) else None
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records
+    ):
+        raise PCLError(
+            f"{path} is not a run record: expected main_pcl.py's metrics.json, a JSON object whose "
+            '"epochs" is a list of {"epoch": N, ...}'
+        )
+    return doc
 
 
 def peak_memory_mib(device: torch.device | None = None) -> dict[str, float]:
@@ -74,6 +95,17 @@ class MetricsLog:
         rec.update({k: _finite_or_none(v) for k, v in sorted(scalars.items())})
         rec.update({k: _finite_or_none(v) for k, v in (extra or {}).items()})
         self.epochs = [e for e in self.epochs if e["epoch"] < epoch] + [rec]
+        self.write()
+
+    def update(self, epoch: int, scalars: dict[str, float]) -> None:
+        """Merge ``scalars`` measured later (a deferred kNN monitor) into epoch ``epoch``'s record, then write."""
+        if not self.enabled:
+            return
+        rec = next((e for e in self.epochs if e["epoch"] == epoch), None)
+        if rec is None:
+            self.add(epoch, scalars)
+            return
+        rec.update({k: _finite_or_none(v) for k, v in scalars.items()})
         self.write()
 
     def final(self) -> dict[str, float | int | None]:

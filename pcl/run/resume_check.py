@@ -54,7 +54,9 @@ def _uses_scaler(amp: str) -> bool:
     return amp == "fp16"
 
 
-def incompatibilities(stored: Config, new: Config, ckpt: Mapping, num_train: int | None = None) -> list[str]:
+def incompatibilities(
+    stored: Config, new: Config, ckpt: Mapping, num_train: int | None = None, data_identity: Mapping | None = None
+) -> list[str]:
     """Human-readable ``flag stored -> new`` for every difference that the checkpoint cannot follow."""
     out = []
     for section, name, flag in SHAPE_FLAGS:
@@ -68,16 +70,26 @@ def incompatibilities(stored: Config, new: Config, ckpt: Mapping, num_train: int
     stored_n = ckpt.get("num_train")
     if num_train is not None and stored_n is not None and stored_n != num_train:
         out.append(f"training images {stored_n} -> {num_train}")
+    elif data_identity is not None and isinstance(ckpt.get("data_identity"), Mapping):
+        old = ckpt["data_identity"]
+        if old.get("sha256") != data_identity.get("sha256"):
+            out.append(
+                f"training data changed: {num_train} images as before but other files or labels "
+                f"(file-list hash {str(old.get('sha256'))[:12]} -> {str(data_identity.get('sha256'))[:12]})"
+            )
     return out
 
 
-def check_compatible(ckpt: Mapping, new: Config, path: Path, num_train: int | None = None) -> None:
-    """Raise one ``PCLError`` naming every flag whose change the checkpoint cannot follow."""
+def check_compatible(
+    ckpt: Mapping, new: Config, path: Path, num_train: int | None = None, data_identity: Mapping | None = None
+) -> None:
+    """Raise one ``PCLError`` naming every flag whose change the checkpoint cannot follow, or a changed data set
+    (``data_identity``: count and file-list hash, ``sources.ImageSet.identity``)."""
     try:
         stored = resolve(stored_config(dict(ckpt), path))
     except PCLError:
         return  # no stored configuration (very old checkpoint): nothing to compare
-    bad = incompatibilities(stored, new, ckpt, num_train)
+    bad = incompatibilities(stored, new, ckpt, num_train, data_identity)
     if bad:
         raise PCLError(
             f"cannot resume {path} with a different configuration: {'; '.join(bad)}; "

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from pcl.config import Config, to_dict
 from pcl.estep.clustering import ClusterResult, Granularity
 from pcl.estep.estep import run_estep
+from pcl.eval.bank import FeatureBank
 from pcl.eval.cluster_metrics import cluster_scalars
 from pcl.eval.features import extract
 from pcl.eval.knn import knn_top1
@@ -57,7 +58,8 @@ from pcl.utils.timing import PhaseTimer
 class Loaders:
     """``train``: two-crop views with indices; ``estep``: eval view of the train images, this rank's part;
     ``knn_train`` / ``knn_eval``: full train and val sets (eval view) for the kNN monitor, rank 0 only;
-    ``class_labels``: the train set's class labels ``(N,)`` for cluster metrics, rank 0 only, None without."""
+    ``class_labels``: the train set's class labels ``(N,)`` for cluster metrics, rank 0 only, None without;
+    ``data_identity``: count and hash of the resolved training file list, checkpointed so a resume can compare."""
 
     train: DataLoader
     estep: DataLoader
@@ -68,6 +70,7 @@ class Loaders:
     eval_labels: torch.Tensor | None = None
     num_classes: int = 0
     class_labels: torch.Tensor | None = None
+    data_identity: dict | None = None  # the training images' {"count", "sha256", "form"} (sources.ImageSet)
 
 
 class Trainer:
@@ -120,6 +123,7 @@ class Trainer:
         cluster = None if self.cluster_result is None else self.cluster_result.state_dict()
         mid = (vars(meter).copy(), dict(self.epoch_scalars), dict(self.timer.seconds)) if step_in_epoch else ()
         state = self.checkpointer.state(self.state, self.loaders.num_train, cluster, step_in_epoch, *mid)
+        state["data_identity"] = self.loaders.data_identity  # checked by a resume (resume_check)
         path = self.checkpointer.save(state)
         self.policy.reset()
         return path
@@ -134,15 +138,19 @@ class Trainer:
             self.cluster_result = ClusterResult.from_state_dict(r.cluster_result).to(self.device)
 
     # ------------------------------------------------------------------ E-step
-    def estep(self, epoch: int) -> ClusterResult:
+    def estep(self, epoch: int, bank: FeatureBank | None = None) -> ClusterResult:
         """Cluster the momentum features of every training image (all granularities) for ``epoch``; logs the
-        cluster statistics and, with ``--save-clusters``, writes the result to the run directory."""
+        cluster statistics and, with ``--save-clusters``, writes the result to the run directory.
+
+        ``--kmeans-init previous`` starts from ``self.cluster_result`` (the previous E-step's, also after a
+        resume). ``bank``: filled with the momentum backbone's features in the same pass (the kNN monitor's)."""
         self.model.eval()
         t0 = time.time()
+        fn = self.raw.cluster_features if bank is None else self.raw.cluster_and_bank_features
         with STOP.stop_at_once():  # nothing resumable inside the E-step: a signal stops it at once
             m, ld = self.cfg.model, self.loaders
             args = (ld.estep, ld.num_train, m.low_dim, self.cfg.estep, self.info, epoch, m.temperature)
-            result = run_estep(self.raw.cluster_features, *args, self.autocast, self.timer)
+            result = run_estep(fn, *args, self.autocast, self.timer, previous=self.cluster_result, bank=bank)
         self.model.train()
         scalars = {f"cluster/k{g.k}/{name}": v for g in result.levels for name, v in g.stats.items()}
         scalars["time/estep_seconds"] = time.time() - t0
@@ -281,17 +289,51 @@ class Trainer:
         self.tb.scalars(scalars, self.state.global_step)
 
     # ------------------------------------------------------------------ kNN monitor
-    def evaluate(self) -> float | None:
-        """Weighted kNN top-1 (%) of query-backbone features on the eval split; rank 0 only."""
+    def evaluate(self, bank: torch.Tensor | None = None) -> float | None:
+        """Weighted kNN top-1 (%) of ``--knn-encoder`` backbone features on the eval split; rank 0 only.
+
+        ``bank``: the train features ``(N, D)`` already computed (by the E-step's pass); else extracted here."""
         ld, t = self.loaders, self.cfg.train
         if ld.knn_eval is None or not self.info.is_main:
             return None
         self.model.eval()
-        fn = self.raw.backbone_features
-        bank = extract(fn, ld.knn_train, self.device, self.autocast, "kNN bank")
+        fn = self.raw.key_backbone_features if t.knn_encoder == "key" else self.raw.backbone_features
+        if bank is None:
+            bank = extract(fn, ld.knn_train, self.device, self.autocast, "kNN bank")
         test = extract(fn, ld.knn_eval, self.device, self.autocast, "kNN eval")
         self.model.train()
         return knn_top1(bank, ld.train_labels, test, ld.eval_labels, ld.num_classes, t.knn_k, t.knn_t)
+
+    def knn_deferred(self, epoch: int) -> bool:
+        """True when epoch ``epoch``'s kNN monitor runs at the start of epoch ``epoch + 1`` instead, on the bank
+        its E-step's pass computes (``--knn-encoder key``, one process): the key encoder is the same then.
+
+        Depends on the configuration only (not on ``--stop-after-epochs``), so a resumed run agrees."""
+        t = self.cfg.train
+        return (
+            t.knn_encoder == "key"
+            and not self.info.enabled
+            and self.loaders.knn_eval is not None
+            and bool(t.knn_freq)
+            and epoch >= 0
+            and t.warmup_epochs <= epoch + 1 < t.epochs
+            and (epoch + 1) % t.knn_freq == 0
+        )
+
+    def _estep_with_deferred_knn(self, epoch: int) -> ClusterResult:
+        """The E-step of ``epoch``; when epoch ``epoch - 1``'s monitor was deferred, also its kNN on the bank of
+        the same pass (logged at step ``epoch - 1``, timed as this epoch's ``knn``)."""
+        if not self.knn_deferred(epoch - 1):
+            return self.estep(epoch)
+        bank = FeatureBank(self.loaders.num_train)
+        result = self.estep(epoch, bank)
+        with self.timer.phase("knn"):
+            knn = self.evaluate(bank.tensor())
+        if knn is not None:
+            self.tb.scalars({"eval/knn_top1": knn}, epoch - 1)
+            self.metrics.update(epoch - 1, {"eval/knn_top1": knn})
+            tqdm.write(f"epoch {epoch - 1}: knn_top1 {knn:.2f} (key encoder, bank from epoch {epoch}'s E-step pass)")
+        return result
 
     # ------------------------------------------------------------------ the EM loop
     def fit(self, stop_after: int | None = None) -> float | None:
@@ -305,10 +347,11 @@ class Trainer:
             t_epoch = time.time()
             if not self.position:  # mid-epoch resume: the checkpoint holds this epoch's clusters and scalars
                 self.epoch_scalars = {}
-                self.cluster_result = self.estep(epoch) if epoch >= t.warmup_epochs else None
+                self.cluster_result = self._estep_with_deferred_knn(epoch) if epoch >= t.warmup_epochs else None
             with self.timer.phase("mstep"):
                 stats = self.train_epoch(epoch, self.cluster_result)
             knn_due = bool(t.knn_freq) and ((epoch + 1) % t.knn_freq == 0 or epoch + 1 == end)
+            knn_due = knn_due and not self.knn_deferred(epoch)
             if knn_due:
                 with self.timer.phase("knn"):
                     knn = self.evaluate()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from pcl.utils.errors import PCLError
 from pcl.utils.flags import check_fields, flag, int_list
 
 OPTIMIZERS = ("sgd", "sgd-cos", "adamw", "lamb", "lars")
@@ -47,16 +48,16 @@ class OptimConfig:
 
     optimizer: str = flag("adamw", choices=OPTIMIZERS)
     lr: float | None = flag(None, type=float, gt=0, help="base lr for the global batch (default: per optimizer)")
-    wd: float | None = flag(None, type=float, help="weight decay (default: per optimizer)")
-    momentum: float = flag(0.9, help="SGD / LARS momentum")
+    wd: float | None = flag(None, type=float, ge=0, help="weight decay (default: per optimizer)")
+    momentum: float = flag(0.9, ge=0, lt=1, help="SGD / LARS momentum")
     lr_schedule: str | None = flag(None, choices=SCHEDULES, help="default: step for sgd, cos otherwise")
     schedule: list[int] = flag(
-        default_factory=lambda: [120, 160], type=int_list, help="step-schedule milestones (epochs)"
+        default_factory=lambda: [120, 160], type=int_list, ge=0, help="step-schedule milestones (epochs)"
     )
     lr_warmup_epochs: float | None = flag(
         None, type=float, ge=0, help="linear lr warmup, epochs (default: per optimizer)"
     )
-    min_lr: float = flag(0.0, help="final lr of the cosine schedule")
+    min_lr: float = flag(0.0, ge=0, help="final lr of the cosine schedule")
     exclude_bn_bias: bool | None = flag(
         None,
         action=argparse.BooleanOptionalAction,
@@ -67,8 +68,11 @@ class OptimConfig:
     )
 
     def validate(self) -> None:
-        """Raise a one-line ``PCLError`` for a value outside its flag's range."""
+        """Raise a one-line ``PCLError`` for a value outside its flag's range, or a cosine end above its start
+        (call it on the resolved config)."""
         check_fields(self)
+        if self.lr is not None and self.min_lr > self.lr:
+            raise PCLError(f"--min-lr {self.min_lr} is above --lr {self.lr}: the schedule would raise the lr")
 
     def resolved(self) -> OptimConfig:
         """This config with every ``None`` replaced by the optimizer's default (``OPTIMIZER_DEFAULTS``)."""

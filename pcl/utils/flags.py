@@ -101,7 +101,7 @@ class Flag:
             if not ok:
                 words = self.range_text()
                 if self.finite and not (isinstance(v, float) and math.isnan(v)) and not math.isfinite(v):
-                    words = f"a finite number {words}".rstrip()
+                    words = "a finite positive number" if words == "positive" else f"a finite number {words}".rstrip()
                 raise PCLError(f"{self.name} must be {words or 'a finite number'}, got {v}")
 
 
@@ -138,3 +138,29 @@ def check_fields(cfg: Any) -> None:
         spec = flag_of(f)
         if spec is not None:
             spec.check(getattr(cfg, f.name))
+
+
+@dataclass(frozen=True)
+class Ranged:
+    """argparse ``type`` of a tool's numeric flag with its valid range: parses, checks, and refuses with
+    argparse's one-line error (``argument --k: must be positive, got 0``). ``spec`` holds the range."""
+
+    spec: Flag
+
+    def __call__(self, text: str) -> Any:
+        kind = self.spec.type
+        try:
+            value = kind(text)  # type: ignore[misc]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {getattr(kind, '__name__', 'number')} value: {text!r}") from None
+        try:
+            self.spec.check(value)
+        except PCLError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{self.spec.name} ")) from None
+        return value
+
+
+def ranged(kind: Callable[[str], Any], **bounds: Any) -> Ranged:
+    """A tool flag's ``type``: ``kind`` (int, float, int_list) within ``bounds`` (``ge``/``gt``/``le``/``lt``,
+    ``finite``), e.g. ``p.add_argument("--k", type=ranged(int, gt=0))``."""
+    return Ranged(Flag(names=("value",), type=kind, **bounds))

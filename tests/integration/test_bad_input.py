@@ -29,8 +29,9 @@ def test_missing_path(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     assert "does not exist" in error_line(capsys, [str(tmp_path / "nope"), *TINY_ARGS])
 
 
-def test_folder_without_train_split(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    assert "no train/" in error_line(capsys, [str(tmp_path), *TINY_ARGS])
+def test_empty_folder_without_train_split(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """A folder without train/ is data too (class folders or unlabeled images): empty, it holds no images."""
+    assert "no images found under" in error_line(capsys, [str(tmp_path), *TINY_ARGS])
 
 
 def test_empty_train_folder(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
@@ -80,7 +81,7 @@ def test_corrupt_image_met_during_training_names_the_file(
         (["--num-cluster", "a,b"], "comma-separated integers"),
         (["--num-cluster", "10,,20"], "comma-separated integers"),
         (["--crop-min", "-1"], "--crop-min must be in (0, 1]"),
-        (["--color-jitter", "-1"], "--color-jitter must be >= 0"),
+        (["--color-jitter", "-1"], "--color-jitter must be in [0, 2]"),
         (["--eval-batch-size", "0"], "--eval-batch-size must be positive"),
         (["--grayscale-prob", "1.5"], "--grayscale-prob must be in [0, 1]"),
         (["--lr", "-1"], "--lr must be positive"),
@@ -101,4 +102,4 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path: Path) -> Non
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: data folder {tmp_path / 'missing'} does not exist"]
+    assert proc.stderr.strip().splitlines() == [f"error: data path {tmp_path / 'missing'} does not exist"]

@@ -3,6 +3,7 @@ killed and restarted; two simulated nodes, one killed and replaced, ending like 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -149,8 +150,8 @@ def launch_node(out: Path, argv: list[str], port: int, log: Path, **env_extra: s
         "--",
         *argv,
     ]
-    with log.open("ab") as f:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    with log.open("ab") as f:  # own session: the test can kill the agent and its workers together
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_for_listener(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -196,11 +197,11 @@ def test_two_nodes_one_killed_and_restarted_end_like_one_node(
             nodes[1] = launch_node(out, argv, port, logs[1], **env)  # the replacement node
         for node, log in zip(reversed(nodes), reversed(logs), strict=True):
             assert node.wait(timeout=600) == 0, log.read_text()[-5000:]
-    finally:
+    finally:  # a failed or hung run leaves no agent or worker behind (a worker outlives a SIGKILLed agent)
         for node in nodes:
-            if node.poll() is None:
-                node.kill()
-                node.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
     assert "1 epochs done" in logs[0].read_text() + logs[1].read_text()  # resumed from epoch 0's checkpoint
     assert_same_final_state(exp, out, ddp_run)
     # torchrun's restart counts are per agent: the replacement node starts again at 0

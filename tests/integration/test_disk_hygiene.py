@@ -4,12 +4,11 @@ once filled up with the folders of earlier sessions and of passing tests."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, tool_env
 
 INNER = """
 import json
@@ -48,7 +47,7 @@ def test_passing_tests_leave_no_folders_and_failing_ones_keep_theirs(tmp_path: P
     log = tmp_path / "seen.json"
     (inner / "test_good.py").write_text(INNER.format(log=str(log), ok=True))
     (inner / "test_bad.py").write_text(INNER.format(log=str(log), ok=False))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = tool_env()
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "base"), "."]
     proc = subprocess.run(cmd, cwd=inner, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]

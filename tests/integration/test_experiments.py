@@ -18,10 +18,11 @@ from pcl.run.curves import aggregate, load_curves
 from pcl.run.metrics import MetricsLog
 from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
-from tests.helpers import ROOT, TINY_ARGS, load_experiments
+from tests.helpers import ROOT, TINY_ARGS, load_experiments, tool_env
 
 runner = load_experiments()
-from suite import flags_to_argv, last_error_line, load_suite  # noqa: E402 - experiments/ is on the path now
+from launch import last_error_line  # noqa: E402 - experiments/ is on the path now
+from suite import flags_to_argv, load_suite  # noqa: E402
 from summary import RunRow, SeedResult, summarize, table  # noqa: E402
 
 # TINY_ARGS as a suite's [base] table (flag -> value)
@@ -49,7 +50,7 @@ def suite_run(tiny_data: Path, module_tmp: Path) -> tuple[Path, Path]:
     failing = '\n[[runs]]\nname = "too-many-clusters"\nflags = { num-cluster = "1000" }\n'
     suite = write_suite(tmp / "tiny.toml", TWO_RUNS + failing)
     out = tmp / "out"
-    assert runner.main([str(suite), str(tiny_data), "--out", str(out)]) == 0
+    assert runner.main([str(suite), str(tiny_data), "--out", str(out)]) == 1  # a run failed: exit status 1
     return suite, out
 
 
@@ -275,7 +276,7 @@ def test_runner_killed_mid_run_resumes(tmp_path: Path, tiny_data: Path) -> None:
     suite = write_suite(tmp_path / "kill.toml", '[[runs]]\nname = "pcl"\nflags = { epochs = 3 }\n', seeds=1)
     out = tmp_path / "out"
     metrics = out / "kill" / "pcl" / "seed0" / "metrics.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = tool_env()
     cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), str(suite), str(tiny_data), "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -294,3 +295,38 @@ def test_runner_killed_mid_run_resumes(tmp_path: Path, tiny_data: Path) -> None:
     done = json.loads(metrics.read_text())
     assert done["complete"] and [e["epoch"] for e in done["epochs"]] == [0, 1, 2]
     assert "resumed from" in (out / "kill" / "pcl" / "seed0" / "train.log").read_text()
+
+
+def test_summary_shows_the_evaluation_protocols_with_mean_and_std(tmp_path: Path) -> None:
+    """eval.json's low-shot k=1/16, fine-tune 1 %/10 % and clustering ACC (k = classes) become columns."""
+    from summary import _markdown, read_seed
+
+    seeds = []
+    for seed, (top1, acc) in enumerate(((20.0, 0.30), (30.0, 0.40))):
+        exp = tmp_path / f"seed{seed}"
+        exp.mkdir()
+        evaluation = {
+            "knn_top1": 50.0,
+            "lowshot": {"1": {"top1": top1}, "16": {"top1": top1 + 20.0}},
+            "finetune": {"1": {"top1": top1 + 1.0}, "10": {"top1": top1 + 2.0}},
+            "kmeans": {"10": {"acc": acc}, "20": {"acc": 0.9}},
+            "settings": {"kmeans": {"k_classes": 10}},
+        }
+        (exp / "eval.json").write_text(json.dumps(evaluation))
+        s = read_seed(exp, seed)
+        s.status = "done"
+        seeds.append(s)
+    assert seeds[0].protocols == {
+        "lowshot_k1": 20.0,
+        "lowshot_k16": 40.0,
+        "finetune_1": 21.0,
+        "finetune_10": 22.0,
+        "cluster_acc": 30.0,  # k = number of classes, in percent
+    }
+    cells = table([RunRow("pcl", {}, 2, seeds), RunRow("moco", {}, 2, [SeedResult(seed=0, status="done")])])
+    assert cells[0]["lowshot_k1_mean"] == 25.0
+    assert cells[0]["lowshot_k1_std"] == pytest.approx(statistics.stdev([20, 30]))
+    assert cells[0]["cluster_acc_mean"] == pytest.approx(35.0) and cells[1]["finetune_10_mean"] is None
+    md = _markdown({"suite": "s", "seeds": 2}, cells, [])
+    assert "| low-shot top-1 k=1 (%) | low-shot top-1 k=16 (%) | fine-tune top-1 1% (%)" in md
+    assert "| 25.00 ± 7.07 | 45.00 ± 7.07 | 26.00 ± 7.07 | 27.00 ± 7.07 | 35.00 ± 7.07 |" in md

@@ -22,7 +22,7 @@ from pcl.data.datasets import IndexedImageFolder
 from pcl.run.lock import ExpDirLock
 from pcl.train.signals import slurm_requeue
 from pcl.utils.errors import PCLError
-from tests.helpers import ROOT, TINY_ARGS, make_image_folder, scalars
+from tests.helpers import ROOT, TINY_ARGS, make_image_folder, scalars, tool_env
 
 
 def run(data: Path, exp_dir: Path, *extra: str) -> int:
@@ -160,7 +160,7 @@ def test_resume_from_an_exported_backbone_is_a_clear_error(
         text=True,
         cwd=ROOT,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=tool_env(),
     )
     assert proc.returncode == 0, proc.stderr
     assert run(tiny_data, tmp_path / "new", "--resume", str(out)) == 2
@@ -204,7 +204,7 @@ def test_a_second_run_on_a_locked_exp_dir_is_refused(
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=tool_env(),
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -92,19 +92,19 @@ def test_checkpoint_without_a_config_is_one_clear_error() -> None:
 def test_help_is_unchanged_by_declaring_flags_on_the_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     """``-h`` built from the fields' metadata equals the hand-written parser's (captured before the change)."""
     monkeypatch.setenv("COLUMNS", "100")
-    reference = (Path(__file__).parent / "main_pcl_help.txt").read_text()
+    reference = (Path(__file__).parent / "main_pcl_help.txt").read_text()  # + --config (issue 19)
     assert build_parser().format_help() == reference
     assert build_parser().prog == "main_pcl.py"  # also under python -m pcl
 
 
 def test_every_flag_is_declared_on_a_config_field() -> None:
-    """Each parser action (but -h) comes from exactly one field's metadata, and lands in that field."""
+    """Each parser action (but -h and --config) comes from exactly one field's metadata, and lands in that field."""
     declared = {}
     for cls in (TrainConfig, AugConfig, DataConfig, ModelConfig, KMeansConfig, EStepConfig, OptimConfig):
         for f in dataclasses.fields(cls):
             if (spec := flag_of(f)) is not None:
                 declared[spec.dest] = (cls, f.name)
-    dests = [a.dest for a in build_parser()._actions if a.dest != "help"]
+    dests = [a.dest for a in build_parser()._actions if a.dest not in ("help", "config")]  # --config: a file of fields
     assert sorted(dests) == sorted(declared)
 
 
@@ -118,3 +118,47 @@ def test_a_stage_validates_its_own_fields() -> None:
     with pytest.raises(PCLError, match=r"--proto-weight must be a finite number >= 0, got inf"):
         TrainConfig(proto_weight=math.inf).validate()
     OptimConfig(clip_grad=math.inf).validate()  # documented: inf = no clipping
+
+
+def test_config_file_gives_its_values_and_flags_override_it(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('[model]\narch = "resnet34"\npcl_r = 64\n[optim]\nlr = 1\n[estep]\nnum_cluster = [4, 8]\n')
+    cfg = parse_config(["--config", str(toml), "--pcl-r", "32"])
+    assert (cfg.model.arch, cfg.model.pcl_r, cfg.estep.num_cluster) == ("resnet34", 32, [4, 8])
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)  # a TOML integer in a float field
+    assert cfg.train == TrainConfig()  # keys the file leaves out keep their defaults
+
+
+def test_a_runs_config_json_reproduces_its_config_under_another_exp_dir(tmp_path: Path) -> None:
+    cfg = parse_config(["DATA", "--num-cluster", "4,8", "--optimizer", "sgd", "--exp-dir", str(tmp_path / "x")])
+    (tmp_path / "config.json").write_text(to_json(cfg))
+    again = parse_config(["--config", str(tmp_path / "config.json"), "--exp-dir", str(tmp_path / "y")])
+    assert again.estep.feature_dir == tmp_path / "y" / "features"  # the derived default follows the new exp-dir
+    again.train.exp_dir, again.estep.feature_dir = cfg.train.exp_dir, cfg.estep.feature_dir
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "suffix", "expected"),
+    [
+        ("[model]\nfoo = 1\n", ".toml", "unknown key 'model.foo'"),
+        ('[modle]\narch = "resnet18"\n', ".toml", "unknown key 'modle'"),
+        ('{"train": {"epochs": "3"}}', ".json", "key 'train.epochs' must be an integer, got '3'"),
+        ('{"train": {"amp": true}}', ".json", "key 'train.amp' must be a string, got True"),
+        ('{"model": 3}', ".json", "model must be a table of keys, got 3"),
+        ('{"estep": {"num_cluster": [4, 1.5]}}', ".json", "'estep.num_cluster' must be a list of integers"),
+        ('{"optim": {"lr": "fast"}}', ".json", "key 'optim.lr' must be a number or null, got 'fast'"),
+        ("[model\n", ".toml", "not valid TOML"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_naming_the_key(tmp_path: Path, text: str, suffix: str, expected: str) -> None:
+    path = tmp_path / f"c{suffix}"
+    path.write_text(text)
+    with pytest.raises(PCLError) as e:
+        parse_config(["--config", str(path)])
+    assert str(e.value).startswith(f"--config {path}: ") and expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(PCLError, match=r"--config .*nope.toml: no such file"):
+        parse_config(["--config", str(tmp_path / "nope.toml")])

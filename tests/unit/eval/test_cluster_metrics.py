@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 
 from pcl import cli
 from pcl.config import parse_config
 from pcl.estep.clustering import ClusterResult, Granularity
-from pcl.eval.cluster_metrics import cluster_scalars, has_classes, label_scores
-from pcl.eval.evaluation import _last_cluster_result, evaluate_run, kmeans_scores
+from pcl.eval.cluster_metrics import (
+    accuracy_scores,
+    cluster_scalars,
+    clustering_accuracy,
+    has_classes,
+    kmeans_scores,
+    label_scores,
+)
+from pcl.eval.evaluation import _last_cluster_result, evaluate_run
 from pcl.run.run_dir import RunDir
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
@@ -31,6 +39,38 @@ def test_label_scores_equal_sklearn_and_hand_purity() -> None:
     assert s["purity"] == pytest.approx(0.8)
     perfect = label_scores(labels * 7, labels)  # a relabelling of the classes
     assert perfect == pytest.approx({"nmi": 1.0, "ami": 1.0, "purity": 1.0})
+
+
+def _brute_force_acc(a: np.ndarray, y: np.ndarray) -> float:
+    """Best one-to-one map of clusters to classes by trying every injection (the smaller side into the larger)."""
+    ca, cy = np.unique(a), np.unique(y)
+    best = 0
+    if len(ca) <= len(cy):
+        for image in itertools.permutations(cy, len(ca)):
+            best = max(best, sum(int(((a == c) & (y == t)).sum()) for c, t in zip(ca, image, strict=True)))
+    else:
+        for image in itertools.permutations(ca, len(cy)):
+            best = max(best, sum(int(((a == c) & (y == t)).sum()) for t, c in zip(cy, image, strict=True)))
+    return best / len(y)
+
+
+def test_acc_equals_the_brute_force_best_permutation_and_sklearn_metrics() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        n, kc, ky = int(rng.integers(5, 40)), int(rng.integers(2, 6)), int(rng.integers(2, 6))
+        a, y = rng.integers(0, kc, n), rng.integers(0, ky, n)
+        if trial % 3 == 0:  # a noisy relabelling: ACC near 1 needs the matching, not the identity
+            a = (y + 2) % ky
+            a[rng.random(n) < 0.2] = 0
+        assert clustering_accuracy(a, y) == pytest.approx(_brute_force_acc(a, y), abs=1e-12)
+        s = accuracy_scores(torch.from_numpy(a), y)
+        assert s["nmi"] == pytest.approx(normalized_mutual_info_score(y, a), abs=1e-12)
+        assert s["ari"] == pytest.approx(adjusted_rand_score(y, a), abs=1e-12)
+        assert s["ami"] == pytest.approx(adjusted_mutual_info_score(y, a), abs=1e-12)
+    # by hand: clusters {0: [0, 0, 1], 1: [1, 1, 2], 2: [2]} -> 0->0, 1->1, 2->2: 2 + 2 + 1 of 7
+    assert clustering_accuracy([0, 0, 0, 1, 1, 1, 2], [0, 0, 1, 1, 1, 2, 2]) == pytest.approx(5 / 7)
+    assert clustering_accuracy([5, 5, 3, 3], [0, 0, 1, 1]) == 1.0
+    assert clustering_accuracy([0, 0, 0, 0], [0, 0, 1, 1]) == 0.5  # one cluster: matched to one class
 
 
 def test_random_assignment_has_ami_near_zero() -> None:
@@ -122,11 +162,18 @@ def test_kmeans_scores_recover_separated_classes_and_ignore_shuffled_labels() ->
     labels = torch.arange(3).repeat_interleave(40)
     centres = torch.eye(8)[:3] * 10.0
     x = centres[labels] + 0.1 * torch.randn(120, 8, generator=g)
-    s = kmeans_scores(x, labels, (3, 6))
-    assert s["3"] == pytest.approx({"nmi": 1.0, "ami": 1.0, "purity": 1.0})
+    s = kmeans_scores(x, labels, (3, 6), restarts=3)
+    for m in ("acc", "nmi", "ari", "ami", "purity"):
+        assert s["3"][m] == pytest.approx(1.0) and s["3"][f"{m}_std"] == pytest.approx(0.0, abs=1e-12)
+    assert s["3"]["restarts"] == 3 and len(s["3"]["runs"]) == 3
     assert s["6"]["purity"] == pytest.approx(1.0) and s["6"]["ami"] < 1.0  # a split class is still pure
+    assert s["6"]["acc"] <= 1.0 and s["6"]["acc"] >= 0.5  # three of six clusters matched, each holding half a class
     shuffled = labels[torch.randperm(120, generator=g)]
-    assert abs(kmeans_scores(x, shuffled, (3,))["3"]["ami"]) < 0.05
+    chance = kmeans_scores(x, shuffled, (3,), restarts=2)["3"]
+    assert abs(chance["ami"]) < 0.05 and abs(chance["ari"]) < 0.05 and chance["acc"] < 0.5
+    runs = chance["runs"]
+    assert chance["acc"] == pytest.approx(np.mean([r["acc"] for r in runs]))
+    assert chance["acc_std"] == pytest.approx(np.std([r["acc"] for r in runs]))
     with pytest.raises(PCLError, match="k = 121"):
         kmeans_scores(x, labels, (121,))
 
@@ -148,4 +195,68 @@ def test_evaluate_kmeans_on_any_run_and_bad_values(
         assert tool.main([str(exp), "--kmeans", bad, "--out", str(tmp_path / "x.json"), "--workers", "0"]) == 2
         err = capsys.readouterr().err.strip().splitlines()  # feature progress bars may come first
         assert [ln for ln in err if ln.startswith("error: ")] == err[-1:] and needle in err[-1], err
+        assert not any("Traceback" in ln for ln in err)
+
+
+def test_evaluate_on_other_data_neither_scores_the_runs_clusters_nor_overwrites_eval_json(
+    labelled_run: tuple[Path, dict], tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    exp, _ = labelled_run
+    run = RunDir(exp)
+    if not run.eval.is_file():
+        evaluate_run(exp, knn=False, linear=False, show=False)
+    before = run.eval.read_bytes()
+    # other data with as many train images as the run's (48 in 3 classes): once scored as if clustered
+    other = tmp_path / "other"
+    make_image_folder(other / "train", per_class=16, seed=5)
+    make_image_folder(other / "test", per_class=4, seed=6)
+    res = evaluate_run(exp, data=str(other), linear=False, batch_size=16, workers=0, show=False)
+    assert res["cluster"] == {} and "not" in res["settings"]["cluster_skipped"]
+    assert res["knn_top1"] is not None and res["settings"]["written"] is None
+    assert run.eval.read_bytes() == before  # the run's own eval.json is kept
+    assert res["settings"]["data_identity"]["n_files"] == 48
+    tool = load_tool("evaluate")
+    assert tool.main([str(exp), "--data", str(other), "--protocols", "clusters", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "clusters not scored" in out and "not written" in out and "--out FILE" in out
+    assert run.eval.read_bytes() == before
+    target = tmp_path / "other.json"  # asked for: written there
+    assert tool.main([str(exp), "--data", str(other), "--protocols", "clusters", "--out", str(target)]) == 0
+    assert json.loads(target.read_text())["cluster"] == {}
+    # the run's own data given explicitly (another spelling of the same folder) is still the run's own
+    own = evaluate_run(exp, data=f"{tiny_data}/train/..", knn=False, linear=False, show=False)
+    assert set(own["cluster"]) == {"3", "5"}
+
+
+def test_evaluate_runs_all_five_protocols_in_one_table(
+    labelled_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    exp, _ = labelled_run
+    out = tmp_path / "five.json"
+    tool = load_tool("evaluate")
+    fast = ["--workers", "0", "--eval-batch-size", "16", "--wd-grid", "1e-2", "--max-iter", "20"]
+    fast += ["--lowshot", "1,2", "--lowshot-draws", "2", "--lowshot-costs", "0.1,1", "--kmeans-restarts", "2"]
+    fast += ["--finetune", "25", "--finetune-epochs", "2", "--finetune-batch-size", "6", "--device", "cpu"]
+    protocols = "knn,linear,lowshot,finetune,kmeans"
+    assert tool.main([str(exp), "--protocols", protocols, "--out", str(out), *fast]) == 0
+    printed = capsys.readouterr().out
+    for needle in (
+        "kNN top-1",
+        "linear top-1",
+        "low-shot k=1 (2 draws, cost fixed)",
+        "low-shot k=2 (2 draws, cost cv)",
+        "fine-tune 25% (12 images)",
+        "k-means k=3 (2 restarts) ACC",
+    ):
+        assert needle in printed, printed
+    assert "NMI / AMI / purity" not in printed  # the run's own clusters: not asked for
+    res = json.loads(out.read_text())
+    assert set(res["lowshot"]) == {"1", "2"} and set(res["kmeans"]) == {"3"} and set(res["finetune"]) == {"25"}
+    subset = Path(res["finetune"]["25"]["subset_file"])
+    assert subset.parent == tmp_path / "finetune" and len(subset.read_text().splitlines()) == 12
+    assert res["settings"]["lowshot"]["draws"] == 2 and res["settings"]["finetune"]["epochs"] == 2
+    for bad, needle in (("--protocols=knn,svm", "unknown protocol svm"), ("--lowshot=17", "k = 17 needs 1 <= k <= 16")):
+        assert tool.main([str(exp), bad, "--out", str(tmp_path / "x.json"), "--workers", "0", "--no-linear"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and needle in err[-1], err
         assert not any("Traceback" in ln for ln in err)
