@@ -34,9 +34,10 @@ from pcl.data.sources import check_knn_data, resolve_data
 from pcl.eval.cluster_metrics import has_classes
 from pcl.model.builder import PCL
 from pcl.run import exp_dir as exp_dir_checks
-from pcl.run.checkpoint import load_checkpoint
+from pcl.run.checkpointer import load_resumable
 from pcl.run.resume_check import check_compatible, check_training_checkpoint
 from pcl.train.engine import Loaders, Trainer
+from pcl.train.health import CollapseStop
 from pcl.train.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
 from pcl.train.signals import STOP, Preempted, slurm_requeue
 from pcl.utils import distributed as pdist
@@ -163,9 +164,10 @@ def run(cfg: Config) -> Trainer:
         resume = run_dir.resume_path(t.resume)
         if resume is not None:
 
-            def read() -> None:
-                ckpt["state"] = check_training_checkpoint(load_checkpoint(resume), resume)
-                check_compatible(ckpt["state"], cfg, resume)
+            def read() -> None:  # --resume auto: an unreadable last.pth falls back to the newest kept checkpoint
+                ckpt["path"], state = load_resumable(resume, run_dir if t.resume == "auto" else None)
+                ckpt["state"] = check_training_checkpoint(state, ckpt["path"])
+                check_compatible(ckpt["state"], cfg, ckpt["path"])
 
             _agree(read, info)
         random.seed(t.seed + info.rank)
@@ -174,6 +176,7 @@ def run(cfg: Config) -> Trainer:
         trainer = build_trainer(cfg, info)
         if resume is not None:
             num_train, identity = trainer.loaders.num_train, trainer.loaders.data_identity
+            resume = ckpt.get("path", resume)
             _agree(lambda: check_compatible(ckpt["state"], cfg, resume, num_train, identity), info)
             trainer.resume(resume, ckpt.get("state"))
         elif t.resume == "auto" and info.is_main:
@@ -195,23 +198,31 @@ def run(cfg: Config) -> Trainer:
         pdist.shutdown()
 
 
-def _resume_hint(cfg: Config) -> str:
+def _resume_hint(cfg: Config, written: str | None = None) -> str:
+    """What to do after a stop: continue from ``written`` (this stop's checkpoint) or the latest one, or, with
+    none, start again (one piece of advice, never both)."""
     last = cfg.run_dir.last
+    if written:
+        return f"checkpoint written: {written}; rerun with --resume auto to continue"
     if last.is_file():
         return f"the latest checkpoint is {last}; rerun with --resume auto to continue"
-    return f"no checkpoint was written in {cfg.run_dir.root}; rerun to start again"
+    return f"no checkpoint was written in {cfg.run_dir.root}; rerun the same command to start again"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point. Exit codes: 0 done; 2 bad input or environment (one ``error:`` line);
-    130 Ctrl-C; 128 + N after a graceful stop on signal N with a checkpoint written (SIGTERM 143, SIGUSR1 138,
-    SIGUSR2 140)."""
+    3 ``--stop-on-collapse`` found a finite collapse (checkpoint written); 130 Ctrl-C; 128 + N after a graceful
+    stop on signal N with a checkpoint written (SIGTERM 143, SIGUSR1 138, SIGUSR2 140)."""
     cfg = None
     try:
         cfg = parse_config(argv)
         run(cfg)
     except PCLError as e:
         return report_error(e)
+    except CollapseStop as e:  # --stop-on-collapse
+        if os.environ.get("RANK", "0") == "0":
+            print(f"stopped: {e}; rerun with --resume auto and a remedy (e.g. a lower --lr)", file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
         print(f"interrupted: {_resume_hint(cfg) if cfg is not None else 'nothing was written'}", file=sys.stderr)
         return 130
@@ -219,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         assert cfg is not None
         main_rank = os.environ.get("RANK", "0") == "0"
         if main_rank:
-            where = f"checkpoint written: {e.checkpoint}" if e.checkpoint else _resume_hint(cfg)
-            print(f"stopped by {e}: {where}; rerun with --resume auto to continue", file=sys.stderr)
+            print(f"stopped by {e}: {_resume_hint(cfg, e.checkpoint)}", file=sys.stderr)
         STOP.chain()  # the handler installed before ours, e.g. submitit's checkpoint + requeue (exits)
         if cfg.train.requeue and main_rank:
             print(slurm_requeue(), file=sys.stderr)

@@ -68,6 +68,11 @@ class TrainConfig:
         help="channels-last memory format for the training step (for GPUs; 1.13x step time on this CPU, README)",
     )
     max_bad_steps: int = flag(20, gt=0, help="stop after this many consecutive non-finite steps")
+    stop_on_collapse: bool = flag(
+        False,
+        action="store_true",
+        help="stop with a checkpoint (exit code 3) when the embeddings collapse (health/*, docs: reliability)",
+    )
     exp_dir: Path = flag(Path("runs/default"))
     resume: str | None = flag(None, help="checkpoint path, or 'auto' for <exp-dir>/checkpoints/last.pth")
     stop_after_epochs: int | None = flag(  # None: all remaining epochs
@@ -163,7 +168,7 @@ GROUPS: list[tuple[str, list[tuple[type, str]]]] = [
             (Opt, "lr wd momentum optimizer lr_schedule schedule lr_warmup_epochs min_lr exclude_bn_bias"),
             (T, "amp channels_last"),
             (Opt, "clip_grad"),
-            (T, "max_bad_steps"),
+            (T, "max_bad_steps stop_on_collapse"),
         ],
     ),
     (

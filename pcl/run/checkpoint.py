@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,17 +57,11 @@ def save_checkpoint(state: dict, path: Path) -> None:
     write_atomic(path, lambda f: torch.save(state, f), "checkpoint")
 
 
-def link_or_save(src: Path, dst: Path, state: dict) -> None:
-    """Make ``dst`` a copy of the just-written ``src`` atomically: a hard link renamed into place (no second
-    write), or, where the file system has no hard links, ``save_checkpoint(state, dst)``."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    try:
-        tmp.unlink(missing_ok=True)
-        os.link(src, tmp)
-        os.replace(tmp, dst)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        save_checkpoint(state, dst)
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """Make ``dst`` an independent copy of the just-written checkpoint ``src``, atomically (never a hard link:
+    overwriting one file in place must not change the other)."""
+    with open(src, "rb") as f:
+        write_atomic(dst, lambda out: shutil.copyfileobj(f, out, 1 << 24), "checkpoint")
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -3,6 +3,9 @@
 A checkpoint (``torch.save`` of a dict, written atomically, finite values only) holds::
 
     epoch, step_in_epoch, epoch_meter   completed epochs; mid-epoch: steps done in ``epoch`` and its meter
+    epoch_scalars, epoch_timer          mid-epoch: the epoch's scalars logged so far (E-step figures) and its
+                                        phase seconds, so that metrics.json keeps them (None at an epoch end;
+                                        absent before 2026-11-30, which resumes as None)
     num_train, global_step, skipped_steps, world
     model, optimizer, scheduler, scaler state dicts (the model's buffers hold the queue)
     cluster_result                      the last E-step's result (``ClusterResult.state_dict()``) or None
@@ -22,11 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pcl.run.checkpoint import link_or_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pcl.run.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pcl.run.resume_check import apply_hyperparams, snapshot_hyperparams
 from pcl.run.run_dir import RunDir
 from pcl.utils import distributed as pdist
 from pcl.utils.distributed import DistInfo
+from pcl.utils.errors import PCLError
 
 
 @dataclass
@@ -42,9 +46,10 @@ class TrainState:
 class Resumed:
     """What a restored checkpoint gives the engine besides the modules' states.
 
-    ``cluster_result``: ``ClusterResult.state_dict()`` or None; ``step_in_epoch`` / ``epoch_meter``: a mid-epoch
-    position (0 / None at an epoch end); ``pending_rng``: this rank's RNG state to set once the epoch's loader
-    iterator exists (mid-epoch only; otherwise it is set already).
+    ``cluster_result``: ``ClusterResult.state_dict()`` or None; ``step_in_epoch`` / ``epoch_meter`` /
+    ``epoch_scalars`` / ``epoch_timer``: a mid-epoch position and what the epoch logged so far (0 / None at an
+    epoch end); ``pending_rng``: this rank's RNG state to set once the epoch's loader iterator exists (mid-epoch
+    only; otherwise it is set already).
     """
 
     state: TrainState
@@ -52,6 +57,8 @@ class Resumed:
     step_in_epoch: int = 0
     epoch_meter: dict | None = None
     pending_rng: dict | None = None
+    epoch_scalars: dict | None = None
+    epoch_timer: dict | None = None
 
 
 class Checkpointer:
@@ -91,8 +98,11 @@ class Checkpointer:
         cluster_result: dict | None,
         step_in_epoch: int = 0,
         meter: dict | None = None,
+        scalars: dict | None = None,
+        timer: dict | None = None,
     ) -> dict:
-        """Everything needed to continue bit-identically (the keys of the module docstring).
+        """Everything needed to continue bit-identically (the keys of the module docstring); mid-epoch
+        (``step_in_epoch`` > 0) also the epoch's ``meter`` state, logged ``scalars`` and ``timer`` seconds.
 
         Collective under DDP (gathers the RNG states): every rank must call it.
         """
@@ -101,6 +111,8 @@ class Checkpointer:
             "epoch": st.epoch,
             "step_in_epoch": step_in_epoch,
             "epoch_meter": meter,
+            "epoch_scalars": scalars,
+            "epoch_timer": timer,
             "num_train": num_train,
             "global_step": st.global_step,
             "skipped_steps": st.skipped_steps,
@@ -117,15 +129,15 @@ class Checkpointer:
     def save(self, state: dict) -> Path:
         """Write ``state`` (from :meth:`state`) as ``last.pth`` from rank 0, atomically; all ranks wait for it.
 
-        At an epoch end the kept ``checkpoint_XXXX.pth`` is written first and ``last.pth`` made from it, so a kill
-        between the two cannot lose the numbered one.
+        At an epoch end the kept ``checkpoint_XXXX.pth`` is written first and ``last.pth`` copied from it (an
+        independent file), so a kill between the two cannot lose the numbered one.
         """
         last = self.run_dir.last
         if self.info.is_main:
             numbered = None if state["step_in_epoch"] else self.numbered(state["epoch"])
             if numbered is not None:
                 save_checkpoint(state, numbered)
-                link_or_save(numbered, last, state)
+                copy_checkpoint(numbered, last)
             else:
                 save_checkpoint(state, last)
         pdist.barrier()
@@ -151,6 +163,8 @@ class Checkpointer:
             ckpt["cluster_result"],
             position,
             ckpt.get("epoch_meter"),
+            epoch_scalars=ckpt.get("epoch_scalars"),
+            epoch_timer=ckpt.get("epoch_timer"),
         )
         rngs = ckpt["rng"]
         rng = rngs[info.rank] if len(rngs) == info.world else None
@@ -170,3 +184,25 @@ class Checkpointer:
                 save_checkpoint(ckpt, numbered)  # lost by a kill between the two writes (older versions)
                 print(f"recreated {numbered}")
         return out
+
+
+def load_resumable(path: Path, run_dir: RunDir | None = None) -> tuple[Path, dict]:
+    """``(path, checkpoint)`` read from ``path``; with ``run_dir`` (``--resume auto``), when ``path`` cannot be
+    read, the newest readable ``checkpoint_XXXX.pth`` instead, announced in one line. Raises the ``PCLError``
+    of ``path`` when nothing can be read."""
+    try:
+        return path, load_checkpoint(path)
+    except PCLError as e:
+        if run_dir is None:
+            raise
+        for other in sorted(run_dir.checkpoints.glob("checkpoint_*.pth"), reverse=True):
+            if other == path:
+                continue
+            try:
+                ckpt = load_checkpoint(other)
+            except PCLError:
+                continue
+            reason = (str(e).split(": ", 1)[-1].strip().splitlines() or ["unreadable"])[0]
+            print(f"--resume auto: {path} cannot be read ({reason}); resuming from {other}")
+            return other, ckpt
+        raise

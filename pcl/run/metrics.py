@@ -9,7 +9,9 @@ Written atomically at the end of every epoch (rank 0 only). Layout::
 
 ``epochs[i]`` holds every per-epoch scalar the engine logs to TensorBoard at step ``epoch`` (the same tags),
 so a new per-epoch scalar appears here without touching this module. ``complete`` is true once the last
-epoch of the schedule is in; a resumed run drops the records of epochs it redoes.
+epoch of the schedule is in **and its checkpoint is written** (the engine records each epoch once before its
+checkpoint, ``checkpointed=False``, and once after); a resumed run drops the records of epochs it redoes.
+:meth:`pcl.run.run_dir.RunDir.is_finished` checks the record against the files.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class MetricsLog:
     def __init__(self, path: Path, epochs_total: int, warmup_epochs: int, enabled: bool = True) -> None:
         self.path, self.epochs_total, self.warmup_epochs, self.enabled = path, epochs_total, warmup_epochs, enabled
         self.epochs: list[dict[str, float]] = []
+        self.checkpointed = True
 
     def resume(self, completed_epochs: int) -> None:
         """Keep the stored records of epochs ``< completed_epochs`` (a resumed run redoes the rest)."""
@@ -78,10 +81,16 @@ class MetricsLog:
             return  # unreadable: start the record afresh, the checkpoint is what matters
         self.epochs = [e for e in stored.get("epochs", []) if e.get("epoch", math.inf) < completed_epochs]
 
-    def add(self, epoch: int, scalars: dict[str, float], extra: dict[str, float] | None = None) -> None:
-        """Record epoch ``epoch``'s scalars (TensorBoard tags) and ``extra`` values, then write the file."""
+    def add(
+        self, epoch: int, scalars: dict[str, float], extra: dict[str, float] | None = None, checkpointed: bool = True
+    ) -> None:
+        """Record epoch ``epoch``'s scalars (TensorBoard tags) and ``extra`` values, then write the file.
+
+        ``checkpointed``: the epoch's checkpoint exists; until then the record of the last epoch is not ``complete``.
+        """
         if not self.enabled:
             return
+        self.checkpointed = checkpointed
         rec: dict[str, float | None] = {"epoch": epoch}
         rec.update({k: _finite_or_none(v) for k, v in sorted(scalars.items())})
         rec.update({k: _finite_or_none(v) for k, v in (extra or {}).items()})
@@ -121,7 +130,7 @@ class MetricsLog:
         return out
 
     def write(self) -> None:
-        done = bool(self.epochs) and self.epochs[-1]["epoch"] + 1 >= self.epochs_total
+        done = self.checkpointed and bool(self.epochs) and self.epochs[-1]["epoch"] + 1 >= self.epochs_total
         doc = {
             "version": VERSION,
             "epochs_total": self.epochs_total,

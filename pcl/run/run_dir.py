@@ -114,9 +114,12 @@ class RunDir:
             return False
 
     def resume_path(self, resume: str | None) -> Path | None:
-        """``--resume``: ``auto`` -> :attr:`last` if it exists (else ``None``: fresh start); a path -> that path."""
+        """``--resume``: ``auto`` -> :attr:`last` if it exists, else the newest kept checkpoint, else ``None``
+        (fresh start); a path -> that path. (An unreadable ``last.pth`` falls back when it is read:
+        :func:`pcl.run.checkpointer.load_resumable`.)"""
         if not resume:
             return None
         if resume == "auto":
-            return self.last if self.last.is_file() else None
+            kept = sorted(self.checkpoints.glob("checkpoint_*.pth")) if self.checkpoints.is_dir() else []
+            return self.last if self.last.is_file() else (kept[-1] if kept else None)
         return Path(resume)

@@ -9,6 +9,7 @@ One epoch of :meth:`Trainer.fit`::
         embeddings q, k (and the cluster head's)      -> pcl.model.builder.PCL.forward
         InfoNCE + mean ProtoNCE                       -> pcl.losses.objective.pcl_objective
         finite? step + momentum update + enqueue      -> Trainer._apply; else pcl.train.guard.NonFiniteGuard
+        health signals, finite-collapse warning       -> pcl.train.health (every --print-freq steps)
         mid-epoch checkpoint when due / on a signal   -> pcl.train.save_policy, pcl.train.signals
     kNN monitor                                       -> Trainer.evaluate (pcl.eval.knn)
     TensorBoard, metrics.json, checkpoint             -> pcl.run.tb, pcl.run.metrics, pcl.run.checkpointer
@@ -17,6 +18,7 @@ One epoch of :meth:`Trainer.fit`::
 from __future__ import annotations
 
 import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from pcl.run.tb import TBLogger
 from pcl.train.amp import autocast_factory, grad_scaler
 from pcl.train.cluster_images import gallery_images
 from pcl.train.guard import NonFiniteGuard, non_finite_terms
+from pcl.train.health import CollapseStop, HealthMonitor, embedding_signals
 from pcl.train.meters import EpochMeter, EpochStats, StepResult
 from pcl.train.save_policy import SavePolicy
 from pcl.train.signals import STOP, Preempted
@@ -108,6 +111,7 @@ class Trainer:
         self.position, self.resumed_meter, self.pending_rng = 0, None, None
         self.policy = SavePolicy(t.save_every_steps, t.save_every_minutes)
         self.guard = NonFiniteGuard(t.max_bad_steps, show=info.is_main)
+        self.health = HealthMonitor(cfg.model.low_dim, cfg.model.pcl_r)
         self.checkpointer = Checkpointer(
             self.run_dir, self.raw, optimizer, scheduler, self.scaler, info, to_dict(cfg), t.save_freq, t.epochs
         )
@@ -119,8 +123,8 @@ class Trainer:
         Mid-epoch (``step_in_epoch`` > 0): also the steps done in epoch ``epoch`` and that epoch's meter.
         """
         cluster = None if self.cluster_result is None else self.cluster_result.state_dict()
-        meter_state = None if meter is None else vars(meter).copy()
-        state = self.checkpointer.state(self.state, self.loaders.num_train, cluster, step_in_epoch, meter_state)
+        mid = (vars(meter).copy(), dict(self.epoch_scalars), dict(self.timer.seconds)) if step_in_epoch else ()
+        state = self.checkpointer.state(self.state, self.loaders.num_train, cluster, step_in_epoch, *mid)
         state["data_identity"] = self.loaders.data_identity  # checked by a resume (resume_check)
         path = self.checkpointer.save(state)
         self.policy.reset()
@@ -131,6 +135,7 @@ class Trainer:
         r = self.checkpointer.restore(path, ckpt, self.cfg.train.seed)
         self.state, self.position = r.state, r.step_in_epoch
         self.resumed_meter, self.pending_rng = r.epoch_meter, r.pending_rng
+        self.epoch_scalars, self.timer.seconds = dict(r.epoch_scalars or {}), dict(r.epoch_timer or {})
         if r.cluster_result is not None:
             self.cluster_result = ClusterResult.from_state_dict(r.cluster_result).to(self.device)
 
@@ -214,13 +219,17 @@ class Trainer:
         return self.loaders.train.sampler.num_samples // self.loaders.train.batch_size
 
     def _maybe_save_mid_epoch(self, done: int, meter: EpochMeter) -> None:
-        """After step ``done`` of the epoch: a mid-epoch checkpoint when ``--save-every-*`` says so or a stop
-        signal arrived (on any rank); after a signal, ``Preempted`` once it is written."""
+        """After step ``done`` of the epoch: a mid-epoch checkpoint when ``--save-every-*`` says so, a stop
+        signal arrived (on any rank) or ``--stop-on-collapse`` found a collapse (every rank sees the same reduced
+        signals); then ``Preempted`` / ``CollapseStop`` once it is written."""
         save, stop = self.policy.due(done, STOP.requested, self.info.world, self.device)
-        if not save or (done == self.steps_per_epoch and not stop):  # the epoch-end checkpoint follows anyway
-            return
+        collapsed = self.cfg.train.stop_on_collapse and self.health.collapse
+        if not (save or collapsed) or (done == self.steps_per_epoch and not (stop or collapsed)):
+            return  # the epoch-end checkpoint follows anyway
         self.tb.flush()
         path = self.save(step_in_epoch=done, meter=meter)
+        if collapsed:
+            raise CollapseStop(f"{path} (epoch {self.state.epoch}, step {done})")
         if stop:
             raise Preempted(STOP.signum or signal.SIGTERM, f"{path} (epoch {self.state.epoch}, step {done})")
 
@@ -248,9 +257,10 @@ class Trainer:
         grads = [p.grad for p in self.params if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping: logged and checked
         hits_inst = (obj.logits.argmax(dim=1) == 0).sum()
-        packed = StepResult.pack(obj.inst, obj.protos, grad_norm, hits_inst, im_q.shape[0])
-        lr, weight = self.optimizer.param_groups[0]["lr"], self.cfg.train.proto_weight
-        step = StepResult.unpack(pdist.all_reduce_sum(packed).tolist(), self.info.world, lr, weight)
+        health = embedding_signals(emb.q) if self.state.global_step % t.print_freq == 0 else None  # health.py
+        packed = StepResult.pack(obj.inst, obj.protos, grad_norm, hits_inst, im_q.shape[0], health)
+        lr, weight, n = self.optimizer.param_groups[0]["lr"], t.proto_weight, len(levels)
+        step = StepResult.unpack(pdist.all_reduce_sum(packed).tolist(), n, self.info.world, lr, weight)
         step.bad = non_finite_terms(step, ["InfoNCE", *[f"ProtoNCE k={g.k}" for g in levels]], self.raw)
         return step, k, grads, grad_norm
 
@@ -282,6 +292,11 @@ class Trainer:
             scalars["train/amp_scale"] = self.scaler.get_scale()
         if not step.bad:
             scalars.update(step.scalars())
+        if step.health and not step.bad:
+            scalars.update(self.health.observe(*step.health, step.inst))
+            warning = self.health.warning(self.state.global_step, scalars)
+            if warning and self.info.is_main:
+                tqdm.write(warning, file=sys.stderr)
         self.tb.scalars(scalars, self.state.global_step)
 
     # ------------------------------------------------------------------ kNN monitor
@@ -340,8 +355,9 @@ class Trainer:
         self.metrics.resume(start)
         self.policy.reset()
         for epoch in range(start, end):
-            t_epoch, self.epoch_scalars = time.time(), {}
-            if not self.position:  # mid-epoch resume: the checkpoint holds this epoch's cluster result
+            t_epoch = time.time()
+            if not self.position:  # mid-epoch resume: the checkpoint holds this epoch's clusters and scalars
+                self.epoch_scalars = {}
                 self.cluster_result = self._estep_with_deferred_knn(epoch) if epoch >= t.warmup_epochs else None
             with self.timer.phase("mstep"):
                 stats = self.train_epoch(epoch, self.cluster_result)
@@ -351,7 +367,7 @@ class Trainer:
                 with self.timer.phase("knn"):
                     knn = self.evaluate()
             proto = self.cluster_result is not None
-            scalars = {**stats.scalars(proto), **self.timer.pop()}
+            scalars = {**stats.scalars(proto), **self.timer.pop(), **self.health.pop_epoch()}
             if knn_due and knn is not None:
                 scalars["eval/knn_top1"] = knn
             scalars["time/epoch_total_seconds"] = time.time() - t_epoch  # E-step + M-step + kNN monitor
@@ -359,7 +375,8 @@ class Trainer:
             self.tb.scalars(scalars, epoch)
             self.tb.flush()
             self.epoch_scalars.update(scalars)
-            self.metrics.add(epoch, self.epoch_scalars)  # before the checkpoint: a resume redoes this epoch
+            # before the checkpoint (a resume redoes this epoch), not yet complete: the final checkpoint must exist
+            self.metrics.add(epoch, self.epoch_scalars, checkpointed=False)
             self.state.epoch = epoch + 1
             with self.timer.phase("checkpoint"):
                 self.save()

@@ -21,6 +21,7 @@ class StepResult:
     lr: float
     bad: list[str] = field(default_factory=list)  # names of the non-finite terms; empty for a good step
     proto_weight: float = 1.0  # --proto-weight
+    health: list[float] = field(default_factory=list)  # [embedding std, effective rank] when measured (health.py)
 
     @property
     def proto(self) -> float:
@@ -39,33 +40,41 @@ class StepResult:
         grad_norm: torch.Tensor,
         hits_inst: torch.Tensor,
         batch: int,
+        health: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One step's logged values as one ``(3 + 2M,)`` tensor (M granularities, ``protos`` = (loss, hits)),
-        so that one all-reduce and one host sync carry them all."""
-        return torch.stack(
+        """One step's logged values as one ``(4 + 2M [+ H],)`` tensor (M granularities, ``protos`` = (loss, hits),
+        ``health`` ``(H,)`` when measured), so that one all-reduce and one host sync carry them all."""
+        return torch.cat(
             [
-                inst.detach(),
-                *[p[0].detach() for p in protos],
-                grad_norm.float(),
-                hits_inst.float(),
-                *[p[1].float() for p in protos],
-                torch.tensor(float(batch), device=inst.device),
+                torch.stack(
+                    [
+                        inst.detach(),
+                        *[p[0].detach() for p in protos],
+                        grad_norm.float(),
+                        hits_inst.float(),
+                        *[p[1].float() for p in protos],
+                        torch.tensor(float(batch), device=inst.device),
+                    ]
+                ),
+                *([] if health is None else [health.float()]),
             ]
         )
 
     @classmethod
-    def unpack(cls, v: list[float], world: int, lr: float, proto_weight: float) -> StepResult:
-        """Inverse of :meth:`pack` after summing over ``world`` ranks: losses and grad norm averaged."""
-        n = (len(v) - 3) // 2
+    def unpack(cls, v: list[float], levels: int, world: int, lr: float, proto_weight: float) -> StepResult:
+        """Inverse of :meth:`pack` (``levels`` granularities) after summing over ``world`` ranks: losses, grad
+        norm and health signals averaged, hits and batch summed."""
+        n = levels
         return cls(
             inst=v[0] / world,
             protos=[x / world for x in v[1 : 1 + n]],
             grad_norm=v[1 + n] / world,
             hits_inst=v[2 + n],
             hits_proto=v[3 + n : 3 + 2 * n],
-            batch=v[-1],
+            batch=v[3 + 2 * n],
             lr=lr,
             proto_weight=proto_weight,
+            health=[x / world for x in v[4 + 2 * n :]],
         )
 
     def scalars(self) -> dict[str, float]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -10,6 +12,7 @@ from typing import BinaryIO
 from pcl.utils.errors import PCLError
 
 TMP_SUFFIX = ".tmp"
+SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's message for a write cut short (full disk)
 
 
 def _interrupted(e: BaseException) -> bool:
@@ -43,20 +46,24 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None], what: str, hint:
         if _interrupted(e):
             raise KeyboardInterrupt from None
         if isinstance(e, OSError | RuntimeError):
-            reason = _reason(e)
+            reason = _reason(e, path)
             raise PCLError(f"could not write {what} {path}: {reason}{hint}") from None
         raise
 
 
-def _reason(e: BaseException) -> str:
-    """The OS-level reason of a write failure (torch hides the ``OSError`` in the exception chain)."""
+def _reason(e: BaseException, path: Path) -> str:
+    """The OS-level reason of a write failure (torch hides the ``OSError`` in the exception chain); a full disk
+    (``ENOSPC``, or numpy's "8192 requested and 6112 written") is named as such, with the folder."""
+    full = f"No space left on device (the disk holding {path.parent} is full)"
     cur: BaseException | None = e
     while cur is not None:
+        if isinstance(cur, OSError) and (cur.errno == errno.ENOSPC or SHORT_WRITE.search(str(cur))):
+            return full
         if isinstance(cur, OSError) and cur.strerror:
             return cur.strerror
         cur = cur.__cause__ or cur.__context__
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return first
+    return full if SHORT_WRITE.search(first) else first
 
 
 def remove_stale_temporaries(*directories: Path) -> list[Path]:

@@ -150,6 +150,10 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_at_the_next_batch_identically
     assert run(tiny_data, tmp_path, "--resume", "auto") == 0
     assert "3 steps into epoch 1" in capsys.readouterr().out
     assert_identical(full_run, tmp_path)
+    # the resumed epoch keeps its E-step figures (cluster/k*/..., time/estep*) in metrics.json (issue 20, defect 2)
+    keys = [set(json.loads((d / "metrics.json").read_text())["epochs"][1]) for d in (full_run, tmp_path)]
+    assert {k for k in keys[0] if k.startswith(("cluster/", "time/estep"))} <= keys[1]
+    assert keys[0] == keys[1]
     lossy = scalars(tmp_path)["train/loss"]
     assert sorted({s for s, _ in lossy}) == list(range(2 * STEPS_PER_EPOCH))
 
@@ -170,7 +174,8 @@ def test_sigterm_in_the_estep_stops_at_once_and_resumes_identically(
 
     monkeypatch.setattr(pcl.train.engine, "run_estep", signal_inside)
     assert run(tiny_data, tmp_path) == 128 + signal.SIGTERM
-    assert "latest checkpoint is" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "latest checkpoint is" in err and err.count("--resume auto") == 1, err  # the hint once (issue 20)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 0)
     monkeypatch.setattr(pcl.train.engine, "run_estep", real)
@@ -207,3 +212,24 @@ def test_sigkill_mid_epoch_with_save_every_steps_resumes_identically(
     assert ckpt is not None and ckpt["epoch"] == 1 and ckpt["step_in_epoch"] in (2, 4), "no mid-epoch checkpoint"
     assert run(tiny_data, tmp_path, "--resume", "auto") == 0
     assert_identical(full_run, tmp_path)
+
+
+def test_sigterm_in_the_first_estep_before_any_checkpoint_gives_one_piece_of_advice(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """No checkpoint yet: "start again", not also "rerun with --resume auto" (issue 20, defect 6)."""
+    import os
+    import signal
+
+    import pcl.train.engine
+
+    def signal_inside(*a: object, **kw: object) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal stops the E-step at once")
+
+    monkeypatch.setattr(pcl.train.engine, "run_estep", signal_inside)
+    assert run(tiny_data, tmp_path, "--warmup-epochs", "0", "--epochs", "1") == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "stopped by SIGTERM" in ln]
+    assert len(lines) == 1 and "no checkpoint was written" in lines[0] and "start again" in lines[0], err
+    assert "--resume auto" not in err and not list(tmp_path.rglob("*.pth"))

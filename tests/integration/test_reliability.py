@@ -260,9 +260,9 @@ def test_fresh_run_over_a_checkpoint_needs_resume_or_overwrite(
     import pcl.run.checkpointer as ckpt_mod
 
     written: list[str] = []
-    save, link = ckpt_mod.save_checkpoint, ckpt_mod.link_or_save
+    save, copy = ckpt_mod.save_checkpoint, ckpt_mod.copy_checkpoint
     monkeypatch.setattr(ckpt_mod, "save_checkpoint", lambda s, p: (written.append(p.name), save(s, p))[1])
-    monkeypatch.setattr(ckpt_mod, "link_or_save", lambda a, b, s: (written.append(b.name), link(a, b, s))[1])
+    monkeypatch.setattr(ckpt_mod, "copy_checkpoint", lambda a, b: (written.append(b.name), copy(a, b))[1])
     (exp_copy / "checkpoints" / "last.pth.tmp").write_bytes(b"partial")  # a killed writer's leftover
     assert run(tiny_data, exp_copy, "--overwrite", "--epochs", "1") == 0
     assert torch.load(last, weights_only=False)["global_step"] == 48 // 8  # a new run, not a resumed one
@@ -289,6 +289,52 @@ def test_resume_auto_on_an_empty_exp_dir_starts_from_scratch(
     assert run(tiny_data, tmp_path, "--resume", "auto", "--epochs", "1") == 0
     assert "starting from scratch" in capsys.readouterr().out
     assert not (tmp_path / ".lock").read_text()  # released
+
+
+# ---------------------------------------------------------------- issue 20: finished runs, independent checkpoints
+def test_a_failed_final_save_leaves_the_run_unfinished(
+    tiny_data: Path, exp_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Defect 1: ``complete: true`` only once the final checkpoint exists (here its save fails, as on a full disk)."""
+    import pcl.run.checkpointer as ckpt_mod
+    from pcl.run.run_dir import RunDir
+
+    save = ckpt_mod.save_checkpoint
+
+    def disk_full_at_the_end(state: dict, path: Path) -> None:
+        if path.name == "checkpoint_0002.pth":
+            raise PCLError(f"could not write checkpoint {path}: No space left on device")
+        save(state, path)
+
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", disk_full_at_the_end)
+    assert run(tiny_data, exp_copy, "--resume", "auto") == 2
+    assert "No space left" in one_error_line(capsys.readouterr().err)
+    record = json.loads((exp_copy / "metrics.json").read_text())
+    assert [e["epoch"] for e in record["epochs"]] == [0, 1] and record["complete"] is False
+    assert not RunDir(exp_copy).is_finished()
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", save)
+    assert run(tiny_data, exp_copy, "--resume", "auto") == 0
+    assert json.loads((exp_copy / "metrics.json").read_text())["complete"] is True
+    assert RunDir(exp_copy).is_finished()
+
+
+def test_last_and_kept_checkpoints_are_independent_and_auto_resume_falls_back(
+    tiny_data: Path, exp_copy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Defect 3: overwriting ``last.pth`` in place leaves ``checkpoint_0002.pth`` intact, and ``--resume auto``
+    continues from it with one line saying so."""
+    ckpts = exp_copy / "checkpoints"
+    assert run(tiny_data, exp_copy, "--resume", "auto") == 0
+    last, kept = ckpts / "last.pth", ckpts / "checkpoint_0002.pth"
+    assert last.stat().st_ino != kept.stat().st_ino and last.stat().st_nlink == 1
+    with open(last, "r+b") as f:  # overwritten in place, e.g. by `cp other.pth last.pth` gone wrong
+        f.truncate(1000)
+    assert torch.load(kept, weights_only=False)["epoch"] == 2
+    capsys.readouterr()
+    assert run(tiny_data, exp_copy, "--resume", "auto", "--epochs", "3") == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "cannot be read" in ln]
+    assert len(lines) == 1 and f"resuming from {kept}" in lines[0], lines
+    assert torch.load(last, weights_only=False)["epoch"] == 3
 
 
 # ---------------------------------------------------------------- 6: unusable directories

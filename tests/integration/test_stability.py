@@ -101,3 +101,58 @@ def test_clip_grad_and_amp_scale_are_logged(tiny_data: Path, tmp_path: Path) -> 
     assert "train/amp_scale" in tags and "train/lr/decay" in tags and "train/lr/no_decay" in tags
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
     assert ckpt["scaler"]["scale"] == tags["train/amp_scale"][-1][1]  # GradScaler state is checkpointed
+
+
+# ---------------------------------------------------------------- finite collapse (issue 20)
+def _constant_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model built by the CLI gets a projection head whose output is a constant (weights 0, bias 1)."""
+    build = cli.build_model
+
+    def build_collapsed(cfg: object, info: object) -> tuple:
+        raw, model = build(cfg, info)
+        with torch.no_grad():
+            for enc in (raw.encoder_q, raw.encoder_k):
+                last = enc.head[-1]
+                last.weight.zero_()
+                last.bias.fill_(1.0)
+        return raw, model
+
+    monkeypatch.setattr(cli, "build_model", build_collapsed)
+
+
+def test_a_finite_collapse_is_detected_within_a_few_steps_and_stops_with_a_checkpoint(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from pcl.train.health import COLLAPSE_EXIT, WINDOW
+
+    _constant_head(monkeypatch)
+    argv = [str(tiny_data), *TINY_ARGS, "--warmup-epochs", "2", "--optimizer", "sgd", "--lr", "1e-9"]
+    assert cli.main([*argv, "--exp-dir", str(tmp_path), "--stop-on-collapse"]) == COLLAPSE_EXIT
+    err = capsys.readouterr().err
+    warnings = [ln for ln in err.splitlines() if "embeddings collapsed" in ln]
+    assert len(warnings) == 1 and "lower --lr" in warnings[0] and "Traceback" not in err, err
+    assert "stopped: finite collapse" in err and "--resume auto" in err
+    # the queue (r = 16) is full of identical keys after 2 steps of 8: InfoNCE at chance from step 2 on
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
+    assert ckpt["global_step"] == 2 + WINDOW and ckpt["step_in_epoch"] == (2 + WINDOW) % (48 // 8)
+    ratio = dict(scalars(tmp_path)["health/std_ratio"])
+    assert all(ratio[s] < 1e-3 for s in range(2, 2 + WINDOW))
+
+
+def test_a_healthy_run_raises_no_collapse_warning(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Also from its first steps (the thresholds hold at initialisation); health/* per step and per epoch."""
+    import json
+
+    from pcl.train.health import STD_RATIO_MIN
+
+    argv = [str(tiny_data), *TINY_ARGS, "--epochs", "1", "--exp-dir", str(tmp_path), "--stop-on-collapse"]
+    assert cli.main(argv) == 0
+    assert "collapse" not in capsys.readouterr().err
+    tags = scalars(tmp_path)
+    assert [s for s, _ in tags["health/std_ratio"]] == list(range(48 // 8))  # --print-freq 1: every step
+    assert min(v for _, v in tags["health/std_ratio"]) > 2 * STD_RATIO_MIN
+    assert all(v > 1.5 for _, v in tags["health/effective_rank"])
+    epoch = json.loads((tmp_path / "metrics.json").read_text())["epochs"][0]
+    assert {"health/epoch_std_ratio", "health/epoch_effective_rank", "health/epoch_infonce_gap"} <= set(epoch)

@@ -60,3 +60,11 @@ def test_is_locked_sees_a_live_holder_and_not_a_released_one(tmp_path: Path) -> 
     assert is_locked(path) and not is_locked(tmp_path / ".lock")  # its own file, not the trainer's
     lock.release()
     assert not is_locked(path) and path.exists()
+
+
+def test_resume_auto_without_last_takes_the_newest_kept_checkpoint(tmp_path: Path) -> None:
+    rd = RunDir(tmp_path)
+    rd.checkpoints.mkdir()
+    for e in (2, 10):
+        rd.checkpoint(e).write_bytes(b"x")
+    assert rd.resume_path("auto") == rd.checkpoint(10)
