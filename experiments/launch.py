@@ -30,6 +30,7 @@ import pcl
 from pcl.run.lock import ExpDirLock
 from pcl.run.run_dir import RunDir
 from pcl.utils.atomic import write_atomic
+from pcl.utils.cli import pythonpath_env
 from pcl.utils.errors import PCLError
 
 HELD = "held by another runner"
@@ -68,8 +69,7 @@ def visible_gpus() -> list[str]:
 def child_env() -> dict[str, str]:
     """The environment of a training process: the ``pcl`` this process imported comes first on its path, so the
     child trains with the same code (a checkout on ``PYTHONPATH``, or the installed package)."""
-    where = str(Path(pcl.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [where, os.environ.get("PYTHONPATH")]))}
+    return pythonpath_env(Path(pcl.__file__).resolve().parents[1])
 
 
 def train_command(argv: list[str], slot: Slot, python: str = sys.executable) -> tuple[list[str], dict[str, str]]:

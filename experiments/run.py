@@ -28,7 +28,7 @@ from pathlib import Path
 
 from launch import HELD, child_env, read_json, run_local, slots, visible_gpus, write_json
 from status import status_table
-from submit import Resources, submit
+from submit import submit
 from suite import Job, command_line, load_suite, machine_info, plan
 from summary import summarize
 
@@ -36,6 +36,7 @@ from pcl.run.lock import is_locked
 from pcl.utils.cli import ErrorParser, report_error
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
+from pcl.utils.slurm import Resources
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: default --out, tools/evaluate.py
 LAUNCHERS = ("local", "slurm", "local-submitit")

@@ -16,30 +16,13 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from launch import HELD, child_env, holding, outcome, read_json, write_json
 
 from pcl.run.run_dir import RunDir
-
-
-@dataclass
-class Resources:
-    """What each task asks the cluster for (``tools/submit_slurm.py``'s flags)."""
-
-    nodes: int = 1
-    gpus_per_node: int = 1
-    cpus_per_task: int = 10
-    mem_gb: int | None = None
-    partition: str | None = None
-    time: int = 4320  # minutes per (re)start
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    max_requeues: int = 20
-    signal_delay_s: int = 120
-    parallel: int | None = None  # tasks of the array running at once (SLURM's %N)
+from pcl.utils.slurm import Resources, make_executor
 
 
 @contextlib.contextmanager
@@ -104,41 +87,14 @@ class SuiteTask:
         return submitit.helpers.DelayedSubmission(SuiteTask(self.exp_dir, self.argv))
 
 
-def make_executor(launcher: str, res: Resources, folder: Path) -> object:
-    """submitit's SLURM executor (``slurm``) or local executor (``local-submitit``) with ``res``."""
-    import submitit
-
-    tasks = max(1, res.gpus_per_node)
-    if launcher == "local-submitit":
-        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=res.max_requeues)
-        ex.update_parameters(timeout_min=res.time, tasks_per_node=tasks, gpus_per_node=res.gpus_per_node,
-                             signal_delay_s=res.signal_delay_s)  # fmt: skip
-        return ex
-    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=res.max_requeues)
-    extra = {k: v for k, v in {"constraint": res.constraint, "account": res.account, "qos": res.qos}.items() if v}
-    ex.update_parameters(
-        name="pcl-suite",
-        nodes=res.nodes,
-        tasks_per_node=tasks,
-        gpus_per_node=res.gpus_per_node,
-        cpus_per_task=res.cpus_per_task,
-        timeout_min=res.time,
-        slurm_partition=res.partition,
-        slurm_signal_delay_s=res.signal_delay_s,
-        **({"slurm_array_parallelism": res.parallel} if res.parallel else {}),
-        **({"mem_gb": res.mem_gb} if res.mem_gb else {}),
-        **({"slurm_additional_parameters": extra} if extra else {}),
-    )
-    return ex
-
-
 def submit(jobs: list[tuple[str, Path, list[str]]], suite_dir: Path, launcher: str, res: Resources) -> dict[str, str]:
     """Submit ``jobs`` (``RUN/seedS`` key, exp-dir, argv) as one array; records and returns ``{key: job id}``."""
     import cloudpickle
 
     for name in ("launch", __name__):  # the tasks cannot import experiments/: ship these modules by value
         cloudpickle.register_pickle_by_value(sys.modules[name])
-    executor = make_executor(launcher, res, suite_dir / "slurm")
+    cluster = "local" if launcher == "local-submitit" else "slurm"
+    executor = make_executor(replace(res, name="pcl-suite"), suite_dir / "slurm", cluster)
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = child_env()["PYTHONPATH"]  # the tasks import the same pcl as this process
     try:

@@ -348,7 +348,8 @@ def summarize(suite_dir: Path, dest: Path | None = None, metric: str = "knn") ->
     groups = {k: v for k, v in groups.items() if v}
     plots = []
     for stem, tag in PLOTS.items():
-        plots += plot_curves(groups, [tag], dest / f"{stem}.png", title=f"{info['suite']}: {tag}") if groups else []
+        title = f"{info['suite']}: {tag}"
+        plots += plot_curves(groups, [tag], dest / f"{stem}.png", title, missing_ok=True) if groups else []
     md = dest / "results.md"
     md.write_text(_markdown(info, cells, plots) + _sweep_sections(rows, cells, metric, dest) + _kept_notes(md))
     return md

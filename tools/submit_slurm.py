@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.flags import ranged
+from pcl.utils.slurm import Resources, make_executor
 
 
 def with_resume_auto(argv: list[str]) -> list[str]:
@@ -101,31 +102,13 @@ def exp_dir_of(argv: list[str]) -> Path:
     return Path("runs/default")
 
 
-def make_executor(a: argparse.Namespace, job_dir: Path) -> object:
-    import submitit
-
-    tasks = max(1, a.gpus_per_node)
-    if a.cluster == "local":
-        ex = submitit.LocalExecutor(folder=job_dir, max_num_timeout=a.max_requeues)
-        ex.update_parameters(
-            timeout_min=a.time, tasks_per_node=tasks, gpus_per_node=a.gpus_per_node, signal_delay_s=a.signal_delay_s
-        )
-        return ex
-    ex = submitit.AutoExecutor(folder=job_dir, cluster=a.cluster, slurm_max_num_timeout=a.max_requeues)
-    extra = {k: v for k, v in {"constraint": a.constraint, "account": a.account}.items() if v}
-    ex.update_parameters(
-        name=a.name,
-        nodes=a.nodes,
-        tasks_per_node=tasks,
-        gpus_per_node=a.gpus_per_node,
-        cpus_per_task=a.cpus_per_task,
-        timeout_min=a.time,
-        slurm_partition=a.partition,
-        slurm_signal_delay_s=a.signal_delay_s,
-        **({"mem_gb": a.mem_gb} if a.mem_gb else {}),
-        **({"slurm_additional_parameters": extra} if extra else {}),
-    )
-    return ex
+def resources(a: argparse.Namespace) -> Resources:
+    """The parsed flags as :class:`pcl.utils.slurm.Resources`."""
+    return Resources(
+        nodes=a.nodes, gpus_per_node=a.gpus_per_node, cpus_per_task=a.cpus_per_task, mem_gb=a.mem_gb,
+        partition=a.partition, time=a.time, account=a.account, constraint=a.constraint,
+        max_requeues=a.max_requeues, signal_delay_s=a.signal_delay_s, name=a.name,
+    )  # fmt: skip
 
 
 def submit(argv: list[str] | None = None) -> object:
@@ -137,7 +120,7 @@ def submit(argv: list[str] | None = None) -> object:
         import cloudpickle
 
         cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    job = make_executor(a, job_dir).submit(PCLJob(main_args))
+    job = make_executor(resources(a), job_dir, a.cluster).submit(PCLJob(main_args))
     print(f"submitted job {job.job_id}; logs in {job_dir}")
     return job
 

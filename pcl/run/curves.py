@@ -57,9 +57,14 @@ def aggregate(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return np.array(common), vals.mean(0), vals.min(0), vals.max(0)
 
 
-def plot_curves(groups: dict[str, list[Path]], tags: list[str], out: Path, title: str = "") -> list[Path]:
+def plot_curves(
+    groups: dict[str, list[Path]], tags: list[str], out: Path, title: str = "", missing_ok: bool = False
+) -> list[Path]:
     """One figure per tag, one line per group (seed mean, min–max shaded); writes ``out`` or, for several
-    tags, ``out`` with the tag appended to its stem. Returns the PNG paths written."""
+    tags, ``out`` with the tag appended to its stem. Returns the PNG paths written.
+
+    A tag that no run logged is an error naming the tags that exist, or, with ``missing_ok``, skipped.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +73,9 @@ def plot_curves(groups: dict[str, list[Path]], tags: list[str], out: Path, title
     loaded = {label: [load_curves(d) for d in dirs] for label, dirs in groups.items()}
     present = {tag for runs in loaded.values() for r in runs for tag in r}
     missing = [t for t in tags if t not in present]
-    if missing:
+    if missing_ok:
+        tags = [t for t in tags if t in present]
+    elif missing:
         raise PCLError(
             f"no run has the tag(s) {', '.join(missing)}; tags that exist: {', '.join(sorted(present)) or 'none'}"
         )
