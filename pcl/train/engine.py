@@ -11,7 +11,7 @@ One epoch of :meth:`Trainer.fit`::
         finite? step + momentum update + enqueue      -> Trainer._apply; else pcl.train.guard.NonFiniteGuard
         health signals, finite-collapse warning       -> pcl.train.health (every --print-freq steps)
         mid-epoch checkpoint when due / on a signal   -> pcl.train.save_policy, pcl.train.signals
-    kNN monitor                                       -> Trainer.evaluate (pcl.eval.knn)
+    kNN monitor                                       -> pcl.train.monitor.KnnMonitor (pcl.eval.knn)
     TensorBoard, metrics.json, checkpoint             -> pcl.run.tb, pcl.run.metrics, pcl.run.checkpointer
 """
 
@@ -35,8 +35,6 @@ from pcl.estep.estep import run_estep
 from pcl.estep.feature_store import FeatureStore
 from pcl.eval.bank import FeatureBank
 from pcl.eval.cluster_metrics import cluster_scalars
-from pcl.eval.features import extract
-from pcl.eval.knn import knn_top1
 from pcl.losses.objective import pcl_objective
 from pcl.model.builder import PCL
 from pcl.run.checkpoint import save_checkpoint, set_rng_state
@@ -48,6 +46,7 @@ from pcl.train.cluster_images import gallery_images
 from pcl.train.guard import NonFiniteGuard, non_finite_terms
 from pcl.train.health import CollapseStop, HealthMonitor, embedding_signals
 from pcl.train.meters import EpochMeter, EpochStats, StepResult
+from pcl.train.monitor import KnnMonitor
 from pcl.train.save_policy import SavePolicy
 from pcl.train.signals import STOP, Preempted
 from pcl.utils import distributed as pdist
@@ -112,6 +111,7 @@ class Trainer:
         self.policy = SavePolicy(t.save_every_steps, t.save_every_minutes)
         self.guard = NonFiniteGuard(t.max_bad_steps, show=info.is_main)
         self.health = HealthMonitor(cfg.model.low_dim, cfg.model.pcl_r)
+        self.monitor = KnnMonitor(t, self.raw, loaders, info, self.autocast)
         self.checkpointer = Checkpointer(
             self.run_dir, self.raw, optimizer, scheduler, self.scaler, info, to_dict(cfg), t.save_freq, t.epochs
         )
@@ -300,46 +300,15 @@ class Trainer:
         self.tb.scalars(scalars, self.state.global_step)
 
     # ------------------------------------------------------------------ kNN monitor
-    def evaluate(self, bank: torch.Tensor | None = None) -> float | None:
-        """Weighted kNN top-1 (%) of ``--knn-encoder`` backbone features on the eval split; rank 0 only.
-
-        ``bank``: the train features ``(N, D)`` already computed (by the E-step's pass); else extracted here."""
-        ld, t = self.loaders, self.cfg.train
-        if ld.knn_eval is None or not self.info.is_main:
-            return None
-        self.model.eval()
-        fn = self.raw.key_backbone_features if t.knn_encoder == "key" else self.raw.backbone_features
-        if bank is None:
-            bank = extract(fn, ld.knn_train, self.device, self.autocast, "kNN bank")
-        test = extract(fn, ld.knn_eval, self.device, self.autocast, "kNN eval")
-        self.model.train()
-        return knn_top1(bank, ld.train_labels, test, ld.eval_labels, ld.num_classes, t.knn_k, t.knn_t)
-
-    def knn_deferred(self, epoch: int) -> bool:
-        """True when epoch ``epoch``'s kNN monitor runs at the start of epoch ``epoch + 1`` instead, on the bank
-        its E-step's pass computes (``--knn-encoder key``, one process): the key encoder is the same then.
-
-        Depends on the configuration only (not on ``--stop-after-epochs``), so a resumed run agrees."""
-        t = self.cfg.train
-        return (
-            t.knn_encoder == "key"
-            and not self.info.enabled
-            and self.loaders.knn_eval is not None
-            and bool(t.knn_freq)
-            and epoch >= 0
-            and t.warmup_epochs <= epoch + 1 < t.epochs
-            and (epoch + 1) % t.knn_freq == 0
-        )
-
     def _estep_with_deferred_knn(self, epoch: int) -> ClusterResult:
         """The E-step of ``epoch``; when epoch ``epoch - 1``'s monitor was deferred, also its kNN on the bank of
         the same pass (logged at step ``epoch - 1``, timed as this epoch's ``knn``)."""
-        if not self.knn_deferred(epoch - 1):
+        if not self.monitor.deferred(epoch - 1):
             return self.estep(epoch)
         bank = FeatureBank(self.loaders.num_train)
         result = self.estep(epoch, bank)
         with self.timer.phase("knn"):
-            knn = self.evaluate(bank.tensor())
+            knn = self.monitor.evaluate(bank.tensor())
         if knn is not None:
             self.tb.scalars({"eval/knn_top1": knn}, epoch - 1)
             self.metrics.update(epoch - 1, {"eval/knn_top1": knn})
@@ -362,10 +331,10 @@ class Trainer:
             with self.timer.phase("mstep"):
                 stats = self.train_epoch(epoch, self.cluster_result)
             knn_due = bool(t.knn_freq) and ((epoch + 1) % t.knn_freq == 0 or epoch + 1 == end)
-            knn_due = knn_due and not self.knn_deferred(epoch)
+            knn_due = knn_due and not self.monitor.deferred(epoch)
             if knn_due:
                 with self.timer.phase("knn"):
-                    knn = self.evaluate()
+                    knn = self.monitor.evaluate()
             proto = self.cluster_result is not None
             scalars = {**stats.scalars(proto), **self.timer.pop(), **self.health.pop_epoch()}
             if knn_due and knn is not None:

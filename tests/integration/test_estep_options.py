@@ -12,7 +12,7 @@ import torch
 
 from pcl import cli
 from pcl.estep.clustering import ClusterResult
-from pcl.train import engine
+from pcl.train import engine, monitor
 from tests.helpers import TINY_ARGS, scalars
 
 FLAGS = ["--epochs", "3", "--warmup-epochs", "1", "--kmeans-init", "previous", "--knn-encoder", "key"]
@@ -27,7 +27,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """Records the engine's E-steps ``("estep", epoch, warm-start centroids, with bank)`` and feature
     extractions ``("extract", desc)`` in order."""
     seen: list[tuple] = []
-    real_estep, real_extract = engine.run_estep, engine.extract
+    real_estep, real_extract = engine.run_estep, monitor.extract
 
     def estep(*args: object, **kw: object) -> ClusterResult:
         bound = inspect.signature(real_estep).bind(*args, **kw).arguments
@@ -41,7 +41,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         return real_extract(*args, **kw)
 
     monkeypatch.setattr(engine, "run_estep", estep)
-    monkeypatch.setattr(engine, "extract", extract)
+    monkeypatch.setattr(monitor, "extract", extract)
     return seen
 
 
