@@ -79,7 +79,8 @@ def build_variant(name: str, flags: list[str], a: argparse.Namespace, exp_dir: P
     info = DistInfo(device=torch.device("cuda" if dev == "cuda" or (dev == "auto" and torch.cuda.is_available())
                                         else "cpu"))  # fmt: skip
     torch.manual_seed(cfg.train.seed)
-    trainer = build_trainer(cfg, info)
+    with contextlib.redirect_stdout(sys.stderr):  # the data line: stdout is the benchmark's
+        trainer = build_trainer(cfg, info)
     trainer.timer = PhaseTimer(info.device, cpu=True)
     return trainer
 
