@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from pcl.data.sources import resolve_data
-from pcl.utils.errors import PCLError
+from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.flags import ranged
 
 
 def make_tree(root: Path, files: int, classes: int) -> None:
@@ -49,15 +50,20 @@ def measure(root: Path, labels: str, repeat: int) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--files", type=int, default=200_000, help="empty files to create")
-    p.add_argument("--classes", type=int, default=1000, help="class folders (0: one flat folder)")
+def build_parser() -> argparse.ArgumentParser:
+    p = ErrorParser(description=__doc__.splitlines()[0])
+    p.add_argument("--files", type=ranged(int, gt=0), default=200_000, help="empty files to create")
+    p.add_argument("--classes", type=ranged(int, ge=0), default=1000, help="class folders (0: one flat folder)")
     p.add_argument("--root", type=Path, help="time an existing data folder instead (nothing is written)")
     p.add_argument("--keep", type=Path, help="write the tree here and keep it (default: a temporary folder)")
     p.add_argument("--labels", default="auto", choices=("auto", "none", "folders"))
-    p.add_argument("--repeat", type=int, default=2)
-    a = p.parse_args(argv)
+    p.add_argument("--repeat", type=ranged(int, gt=0), default=2)
+    return p
+
+
+@entry_point()
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     tmp = None
     try:
         root = a.root
@@ -72,9 +78,6 @@ def main(argv: list[str] | None = None) -> int:
             )
         for rec in measure(root, a.labels, a.repeat):
             print(json.dumps(rec))
-    except PCLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
