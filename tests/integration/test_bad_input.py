@@ -15,9 +15,15 @@ from tests.helpers import ROOT, TINY_ARGS
 
 
 def error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    tmp = None
     if "--exp-dir" not in argv:  # never the default runs/default: a user's `make train` run may live there
-        argv = [*argv, "--exp-dir", tempfile.mkdtemp(prefix="pcl-bad-input-")]
-    assert cli.main(argv) == 2
+        tmp = tempfile.mkdtemp(prefix="pcl-bad-input-")
+        argv = [*argv, "--exp-dir", tmp]
+    try:
+        assert cli.main(argv) == 2
+    finally:  # removed, also when the program created nothing in it
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     err = capsys.readouterr().err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
