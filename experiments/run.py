@@ -30,7 +30,7 @@ from launch import HELD, child_env, read_json, run_local, slots, visible_gpus, w
 from status import status_table
 from submit import submit
 from suite import Job, command_line, load_suite, machine_info, plan
-from summary import summarize
+from summary import UNTRAINED, summarize
 
 from pcl.run.lock import is_locked
 from pcl.utils.cli import ErrorParser, report_error
@@ -114,6 +114,23 @@ def _evaluate(job: Job) -> None:
         subprocess.call(cmd, stdout=log, stderr=log, env=child_env())
 
 
+def _evaluate_untrained(jobs: list[Job], suite_dir: Path) -> None:
+    """``EVAL_PROTOCOLS`` (but the run's clusters) of the untrained encoder, once per suite, into
+    ``SUITE/untrained/eval.json``: the reference a trained encoder must beat (same data and seeded draws)."""
+    import subprocess
+
+    tool = ROOT / "tools" / "evaluate.py"
+    target = suite_dir / UNTRAINED / "eval.json"
+    done = [j for j in jobs if j.run_dir.is_finished()]
+    if not tool.is_file() or target.is_file() or not done:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    protocols = ",".join(p for p in EVAL_PROTOCOLS.split(",") if p != "clusters")
+    with open(target.parent / "eval.log", "w") as log:
+        cmd = [sys.executable, str(tool), str(done[0].exp_dir), "--encoder", UNTRAINED, "--protocols", protocols]
+        subprocess.call([*cmd, "--out", str(target)], stdout=log, stderr=log, env=child_env())
+
+
 def _resources(args: argparse.Namespace) -> Resources:
     return Resources(
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
@@ -163,6 +180,8 @@ def _run_here(jobs: list[Job], args: argparse.Namespace) -> tuple[int, int]:
         for job in jobs:
             if job.run_dir.is_finished():
                 _evaluate(job)
+        if jobs:
+            _evaluate_untrained(jobs, jobs[0].exp_dir.parent.parent)
     failed = sum(s["status"] == "failed" for s in statuses)
     return failed, sum(s["status"] == HELD for s in statuses)
 

@@ -13,6 +13,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from suite import flags_to_argv
 
@@ -20,6 +21,9 @@ from pcl.run.curves import plot_curves
 from pcl.run.metrics import read_run_record
 from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 PLOTS = {"knn_top1": "eval/knn_top1", "acc_inst": "epoch/acc_inst", "acc_proto": "epoch/acc_proto"}
 METRICS = {  # --metric: its cells (mean, std) and label
@@ -68,6 +72,7 @@ class SeedResult:
     peak_rss_mib: float | None = None
     cuda_peak_mib: float | None = None
     protocols: dict[str, float | None] = field(default_factory=dict)  # EVAL_COLUMNS' figures of eval.json
+    lowshot: dict[int, float] = field(default_factory=dict)  # low-shot top-1 (%) by k images per class
 
 
 # the evaluation protocols' figures shown when some run has them: key -> (header, eval.json path, digits)
@@ -100,6 +105,7 @@ class RunRow:
     seeds: list[SeedResult] = field(default_factory=list)
     sweep: str | None = None  # the [[sweeps]] entry of this run
     swept: dict = field(default_factory=dict)  # its swept flag values
+    note: str = ""  # shown instead of the flags (the untrained reference row)
 
     def done(self) -> list[SeedResult]:
         return [s for s in self.seeds if s.status == "done"]
@@ -116,6 +122,31 @@ def _ami(metrics: dict, evaluation: dict) -> float | None:
         last = metrics["epochs"][-1]
         vals = [v for k, v in last.items() if k.startswith("cluster/") and k.endswith("/ami") and v is not None]
     return _mean(vals)
+
+
+def _lowshot_top1(evaluation: dict) -> dict[int, float]:
+    """``{k: top-1 %}`` of the ``lowshot`` block of ``eval.json``."""
+    block = evaluation.get("lowshot") or {}
+    return {int(k): v["top1"] for k, v in block.items() if isinstance(v, dict) and v.get("top1") is not None}
+
+
+UNTRAINED = "untrained"  # SUITE/untrained/eval.json (experiments/run.py --eval)
+
+
+def untrained_row(suite_dir: Path) -> RunRow | None:
+    """The untrained encoder's figures as a one-seed reference row, when ``--eval`` has measured them."""
+    evaluation = _read_json(suite_dir / UNTRAINED / "eval.json")
+    if not evaluation:
+        return None
+    seed = SeedResult(
+        seed=int((evaluation.get("settings") or {}).get("linear", {}).get("seed", 0)),
+        status="done",
+        knn=evaluation.get("knn_top1"),
+        linear=evaluation.get("linear_top1"),
+        protocols={key: _eval_figure(evaluation, col[1]) for key, col in EVAL_COLUMNS.items()},
+        lowshot=_lowshot_top1(evaluation),
+    )
+    return RunRow("untrained encoder", {}, 1, [seed], note="reference: `tools/evaluate.py RUN --encoder untrained`")
 
 
 def read_seed(exp_dir: Path, seed: int) -> SeedResult:
@@ -142,6 +173,7 @@ def read_seed(exp_dir: Path, seed: int) -> SeedResult:
         peak_rss_mib=final.get("peak_rss_mib"),
         cuda_peak_mib=final.get("cuda_max_allocated_mib"),
         protocols={key: _eval_figure(evaluation, col[1]) for key, col in EVAL_COLUMNS.items()},
+        lowshot=_lowshot_top1(evaluation),
     )
 
 
@@ -156,7 +188,8 @@ def collect(suite_dir: Path) -> tuple[dict, list[RunRow]]:
         for seed in range(info["seeds"]):
             row.seeds.append(read_seed(suite_dir / run["name"] / f"seed{seed}", seed))
         rows.append(row)
-    return info, rows
+    reference = untrained_row(suite_dir)
+    return info, rows + ([reference] if reference is not None else [])
 
 
 def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
@@ -194,6 +227,7 @@ def _row_cells(row: RunRow, ref_sec: float | None) -> dict[str, object]:
         "peak_rss_mib": max(rss) if rss else None,
         "cuda_peak_mib": max(cuda) if cuda else None,
         "flags": " ".join(flags_to_argv(row.flags)),
+        "note": row.note,
         "failed": "; ".join(f"seed{s.seed}: {s.error}" for s in failed),
     }
 
@@ -231,7 +265,7 @@ def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> 
         ]
         if has["cuda_peak_mib"]:
             row.append(_fmt(c["cuda_peak_mib"], None, 0))
-        row.append(f"`{c['flags']}`" if c["flags"] else "(base)")
+        row.append(str(c["note"]) if c["note"] else f"`{c['flags']}`" if c["flags"] else "(base)")
         lines.append("| " + " | ".join(row) + " |")
     m = info.get("machine", {})
     out = [
@@ -304,6 +338,49 @@ def plot_sweep(name: str, rows: list[RunRow], cells: list[dict[str, object]], me
     return out
 
 
+def draw_lowshot(ax: Axes, rows: list[RunRow]) -> None:
+    """Low-shot top-1 against k images per class on ``ax``: one line per run with figures (mean over its
+    finished seeds), shaded from the minimum to the maximum seed when it has several; reference rows dashed."""
+    for r in rows:
+        per_k: dict[int, list[float]] = {}
+        for s in r.done():
+            for k, v in s.lowshot.items():
+                per_k.setdefault(k, []).append(v)
+        if not per_k:
+            continue
+        ks = sorted(per_k)
+        mean = [statistics.fmean(per_k[k]) for k in ks]
+        seeds = max(len(v) for v in per_k.values())
+        style = {"linestyle": "--", "color": "0.4"} if r.note else {}
+        (line,) = ax.plot(ks, mean, marker="o", label=f"{r.name} ({seeds} seed{'s' * (seeds > 1)})", **style)
+        if seeds > 1:
+            lo, hi = [min(per_k[k]) for k in ks], [max(per_k[k]) for k in ks]
+            ax.fill_between(ks, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+    ks_all = sorted({k for r in rows for s in r.done() for k in s.lowshot})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks_all, [str(k) for k in ks_all])
+    ax.set_xlabel("labelled images per class (k)")
+    ax.set_ylabel("test top-1 (%), mean of the draws")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_lowshot(rows: list[RunRow], out: Path, title: str) -> Path:
+    """:func:`draw_lowshot` as a PNG at ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    draw_lowshot(ax, rows)
+    ax.set_title(f"{title} (line: mean over seeds, band: min to max)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def _sweep_sections(rows: list[RunRow], cells: list[dict[str, object]], metric: str, dest: Path) -> str:
     """Per sweep: a table of the metric by swept value, and its plot (written to ``dest``)."""
     mean_key, std_key, label = METRICS[metric]
@@ -350,6 +427,8 @@ def summarize(suite_dir: Path, dest: Path | None = None, metric: str = "knn") ->
     for stem, tag in PLOTS.items():
         title = f"{info['suite']}: {tag}"
         plots += plot_curves(groups, [tag], dest / f"{stem}.png", title, missing_ok=True) if groups else []
+    if any(s.lowshot for r in rows for s in r.done()):
+        plots.append(plot_lowshot(rows, dest / "lowshot.png", f"{info['suite']}: low-shot linear SVM"))
     md = dest / "results.md"
     md.write_text(_markdown(info, cells, plots) + _sweep_sections(rows, cells, metric, dest) + _kept_notes(md))
     return md

@@ -4,6 +4,7 @@
     python tools/bench_epoch.py --data /data/cifar10 --variant warm="--kmeans-init previous" \\
         --variant onepass="--kmeans-init previous --knn-encoder key"
     python tools/bench_epoch.py --kmeans-only                                 # N=200,000, k=25,000, d=128
+    python tools/bench_epoch.py --kmeans-only --from-run RUN_DIR              # a run's kept features, per epoch
 
 Epoch mode: one ``Trainer`` per variant, built by ``pcl.cli.build_trainer`` from ``main_pcl.py`` flags
 (``CIFAR_FLAGS``, then ``--num-cluster``, then the flags after ``--``, then the variant's own): ``moco`` never runs
@@ -21,6 +22,10 @@ consecutive E-steps: step 0 cold for both, then each step once cold (``--nredo``
 (one run from the previous warm step's centroids). Per step: k-means + assignment seconds (wall, CPU), the
 objective (mean squared distance to the assigned centroid), AMI of each against the true components and AMI of
 warm against cold.
+
+``--kmeans-only --from-run RUN_DIR``: the same comparison on a real run's E-step features (trained with
+``--keep-features``), epoch by epoch, with the run's own E-step settings (granularities, niter, nredo, sample,
+seed); AMI against the run's class labels. Per epoch and granularity: objective, AMI, k-means seconds of each.
 """
 
 from __future__ import annotations
@@ -33,16 +38,18 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pcl.cli import build_trainer
-from pcl.config import parse_config, validate
+from pcl.config import config_from_dict, parse_config, validate
+from pcl.data.sources import resolve_data
 from pcl.estep.clustering import ClusterResult, KMeansConfig
 from pcl.estep.estep import EStepConfig, cluster_store
-from pcl.estep.feature_store import ShardWriter
+from pcl.estep.feature_store import FeatureStore, ShardWriter
 from pcl.train.engine import Trainer
 from pcl.utils.cli import ErrorParser, report_error
 from pcl.utils.distributed import DistInfo
@@ -266,6 +273,59 @@ def kmeans_bench(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _cluster_kept(
+    store: FeatureStore, n: int, cfg: EStepConfig, epoch: int, temperature: float, previous: ClusterResult | None
+) -> tuple[ClusterResult, dict[str, float]]:
+    """One E-step clustering of a kept feature store (left in place): ``(result, seconds per phase)``."""
+    timer = PhaseTimer(torch.device("cpu"), cpu=True)
+    result = cluster_store(store, n, cfg, DistInfo(), epoch, temperature, False, timer, previous)
+    return result, {k.removeprefix("time/").removesuffix("_seconds"): round(v, 3) for k, v in timer.pop().items()}
+
+
+def run_kmeans_bench(run_dir: Path) -> list[dict]:
+    """Cold vs warm k-means on the kept features of every E-step of ``run_dir``; one dict per epoch.
+
+    Cold: the run's k-means settings with ``init="random"`` (``nredo`` restarts); warm: one run from the previous
+    warm result's centroids (the first E-step: cold for both), as ``--kmeans-init previous`` trains.
+    """
+    cfg_file = run_dir / "config.json"
+    if not cfg_file.is_file():
+        raise PCLError(f"--from-run {run_dir}: no config.json (not a run directory)")
+    cfg = config_from_dict(json.loads(cfg_file.read_text()))
+    epochs = sorted(f for f in (run_dir / "features").glob("epoch*") if (f / "rank0.done").is_file())
+    if not epochs:
+        raise PCLError(f"--from-run {run_dir}: no kept features in {run_dir / 'features'} (train with --keep-features)")
+    labels = resolve_data(cfg.data.root, cfg.data.labels, cfg.data.val).train.labels
+    if labels is None:
+        raise PCLError(f"--from-run {run_dir}: its data has no class labels to score the clusters against")
+    labels = np.asarray(labels)
+    est = cfg.estep
+    cold_cfg = replace(est, kmeans=replace(est.kmeans, init="random"))
+    warm_cfg = replace(est, kmeans=replace(est.kmeans, init="previous"))
+    rows, warm = [], None
+    for folder in epochs:
+        epoch = int(folder.name.removeprefix("epoch"))
+        store = FeatureStore(folder)
+        cold, cold_s = _cluster_kept(store, len(labels), cold_cfg, epoch, cfg.model.temperature, None)
+        if warm is None:
+            warm, warm_s = cold, cold_s
+        else:
+            warm, warm_s = _cluster_kept(store, len(labels), warm_cfg, epoch, cfg.model.temperature, warm)
+        row: dict = {"epoch": epoch, "kmeans_seconds_cold": cold_s["kmeans"], "kmeans_seconds_warm": warm_s["kmeans"]}
+        for c, w in zip(cold.levels, warm.levels, strict=True):
+            cu, wu = c.im2cluster.numpy(), w.im2cluster.numpy()
+            row[f"k{c.k}"] = {
+                "objective_cold": c.stats["objective"],
+                "objective_warm": w.stats["objective"],
+                "objective_warm_over_cold": round(w.stats["objective"] / c.stats["objective"], 5),
+                "ami_cold": round(ami(cu, labels), 4),
+                "ami_warm": round(ami(wu, labels), 4),
+                "ami_warm_vs_cold": round(ami(wu, cu), 4),
+            }
+        rows.append(row)
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -279,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     g = p.add_argument_group("--kmeans-only")
     g.add_argument("--kmeans-only", action="store_true", help="cold vs warm k-means on synthetic drifting features")
+    g.add_argument("--from-run", type=Path, help="... on this run's kept E-step features instead (--keep-features)")
     g.add_argument("--n", type=ranged(int, gt=0), default=200_000)
     g.add_argument("--k", type=ranged(int, gt=0), default=25_000)
     g.add_argument("--dim", type=ranged(int, gt=0), default=128)
@@ -304,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     if tools not in sys.path:
         sys.path.append(tools)
     try:
+        if a.kmeans_only and a.from_run is not None:
+            for row in run_kmeans_bench(a.from_run):
+                print(json.dumps(row), flush=True)
+            return 0
         if a.kmeans_only:
             if min(a.n, a.k, a.dim, a.components, a.niter, a.nredo) < 1 or a.steps < 1 or a.k > a.n:
                 raise PCLError("--n, --k, --dim, --components, --niter, --nredo, --steps must be >= 1 and --k <= --n")

@@ -10,6 +10,10 @@ SVMs on k = 1,2,4,8,16 images per class, 5 draws), ``finetune`` (backbone + head
 ``kmeans`` (ACC / NMI / ARI / AMI of k-means with k = number of classes, 5 restarts), ``clusters`` (the run's own
 last E-step clusters: NMI, AMI, purity; the newer of the checkpoint's and ``RUN_DIR/clusters/epoch_*.pth``).
 
+``--encoder key`` measures the momentum encoder's backbone and ``--encoder untrained`` the run's architecture at
+random initialisation (seeded by ``--seed``), the reference a trained encoder must beat; both write
+``RUN_DIR/eval_{key,untrained}.json`` unless ``--out`` is given, and never score the run's clusters.
+
 The run's own data (its stored configuration) is used unless ``--data`` names other data; then the run's clusters
 are not scored (they index the run's own images) and ``RUN_DIR/eval.json`` is kept: pass ``--out FILE``.
 ``eval.json`` holds one block per protocol (shapes in ``pcl/eval/evaluation.py``) and the settings.
@@ -21,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pcl.eval.evaluation import evaluate_run
+from pcl.eval.evaluation import ENCODERS, evaluate_run
 from pcl.eval.finetune import FinetuneConfig
 from pcl.eval.linear_probe import DEFAULT_WDS
 from pcl.eval.lowshot import DEFAULT_COSTS, DEFAULT_KS, LowShotConfig
@@ -39,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="ImageFolder root (default: the run's own data)")
     p.add_argument("--out", type=Path, help="where to write the JSON (default RUN_DIR/eval.json)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--encoder", default="query", choices=ENCODERS, help="which backbone to measure (default query)")
     p.add_argument(
         "--protocols",
         type=_protocols,
@@ -192,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=a.workers,
             cache_dir=a.feature_cache,
             out=a.out,
+            encoder=a.encoder,
         )
     except (PCLError, ValueError) as e:
         return report_error(e)

@@ -45,11 +45,13 @@ from pcl.eval.knn import knn_top1
 from pcl.eval.linear_official import OfficialConfig, train_official
 from pcl.eval.linear_probe import DEFAULT_WDS, ProbeResult, linear_probe
 from pcl.eval.lowshot import OFFICIAL_COST, LowShotConfig, lowshot_svm
-from pcl.eval.pretrained import Pretrained, from_checkpoint
+from pcl.eval.pretrained import Pretrained, from_checkpoint, untrained
 from pcl.run.run_dir import RunDir
 from pcl.utils.atomic import write_atomic
 from pcl.utils.distributed import pick_device as resolve_device
 from pcl.utils.errors import PCLError
+
+ENCODERS = ("query", "key", "untrained")  # which backbone of a checkpoint evaluate_run measures
 
 
 @dataclass
@@ -303,6 +305,7 @@ def evaluate_run(
     lowshot: LowShotConfig | None = None,
     finetune: FinetuneConfig | None = None,
     kmeans_restarts: int = 5,
+    encoder: str = "query",
 ) -> dict:
     """Any subset of the protocols on a run (``run_dir``) or on a checkpoint file; None / False = not run.
 
@@ -311,10 +314,20 @@ def evaluate_run(
     run's own E-step clusters are scored only on that data. Writes the result to ``out`` (default
     ``RUN_DIR/eval.json`` for the run's last checkpoint on the run's own data; otherwise only when given) and
     returns it (shape in the module docstring).
+
+    ``encoder``: ``query`` (the default), ``key`` (the momentum encoder's backbone) or ``untrained`` (the run's
+    architecture at random initialisation, seeded by ``seed``: the reference every trained encoder must beat).
+    The latter two are written to ``RUN_DIR/eval_{encoder}.json`` by default and never score the run's clusters.
     """
     t0 = time.time()
     run, ckpt_path = _run_paths(Path(run_dir))
-    pre = from_checkpoint(ckpt_path)
+    if encoder not in ENCODERS:
+        raise PCLError(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
+    pre = from_checkpoint(ckpt_path, "query" if encoder == "untrained" else encoder)
+    if encoder == "untrained":
+        ckpt = pre.checkpoint
+        pre = untrained(pre.arch, pre.stem, pre.image_size, seed)
+        pre.checkpoint = ckpt  # its stored configuration names the data
     stored = stored_config(pre.checkpoint, ckpt_path).data
     own_data = stored.root
     own = data is None or same_train_folder(data, own_data)
@@ -324,6 +337,8 @@ def evaluate_run(
     dev = resolve_device(device)
     result: dict = {"knn_top1": None, "linear_top1": None, "linear_top5": None, "cluster": {}, "kmeans": {}}
     settings: dict = {**pre.settings(), "checkpoint": str(ckpt_path), "data": data, "device": str(dev)}
+    settings["encoder"] = encoder
+    features = f"{encoder} backbone, L2-normalised"
     source = resolve_data(data, labels, val)
     settings["data_identity"] = data_identity(IndexedImages(source.train))
     no_labels = source.knn_off_reason()
@@ -337,7 +352,7 @@ def evaluate_run(
         settings["num_classes"] = feats.num_classes
         if knn:
             result["knn_top1"] = knn_accuracy(feats, knn_k, knn_t)
-            settings["knn"] = {"k": knn_k, "t": knn_t, "features": "query backbone, L2-normalised"}
+            settings["knn"] = {"k": knn_k, "t": knn_t, "features": features}
         if linear:
             probe = linear_features(feats, wds, val_fraction, seed, max_iter)
             result["linear_top1"], result["linear_top5"] = probe.top1, probe.top5
@@ -356,7 +371,7 @@ def evaluate_run(
             ks = tuple(sorted({feats.num_classes, *kmeans}))
             result["kmeans"] = kmeans_scores(feats.train, feats.train_labels, ks, seed, kmeans_restarts)
             settings["kmeans"] = {
-                "features": "query backbone, L2-normalised, train split",
+                "features": f"{features}, train split",
                 "seed": seed,
                 "restarts": kmeans_restarts,
                 "k_classes": feats.num_classes,
@@ -365,11 +380,14 @@ def evaluate_run(
         if lowshot is not None:
             result["lowshot"], settings["lowshot"] = _lowshot_block(feats, lowshot)
     own_ckpt = run is not None and ckpt_path == run.last  # an older checkpoint does not overwrite eval.json
-    target = out if out is not None else (run.eval if own_ckpt and own else None)
+    own_eval = None if run is None else (run.eval if encoder == "query" else run.eval.with_name(f"eval_{encoder}.json"))
+    target = out if out is not None else (own_eval if own_ckpt and own else None)
     if finetune is not None:
         subsets = (target.parent if target is not None else ckpt_path.parent) / "finetune"
         result["finetune"], settings["finetune"] = _finetune_block(pre, data, finetune, dev, subsets, workers, show)
-    if clusters and not own:  # the run's clusters index the images it was trained on, not these
+    if clusters and encoder == "untrained":
+        settings["cluster_skipped"] = "the run's clusters come from its trained encoder, not an untrained one"
+    elif clusters and not own:  # the run's clusters index the images it was trained on, not these
         settings["cluster_skipped"] = f"the run's clusters belong to {own_data or 'the bundled subset'}, not {data}"
     elif clusters:
         found = _last_cluster_result(run, pre.checkpoint)

@@ -1,4 +1,4 @@
-"""The frozen backbone to evaluate: a PCL checkpoint's query backbone, an exported backbone, or an untrained one.
+"""The frozen backbone to evaluate: a PCL checkpoint's query (or key) backbone, an exported one, or an untrained one.
 
 All three give a torchvision ResNet trunk with ``fc = Identity`` mapping ``(B, 3, H, W) -> (B, D)`` raw
 (not normalised) average-pooled features, in eval mode. Identical weights give identical features whatever
@@ -22,6 +22,7 @@ from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
 
 PREFIX = "encoder_q.backbone."
+PREFIXES = {"query": PREFIX, "key": "encoder_k.backbone."}  # a checkpoint's two encoders
 
 
 @dataclass
@@ -49,9 +50,10 @@ class Pretrained:
         }
 
 
-def backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
-    """torchvision-named tensors of a PCL checkpoint's query-encoder backbone (no ``fc``)."""
-    return {k.removeprefix(PREFIX): v.clone() for k, v in checkpoint["model"].items() if k.startswith(PREFIX)}
+def backbone_state_dict(checkpoint: dict, encoder: str = "query") -> dict[str, torch.Tensor]:
+    """torchvision-named tensors of a PCL checkpoint's query- (or key-) encoder backbone (no ``fc``)."""
+    prefix = PREFIXES[encoder]
+    return {k.removeprefix(prefix): v.clone() for k, v in checkpoint["model"].items() if k.startswith(prefix)}
 
 
 def _file_ident(path: Path) -> str:
@@ -72,21 +74,26 @@ def _build(arch: str, stem: str, state: dict[str, torch.Tensor] | None, what: st
     return net.eval(), dim
 
 
-def from_checkpoint(path: Path) -> Pretrained:
-    """The query backbone of a PCL training checkpoint, built with the architecture flags stored in it."""
+def from_checkpoint(path: Path, encoder: str = "query") -> Pretrained:
+    """The query (``encoder="key"``: momentum) backbone of a PCL training checkpoint, built with the architecture
+    flags stored in it."""
+    if encoder not in PREFIXES:
+        raise PCLError(f"unknown encoder {encoder!r}; choose from {', '.join(PREFIXES)}")
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict):
         raise PCLError(f"{path} is not a PCL training checkpoint")
     cfg = stored_config(ckpt, path)  # one clear error for a file without a configuration (an exported backbone)
     if not isinstance(ckpt.get("model"), dict):
         raise PCLError(f"{path} is not a PCL training checkpoint (no 'model')")
-    state = backbone_state_dict(ckpt)
+    state = backbone_state_dict(ckpt, encoder)
     if not state:
-        raise PCLError(f"{path} holds no query backbone ({PREFIX}* tensors)")
+        raise PCLError(f"{path} holds no {encoder} backbone ({PREFIXES[encoder]}* tensors)")
     arch, stem, size = cfg.model.arch, cfg.model.stem, cfg.data.aug.image_size
     net, dim = _build(arch, stem, state, str(path))
     epoch = ckpt.get("epoch")
-    return Pretrained(net, dim, arch, stem, size, f"{path} (epoch {epoch})", epoch, ckpt, _file_ident(path))
+    what = "" if encoder == "query" else f", {encoder} encoder"
+    ident = _file_ident(path) + ("" if encoder == "query" else f":{encoder}")
+    return Pretrained(net, dim, arch, stem, size, f"{path} (epoch {epoch}{what})", epoch, ckpt, ident)
 
 
 def from_exported(path: Path, arch: str, stem: str | None, image_size: int) -> Pretrained:

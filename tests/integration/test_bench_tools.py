@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, load_tool, tool_env
+from tests.helpers import ROOT, TINY_ARGS, load_tool, tool_env
 
 TINY_STEP = [
     *("--stem", "imagenet", "--image-size", "16", "--batch-size", "8", "--bn-splits", "2", "--pcl-r", "32"),
@@ -98,6 +98,32 @@ def test_bench_epoch_kmeans_only_reports_cold_and_warm_quality(tmp_path: Path) -
     assert 0 < second["ami_warm_vs_cold"] <= 1
     assert second["objective_warm_over_cold"] == round(second["warm"]["objective"] / second["cold"]["objective"], 5)
     assert not any(tmp_path.iterdir())
+
+
+def test_bench_epoch_kmeans_from_a_run_reproduces_its_cold_estep_and_chains_the_warm_one(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    exp = tmp_path / "run"
+    flags = ["--epochs", "3", "--warmup-epochs", "0", "--kmeans-nredo", "2", "--keep-features", "--knn-freq", "0"]
+    train = _tool("main_pcl.py", str(tiny_data), *TINY_ARGS, *flags, "--exp-dir", str(exp))
+    assert train.returncode == 0, train.stderr
+    out = _tool("tools/bench_epoch.py", "--kmeans-only", "--from-run", str(exp))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    logged = json.loads((exp / "metrics.json").read_text())["epochs"]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    for row, scalars in zip(rows, logged, strict=True):
+        for k in (3, 5):
+            g = row[f"k{k}"]  # cold = the run's own E-step (same features, settings and seeds)
+            assert g["objective_cold"] == pytest.approx(scalars[f"cluster/k{k}/objective"], rel=1e-6)
+            assert g["objective_warm_over_cold"] == round(g["objective_warm"] / g["objective_cold"], 5)
+            assert -0.5 <= g["ami_warm"] <= 1 and -0.5 <= g["ami_cold"] <= 1
+    first = rows[0]  # the first E-step has no previous centroids: warm is the cold result
+    assert all(first[f"k{k}"]["ami_warm_vs_cold"] == 1.0 for k in (3, 5))
+    assert first["kmeans_seconds_warm"] == first["kmeans_seconds_cold"]
+    nothing = _tool("tools/bench_epoch.py", "--kmeans-only", "--from-run", str(tiny_data))
+    assert nothing.returncode == 2 and nothing.stderr.strip().startswith("error: --from-run")
+    assert len(nothing.stderr.strip().splitlines()) == 1
 
 
 def test_bench_epoch_ami_equals_scikit_learns() -> None:

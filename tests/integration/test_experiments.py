@@ -330,3 +330,61 @@ def test_summary_shows_the_evaluation_protocols_with_mean_and_std(tmp_path: Path
     md = _markdown({"suite": "s", "seeds": 2}, cells, [])
     assert "| low-shot top-1 k=1 (%) | low-shot top-1 k=16 (%) | fine-tune top-1 1% (%)" in md
     assert "| 25.00 ± 7.07 | 45.00 ± 7.07 | 26.00 ± 7.07 | 27.00 ± 7.07 | 35.00 ± 7.07 |" in md
+
+
+def test_eval_measures_the_untrained_encoder_once_and_the_summary_shows_it_last(
+    suite_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    _, out = suite_run
+    suite_dir = out / "tiny"
+    moco = suite_dir / "moco" / "seed0"
+    jobs = [SimpleNamespace(exp_dir=moco, run_dir=RunDir(moco))]
+    monkeypatch.setattr(runner, "EVAL_PROTOCOLS", "knn,clusters")  # the tiny data is too small for the others
+    target = suite_dir / "untrained" / "eval.json"
+    try:
+        runner._evaluate_untrained(jobs, suite_dir)
+        evaluation = json.loads(target.read_text())
+        assert evaluation["settings"]["encoder"] == "untrained" and evaluation["cluster"] == {}
+        assert not (moco / "eval.json").exists()  # the run's own evaluation is not touched
+        md = summarize(suite_dir, tmp_path / "res").read_text()
+        rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+        assert rows[-1].startswith(f"| untrained encoder | 1/1 | {evaluation['knn_top1']:.2f} |")
+        assert "--encoder untrained" in rows[-1]
+        assert not (tmp_path / "res" / "lowshot.png").exists()  # no low-shot figures: no plot
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def test_lowshot_plot_has_one_line_per_run_and_a_band_over_seeds(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+    from summary import draw_lowshot, plot_lowshot
+
+    def seed(i: int, shift: float) -> SeedResult:
+        return SeedResult(seed=i, status="done", lowshot={1: 20 + shift, 4: 30 + shift, 16: 40 + shift})
+
+    rows = [
+        RunRow("pcl", {}, 3, [seed(0, 0), seed(1, 6), seed(2, -3)]),
+        RunRow("moco", {}, 3, [seed(0, 2), seed(1, 4), SeedResult(seed=2, status="failed")]),
+        RunRow("untrained encoder", {}, 1, [seed(0, -15)], note="reference"),
+        RunRow("not evaluated", {}, 1, [SeedResult(seed=0, status="done")]),
+    ]
+    fig, ax = plt.subplots()
+    draw_lowshot(ax, rows)
+    labels = [ln.get_label() for ln in ax.get_lines()]
+    assert labels == ["pcl (3 seeds)", "moco (2 seeds)", "untrained encoder (1 seed)"]
+    assert list(ax.get_lines()[0].get_ydata()) == [21.0, 31.0, 41.0]  # mean over seeds
+    assert list(ax.get_lines()[1].get_xdata()) == [1, 4, 16] and ax.get_lines()[2].get_linestyle() == "--"
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # one per run with several seeds
+    ys = bands[0].get_paths()[0].vertices[:, 1]
+    assert min(ys) == pytest.approx(17.0) and max(ys) == pytest.approx(46.0)  # min and max seed
+    plt.close(fig)
+    png = plot_lowshot(rows, tmp_path / "lowshot.png", "t")
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (640, 400)

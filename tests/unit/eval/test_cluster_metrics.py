@@ -260,3 +260,42 @@ def test_evaluate_runs_all_five_protocols_in_one_table(
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: ") and needle in err[-1], err
         assert not any("Traceback" in ln for ln in err)
+
+
+def test_evaluate_the_key_and_the_untrained_encoder_beside_the_runs_own_eval(
+    labelled_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from pcl.eval.evaluation import frozen_features, knn_accuracy
+    from pcl.eval.pretrained import PREFIXES, from_checkpoint, untrained
+
+    exp, _ = labelled_run
+    run = RunDir(exp)
+    if not run.eval.is_file():
+        evaluate_run(exp, knn=False, linear=False, show=False)
+    before = run.eval.read_bytes()
+    ckpt = torch.load(run.last, map_location="cpu", weights_only=False)
+    key = from_checkpoint(run.last, "key")
+    for name, p in key.backbone.state_dict().items():  # the momentum encoder's tensors, not the query's
+        if name.endswith("num_batches_tracked"):
+            continue
+        assert torch.equal(p, ckpt["model"][PREFIXES["key"] + name]), name
+    assert any(
+        not torch.equal(ckpt["model"][PREFIXES["key"] + n], ckpt["model"][PREFIXES["query"] + n])
+        for n in key.backbone.state_dict()
+        if n.endswith("weight")
+    )
+    kw = {"linear": False, "batch_size": 16, "workers": 0, "show": False, "device": "cpu"}
+    cpu = torch.device("cpu")
+    for encoder, pre in (("key", key), ("untrained", untrained(key.arch, key.stem, key.image_size, seed=0))):
+        res = evaluate_run(exp, encoder=encoder, **kw)
+        expected = knn_accuracy(frozen_features(pre, res["settings"]["data"], cpu, 16, 0, show=False))
+        assert res["knn_top1"] == pytest.approx(expected, abs=1e-9)
+        assert res["settings"]["encoder"] == encoder and res["settings"]["knn"]["features"].startswith(encoder)
+        assert res["settings"]["written"] == str(exp / f"eval_{encoder}.json")
+        assert run.eval.read_bytes() == before  # the query encoder's eval.json is kept
+    assert res["cluster"] == {} and "untrained" in res["settings"]["cluster_skipped"]
+    assert "untrained" in res["settings"]["source"]
+    tool = load_tool("evaluate")
+    assert tool.main([str(exp), "--encoder", "momentum", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "momentum" in err[-1] and not any("Traceback" in ln for ln in err)
