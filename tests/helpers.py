@@ -112,3 +112,13 @@ def tool_env() -> dict[str, str]:
     """Environment for running a tool as a subprocess: this checkout's ``pcl`` first on the path, so that the
     tests check this checkout even where another one is installed in the environment."""
     return pythonpath_env(ROOT)
+
+
+# TINY_ARGS as a suite's [base] table (flag -> value)
+TINY_BASE = "\n".join(f'{k.removeprefix("--")} = "{v}"' for k, v in zip(TINY_ARGS[::2], TINY_ARGS[1::2], strict=True))
+
+
+def write_suite(path: Path, runs: str, seeds: int = 1) -> Path:
+    """A suite file at ``path``: ``TINY_ARGS`` as its base, then ``runs`` (TOML ``[[runs]]`` / ``[[sweeps]]``)."""
+    path.write_text(f'description = "tiny"\nseeds = {seeds}\n[base]\n{TINY_BASE}\n{runs}')
+    return path

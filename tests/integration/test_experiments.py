@@ -18,21 +18,12 @@ from pcl.run.curves import aggregate, load_curves
 from pcl.run.metrics import MetricsLog
 from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
-from tests.helpers import ROOT, TINY_ARGS, load_experiments, tool_env
+from tests.helpers import ROOT, TINY_ARGS, load_experiments, tool_env, write_suite
 
 runner = load_experiments()
 from launch import last_error_line  # noqa: E402 - experiments/ is on the path now
 from suite import flags_to_argv, load_suite  # noqa: E402
 from summary import RunRow, SeedResult, summarize, table  # noqa: E402
-
-# TINY_ARGS as a suite's [base] table (flag -> value)
-TINY_BASE = "\n".join(f'{k.removeprefix("--")} = "{v}"' for k, v in zip(TINY_ARGS[::2], TINY_ARGS[1::2], strict=True))
-
-
-def write_suite(path: Path, runs: str, seeds: int = 2) -> Path:
-    path.write_text(f'description = "tiny"\nseeds = {seeds}\n[base]\n{TINY_BASE}\n{runs}')
-    return path
-
 
 TWO_RUNS = """
 [[runs]]
@@ -48,7 +39,7 @@ def suite_run(tiny_data: Path, module_tmp: Path) -> tuple[Path, Path]:
     """2 runs x 2 seeds x 2 epochs, plus a third run that fails; returns (suite file, out dir)."""
     tmp = module_tmp
     failing = '\n[[runs]]\nname = "too-many-clusters"\nflags = { num-cluster = "1000" }\n'
-    suite = write_suite(tmp / "tiny.toml", TWO_RUNS + failing)
+    suite = write_suite(tmp / "tiny.toml", TWO_RUNS + failing, seeds=2)
     out = tmp / "out"
     assert runner.main([str(suite), str(tiny_data), "--out", str(out)]) == 1  # a run failed: exit status 1
     return suite, out
@@ -120,7 +111,7 @@ def test_second_invocation_skips_finished_runs(
 def test_dry_run_prints_commands_and_writes_nothing(
     tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    suite = write_suite(tmp_path / "tiny.toml", TWO_RUNS)
+    suite = write_suite(tmp_path / "tiny.toml", TWO_RUNS, seeds=2)
     out = tmp_path / "out"
     assert runner.main([str(suite), str(tiny_data), "--out", str(out), "--dry-run", "--", "--amp", "bf16"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -17,19 +17,13 @@ import pytest
 from pcl.run.lock import is_locked
 from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
-from tests.helpers import ROOT, TINY_ARGS, load_experiments, tool_env
+from tests.helpers import ROOT, load_experiments, tool_env, write_suite
 
 runner = load_experiments()
 import launch  # noqa: E402 - experiments/ is on the path now
 from suite import load_suite  # noqa: E402
 
-TINY_BASE = "\n".join(f'{k.removeprefix("--")} = "{v}"' for k, v in zip(TINY_ARGS[::2], TINY_ARGS[1::2], strict=True))
 TWO_RUNS = '[[runs]]\nname = "moco"\nflags = { warmup-epochs = 2 }\n[[runs]]\nname = "pcl"\n'
-
-
-def write_suite(path: Path, body: str, seeds: int = 1) -> Path:
-    path.write_text(f"seeds = {seeds}\n[base]\n{TINY_BASE}\n{body}")
-    return path
 
 
 def wait_for(condition: object, seconds: float = 600, what: str = "") -> None:
