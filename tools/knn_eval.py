@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from pcl.eval.evaluation import frozen_features, knn_accuracy, resolve_device
-from pcl.eval.pretrained import add_source_args, load_source
+from pcl.eval.pretrained import add_data_args, add_source_args, load_source
 from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.flags import ranged
 
@@ -23,7 +23,7 @@ from pcl.utils.flags import ranged
 @entry_point()
 def main(argv: list[str] | None = None) -> int:
     p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", nargs="?", default=None, help="ImageFolder root (default: bundled CIFAR-10 subset)")
+    add_data_args(p)
     add_source_args(p)
     p.add_argument("--knn-k", type=ranged(int, gt=0), default=200)
     p.add_argument("--knn-t", type=ranged(float, gt=0), default=0.1)
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=ranged(int, gt=0), default=256)
     a = p.parse_args(argv)
     pre = load_source(a)
-    feats = frozen_features(pre, a.data, resolve_device(a.device), a.batch_size, a.workers)
+    feats = frozen_features(pre, a.data, resolve_device(a.device), a.batch_size, a.workers, labels=a.labels, val=a.val)
     acc = knn_accuracy(feats, a.knn_k, a.knn_t)
     print(f"kNN top-1 {acc:.2f}% ({pre.source}, {pre.arch}, stem {pre.stem}, k={a.knn_k}, t={a.knn_t})")
     return 0

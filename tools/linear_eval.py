@@ -29,7 +29,7 @@ from pathlib import Path
 from pcl.eval.evaluation import frozen_features, linear_features, linear_official, resolve_device
 from pcl.eval.linear_official import OfficialConfig
 from pcl.eval.linear_probe import DEFAULT_WDS
-from pcl.eval.pretrained import add_source_args, load_source
+from pcl.eval.pretrained import add_data_args, add_source_args, load_source
 from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
@@ -44,7 +44,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", nargs="?", default=None, help="ImageFolder root (default: bundled CIFAR-10 subset)")
+    add_data_args(p)
     add_source_args(p)
     p.add_argument("--protocol", default="features", choices=("features", "official"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -84,9 +84,11 @@ def run(argv: list[str] | None = None) -> dict:
             raise PCLError(f"{flag} must be positive, got {v}")
     pre = load_source(a)
     dev = resolve_device(a.device)
-    settings: dict = {**pre.settings(), "data": a.data, "device": str(dev), "protocol": a.protocol}
+    settings: dict = {**pre.settings(), "data": a.data, "val": a.val, "device": str(dev), "protocol": a.protocol}
     if a.protocol == "features":
-        feats = frozen_features(pre, a.data, dev, a.eval_batch_size, a.workers, a.feature_cache)
+        feats = frozen_features(
+            pre, a.data, dev, a.eval_batch_size, a.workers, a.feature_cache, labels=a.labels, val=a.val
+        )
         res = linear_features(feats, a.wd_grid, a.val_fraction, a.seed, a.max_iter)
         settings.update(
             wd_grid=list(a.wd_grid),
@@ -98,7 +100,7 @@ def run(argv: list[str] | None = None) -> dict:
         )
     else:
         cfg = OfficialConfig(a.epochs, a.batch_size, a.lr, a.momentum, a.wd, list(a.schedule))
-        res = linear_official(pre, a.data, cfg, dev, a.workers, a.seed)
+        res = linear_official(pre, a.data, cfg, dev, a.workers, a.seed, labels=a.labels, val=a.val)
         settings.update(vars(cfg), seed=a.seed)
     out = {"linear_top1": res.top1, "linear_top5": res.top5, "settings": settings}
     print(f"linear top-1: {res.top1:.2f}%")

@@ -162,9 +162,11 @@ def linear_official(
     workers: int = 2,
     seed: int = 0,
     show: bool = True,
+    labels: str = "auto",
+    val: str | None = None,
 ) -> ProbeResult:
     """The ``official`` linear protocol: augmented views (RandomResizedCrop + flip), frozen backbone in eval mode."""
-    train, test = eval_sets(data, pre.image_size)
+    train, test = eval_sets(data, pre.image_size, labels, val)
     train_aug = train.with_transform(linear_train_transform(pre.image_size))
     g = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(

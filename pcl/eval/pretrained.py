@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pcl.config import stored_config
+from pcl.data.sources import LABEL_MODES
 from pcl.model.backbone import resnet_backbone
 from pcl.run.checkpoint import load_checkpoint
 from pcl.utils.errors import PCLError
@@ -141,6 +142,13 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stem", default=None, choices=("imagenet", "small"), help="for --untrained / --exported")
     p.add_argument("--image-size", type=ranged(int, gt=0, le=4096), default=32, help="for --untrained / --exported")
     p.add_argument("--seed", type=ranged(int, ge=0, le=2**31 - 1), default=0)
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """``DATA`` and its ``--labels`` / ``--val``, as ``main_pcl.py`` reads them (any ``pcl.data.sources`` form)."""
+    p.add_argument("data", nargs="?", default=None, help="images, any form main_pcl.py takes (default: bundled subset)")
+    p.add_argument("--labels", default="auto", choices=LABEL_MODES, help="where labels come from, as main_pcl.py's")
+    p.add_argument("--val", default=None, help="labelled test set, any DATA form (default: DATA's val/ or test/)")
 
 
 def load_source(a: argparse.Namespace) -> Pretrained:

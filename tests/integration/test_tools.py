@@ -125,3 +125,35 @@ def test_checkpoint_without_config_is_one_error_line(
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"error: {exported} holds no training configuration (not a main_pcl.py checkpoint?)"]
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_knn_and_linear_eval_take_a_val_set_of_their_own(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    ckpt = _checkpoint(tmp_path / "c.pth", "config")
+    copy = shutil.copytree(tiny_data / "test", tmp_path / "copy")  # the same images as DATA's own test split
+    figures = {}
+    swapped = shutil.copytree(tiny_data / "test", tmp_path / "swapped")  # two classes' images under each other's name
+    a, b = sorted(p.name for p in swapped.iterdir())[:2]
+    (swapped / a).rename(swapped / "tmp")
+    (swapped / b).rename(swapped / a)
+    (swapped / "tmp").rename(swapped / b)
+    for name, extra in (("own", []), ("copy", ["--val", str(copy)]), ("swapped", ["--val", str(swapped)])):
+        argv = ["knn_eval.py", str(tiny_data), "--checkpoint", str(ckpt), "-j", "0", *extra]
+        monkeypatch.setattr(sys, "argv", argv)
+        assert load_tool("knn_eval").main() == 0
+        figures[name] = capsys.readouterr().out.strip().splitlines()[-1].split("%")[0]
+    assert figures["own"] == figures["copy"] != figures["swapped"]
+    out = tmp_path / "lin.json"
+    argv = ["linear_eval.py", str(tiny_data), "--checkpoint", str(ckpt), "-j", "0", "--val", str(swapped)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--max-iter", "5", "--wd-grid", "0.1", "--out", str(out)])
+    assert load_tool("linear_eval").main() == 0
+    assert json.loads(out.read_text())["settings"]["val"] == str(swapped)
+    capsys.readouterr()
+    for tool in ("knn_eval", "linear_eval"):
+        monkeypatch.setattr(sys, "argv", [f"{tool}.py", str(tiny_data), "--checkpoint", str(ckpt), "--val", "/nope"])
+        assert load_tool(tool).main() == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "/nope" in err[0], err
