@@ -198,14 +198,19 @@ def test_evaluate_kmeans_on_any_run_and_bad_values(
         assert not any("Traceback" in ln for ln in err)
 
 
+def _own_eval(exp: Path) -> tuple[RunDir, bytes]:
+    """The run and its own ``eval.json`` bytes (written first when missing), to check later that it is kept."""
+    run = RunDir(exp)
+    if not run.eval.is_file():
+        evaluate_run(exp, knn=False, linear=False, show=False)
+    return run, run.eval.read_bytes()
+
+
 def test_evaluate_on_other_data_neither_scores_the_runs_clusters_nor_overwrites_eval_json(
     labelled_run: tuple[Path, dict], tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     exp, _ = labelled_run
-    run = RunDir(exp)
-    if not run.eval.is_file():
-        evaluate_run(exp, knn=False, linear=False, show=False)
-    before = run.eval.read_bytes()
+    run, before = _own_eval(exp)
     # other data with as many train images as the run's (48 in 3 classes): once scored as if clustered
     other = tmp_path / "other"
     make_image_folder(other / "train", per_class=16, seed=5)
@@ -269,10 +274,7 @@ def test_evaluate_the_key_and_the_untrained_encoder_beside_the_runs_own_eval(
     from pcl.eval.pretrained import PREFIXES, from_checkpoint, untrained
 
     exp, _ = labelled_run
-    run = RunDir(exp)
-    if not run.eval.is_file():
-        evaluate_run(exp, knn=False, linear=False, show=False)
-    before = run.eval.read_bytes()
+    run, before = _own_eval(exp)
     ckpt = torch.load(run.last, map_location="cpu", weights_only=False)
     key = from_checkpoint(run.last, "key")
     for name, p in key.backbone.state_dict().items():  # the momentum encoder's tensors, not the query's
