@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pcl.analysis.cluster_metrics import has_classes
 from pcl.config import Config, parse_config, to_json, validate, validate_data
 from pcl.data.datasets import (
     IndexedImages,
@@ -31,7 +32,6 @@ from pcl.data.datasets import (
 from pcl.data.gpu_aug import GpuAugLoader
 from pcl.data.image_cache import attach_cache
 from pcl.data.sources import check_knn_data, resolve_data
-from pcl.eval.cluster_metrics import has_classes
 from pcl.model.builder import PCL
 from pcl.run import exp_dir as exp_dir_checks
 from pcl.run.checkpointer import load_resumable

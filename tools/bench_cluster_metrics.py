@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from pcl.eval.cluster_metrics import label_scores
+from pcl.analysis.cluster_metrics import label_scores
 from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.flags import ranged
 

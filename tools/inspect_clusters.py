@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PCLError(
                 f"{args.labels_from} has {len(dataset.targets)} images, the clusters cover {len(im2cluster)}"
             )
-        from pcl.eval.cluster_metrics import label_scores
+        from pcl.analysis.cluster_metrics import label_scores
 
         labels = np.asarray(dataset.targets)
         sc = label_scores(im2cluster, labels)

@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pcl.analysis.embedding import GALLERY_SORTS
 from pcl.eval.pictures import COLOUR_BY, PICTURES, PicturesConfig, make_pictures
-from pcl.eval.visualize import GALLERY_SORTS
 from pcl.utils.cli import ErrorParser
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged

@@ -30,7 +30,7 @@ from pcl.estep.clustering import (
     train_kmeans,
 )
 from pcl.estep.feature_store import DTYPES, FeatureStore, ShardWriter
-from pcl.eval.bank import FeatureBank
+from pcl.model.bank import FeatureBank
 from pcl.model.features import iter_features
 from pcl.utils import distributed as pdist
 from pcl.utils.distributed import DistInfo

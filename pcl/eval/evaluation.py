@@ -1,7 +1,7 @@
 """Evaluation of a trained encoder: kNN, linear probe, low-shot SVM, fine-tuning, clustering accuracy, and the
 cluster quality of a run.
 
-One feature extraction (``pcl.eval.features.extract``, center crop, query backbone, raw average-pooled features)
+One feature extraction (``pcl.model.features.extract``, center crop, query backbone, raw average-pooled features)
 serves kNN (on the L2-normalised features), the ``features`` linear probe, the low-shot SVMs and k-means.
 ``evaluate_run`` is the whole evaluation of a run directory (``tools/evaluate.py``); it writes
 ``RUN_DIR/eval.json``::
@@ -33,19 +33,19 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
+from pcl.analysis.cluster_metrics import cluster_scores, has_classes, kmeans_scores
+from pcl.analysis.knn import knn_top1
 from pcl.config import stored_config
 from pcl.data.datasets import IMAGENET_MEAN, IMAGENET_STD, IndexedImages, eval_loader, eval_transform
 from pcl.data.sources import resolve_data
 from pcl.estep.clustering import ClusterResult
-from pcl.eval.cluster_metrics import cluster_scores, has_classes, kmeans_scores
-from pcl.eval.features import extract
 from pcl.eval.finetune import FinetuneConfig, balanced_subset, percent_key, write_subset
 from pcl.eval.finetune import finetune as run_finetune
-from pcl.eval.knn import knn_top1
 from pcl.eval.linear_official import OfficialConfig, train_official
 from pcl.eval.linear_probe import DEFAULT_WDS, ProbeResult, linear_probe
 from pcl.eval.lowshot import OFFICIAL_COST, LowShotConfig, lowshot_svm
 from pcl.eval.pretrained import Pretrained, from_checkpoint, untrained
+from pcl.model.features import extract
 from pcl.run.run_dir import RunDir
 from pcl.utils.atomic import write_atomic
 from pcl.utils.distributed import pick_device as resolve_device

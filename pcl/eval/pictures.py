@@ -22,19 +22,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pcl.analysis import render
+from pcl.analysis.cluster_metrics import has_classes
+from pcl.analysis.embedding import GALLERY_SORTS, embed_2d, gallery_rows, pick_queries, retrieve, subsample
 from pcl.config import Config, stored_config
 from pcl.data.datasets import IndexedImages, eval_loader, eval_transform
 from pcl.data.decode import load_rgb
 from pcl.data.sources import resolve_data
 from pcl.estep.clustering import ClusterResult, Granularity
 from pcl.estep.feature_store import FeatureStore
-from pcl.eval import render
-from pcl.eval.cluster_metrics import has_classes
 from pcl.eval.evaluation import _last_cluster_result, _run_paths, resolve_device
-from pcl.eval.features import extract
 from pcl.eval.pretrained import Pretrained, from_checkpoint, from_exported
-from pcl.eval.visualize import GALLERY_SORTS, embed_2d, gallery_rows, pick_queries, retrieve, subsample
 from pcl.model.builder import PCL
+from pcl.model.features import extract
 from pcl.run.checkpoint import load_checkpoint
 from pcl.run.run_dir import RunDir
 from pcl.utils.atomic import write_atomic

@@ -17,7 +17,7 @@ from torch import nn
 
 from pcl.config import stored_config
 from pcl.data.sources import LABEL_MODES
-from pcl.model.backbone import resnet_backbone
+from pcl.model.backbone import BackboneSpec, build_backbone
 from pcl.run.checkpoint import load_checkpoint
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
@@ -63,7 +63,7 @@ def _file_ident(path: Path) -> str:
 
 
 def _build(arch: str, stem: str, state: dict[str, torch.Tensor] | None, what: str) -> tuple[nn.Module, int]:
-    net, dim = resnet_backbone(arch, stem == "small")
+    net, dim = build_backbone(BackboneSpec(arch, stem))
     if state is not None:
         try:
             net.load_state_dict(state)

@@ -1,7 +1,15 @@
-"""Backbones: torchvision ResNets with an optional small-image stem and split BatchNorm."""
+"""Backbones: one :func:`build_backbone` for the model, evaluation, export and the untrained reference.
+
+A backbone maps ``(B, 3, H, W)`` images to ``(B, D)`` features (no classifier). Builders are registered by
+family in :data:`BACKBONES` (:func:`register_backbone`); the family of a name is the first whose ``accepts``
+says yes. Today: torchvision ResNets (``--arch resnet18`` ...) with an optional small-image stem and split
+BatchNorm.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -45,15 +53,60 @@ class SplitBatchNorm(nn.BatchNorm2d):
         return out
 
 
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a backbone is built from: its name (``--arch``), the stem (``imagenet`` | ``small``), the image size
+    and the number of split-BatchNorm sub-batches (1 = plain BN)."""
+
+    arch: str
+    stem: str = "imagenet"
+    image_size: int = 32
+    bn_splits: int = 1
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """A registered builder: ``accepts(name)`` says whether it builds ``name``; ``build(spec)`` returns
+    ``(module (B,3,H,W) -> (B,D), D)``; ``names`` lists the names for help texts and error messages."""
+
+    name: str
+    accepts: Callable[[str], bool]
+    build: Callable[[BackboneSpec], tuple[nn.Module, int]]
+    names: tuple[str, ...]
+
+
+BACKBONES: list[BackboneFamily] = []
+
+
+def register_backbone(family: BackboneFamily) -> BackboneFamily:
+    """Add a family of backbones to :data:`BACKBONES` (later families are asked after earlier ones)."""
+    BACKBONES.append(family)
+    return family
+
+
+def backbone_family(arch: str) -> BackboneFamily:
+    """The registered family that builds ``arch``; a one-line ``PCLError`` with the known names otherwise."""
+    for family in BACKBONES:
+        if family.accepts(arch):
+            return family
+    known = ", ".join(n for f in BACKBONES for n in f.names)
+    raise PCLError(f"unknown arch {arch!r}; choose from {known}")
+
+
 def check_arch(arch: str) -> None:
-    """Raise a one-line ``PCLError`` unless ``arch`` is one of :data:`ARCHS`."""
-    if arch not in ARCHS:
-        raise PCLError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+    """Raise a one-line ``PCLError`` unless a registered family builds ``arch``."""
+    backbone_family(arch)
+
+
+def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    """The backbone ``spec`` names, with its feature dimension: ``(module (B,3,H,W) -> (B,D), D)``."""
+    return backbone_family(spec.arch).build(spec)
 
 
 def resnet_backbone(arch: str, small_stem: bool, bn_splits: int = 1) -> tuple[nn.Module, int]:
     """A torchvision ResNet with ``fc = Identity``; returns ``(module mapping (B,3,H,W)->(B,D), D)``."""
-    check_arch(arch)
+    if arch not in ARCHS:
+        raise PCLError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
     norm = partial(SplitBatchNorm, num_splits=bn_splits) if bn_splits > 1 else nn.BatchNorm2d
     net = models.__dict__[arch](norm_layer=norm)
     if small_stem:  # CIFAR-style stem for 32-px images: 3x3 conv, stride 1, no max-pool
@@ -62,3 +115,13 @@ def resnet_backbone(arch: str, small_stem: bool, bn_splits: int = 1) -> tuple[nn
     dim = net.fc.in_features
     net.fc = nn.Identity()
     return net, dim
+
+
+register_backbone(
+    BackboneFamily(
+        "torchvision",
+        accepts=lambda name: name in ARCHS,
+        build=lambda spec: resnet_backbone(spec.arch, spec.stem == "small", spec.bn_splits),
+        names=ARCHS,
+    )
+)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pcl.model.backbone import ARCHS, check_arch, resnet_backbone
+from pcl.model.backbone import ARCHS, BackboneSpec, build_backbone, check_arch
 from pcl.model.heads import CLUSTER_HEADS, cluster_head, projection_head
 from pcl.utils import distributed as pdist
 from pcl.utils.flags import check_fields, flag
@@ -56,7 +56,8 @@ class Encoder(nn.Module):
 
     def __init__(self, arch: str, low_dim: int, mlp: bool, small_stem: bool, bn_splits: int) -> None:
         super().__init__()
-        self.backbone, self.feat_dim = resnet_backbone(arch, small_stem, bn_splits)
+        spec = BackboneSpec(arch, "small" if small_stem else "imagenet", bn_splits=bn_splits)
+        self.backbone, self.feat_dim = build_backbone(spec)
         self.head = projection_head(self.feat_dim, low_dim, mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

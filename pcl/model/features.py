@@ -1,5 +1,5 @@
 """Frozen features of an encoder over a loader, batch by batch: the one loop behind the E-step's feature
-shards (:func:`pcl.estep.estep.extract_features`) and the evaluation features (:func:`pcl.eval.features.extract`)."""
+shards (:func:`pcl.estep.estep.extract_features`), the kNN monitor and the evaluation features (:func:`extract`)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,17 @@ def iter_features(
         with autocast():
             feats = features_fn(images.to(device, non_blocking=True))
         yield feats, index
+
+
+@torch.no_grad()
+def extract(
+    features_fn: Callable[[torch.Tensor], torch.Tensor],
+    loader: DataLoader,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    desc: str = "features",
+    show: bool = True,
+) -> torch.Tensor:
+    """Features of every item of ``loader`` (items ``(images, index)``), in loader order: ``(N, D)`` float32 on
+    ``device`` (the model's device)."""
+    return torch.cat([f.float() for f, _ in iter_features(features_fn, loader, device, autocast, desc, show)])

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from torch.utils.data import Dataset
 
+from pcl.analysis import render
+from pcl.analysis.embedding import gallery_rows
 from pcl.estep.clustering import ClusterResult
-from pcl.eval import render
-from pcl.eval.visualize import gallery_rows
 
 MEMBERS = 8  # images per gallery row
 

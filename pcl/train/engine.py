@@ -11,7 +11,7 @@ One epoch of :meth:`Trainer.fit`::
         finite? step + momentum update + enqueue      -> Trainer._apply; else pcl.train.guard.NonFiniteGuard
         health signals, finite-collapse warning       -> pcl.train.health (every --print-freq steps)
         mid-epoch checkpoint when due / on a signal   -> pcl.train.save_policy, pcl.train.signals
-    kNN monitor                                       -> pcl.train.monitor.KnnMonitor (pcl.eval.knn)
+    kNN monitor                                       -> pcl.train.monitor.KnnMonitor (pcl.analysis.knn)
     TensorBoard, metrics.json, checkpoint             -> pcl.run.tb, pcl.run.metrics, pcl.run.checkpointer
 """
 
@@ -29,13 +29,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pcl.analysis.cluster_metrics import cluster_scalars
 from pcl.config import Config, to_dict
 from pcl.estep.clustering import ClusterResult, Granularity
 from pcl.estep.estep import run_estep
 from pcl.estep.feature_store import FeatureStore
-from pcl.eval.bank import FeatureBank
-from pcl.eval.cluster_metrics import cluster_scalars
 from pcl.losses.objective import pcl_objective
+from pcl.model.bank import FeatureBank
 from pcl.model.builder import PCL
 from pcl.run.checkpoint import save_checkpoint, set_rng_state
 from pcl.run.checkpointer import Checkpointer, TrainState

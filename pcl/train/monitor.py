@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import torch
 
+from pcl.analysis.knn import knn_top1
 from pcl.config import TrainConfig
-from pcl.eval.features import extract
-from pcl.eval.knn import knn_top1
 from pcl.model.builder import PCL
+from pcl.model.features import extract
 from pcl.utils.distributed import DistInfo
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from pcl import cli
-from pcl.eval import render
+from pcl.analysis import render
 from pcl.eval.pretrained import backbone_state_dict
 from pcl.run.run_dir import RunDir
 from tests.helpers import ROOT, TINY_ARGS, load_tool, tool_env

@@ -78,7 +78,7 @@ def test_every_pcl_name_in_the_page_resolves(page: Path) -> None:
 
 def test_the_checks_catch_a_wrong_path() -> None:
     assert expand_braces("pcl/{data,model}/x.py") == ["pcl/data/x.py", "pcl/model/x.py"]
-    assert exists("pcl/data/") and exists("pcl/eval/knn.py,") and exists("data/.cache/")
+    assert exists("pcl/data/") and exists("pcl/analysis/knn.py,") and exists("data/.cache/")
     assert not exists("pcl/no_such_module.py")
     assert exists("experiments/results/*/results.md") and not exists("experiments/results/*/nope.md")
     assert REPO_PATH.findall("see `tests/unit/<package>/` and /data/imagenet or runs/x/pcl/y") == ["tests/unit/"]

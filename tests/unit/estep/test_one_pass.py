@@ -9,8 +9,8 @@ import torch
 
 from pcl.estep.clustering import KMeansConfig
 from pcl.estep.estep import EStepConfig, run_estep
-from pcl.eval.bank import FeatureBank
-from pcl.eval.features import extract
+from pcl.model.bank import FeatureBank
+from pcl.model.features import extract
 from pcl.utils.distributed import DistInfo
 from tests.helpers import tiny_model
 

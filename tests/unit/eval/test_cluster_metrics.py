@@ -12,9 +12,7 @@ import torch
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 
 from pcl import cli
-from pcl.config import parse_config
-from pcl.estep.clustering import ClusterResult, Granularity
-from pcl.eval.cluster_metrics import (
+from pcl.analysis.cluster_metrics import (
     accuracy_scores,
     cluster_scalars,
     clustering_accuracy,
@@ -22,6 +20,8 @@ from pcl.eval.cluster_metrics import (
     kmeans_scores,
     label_scores,
 )
+from pcl.config import parse_config
+from pcl.estep.clustering import ClusterResult, Granularity
 from pcl.eval.evaluation import _last_cluster_result, evaluate_run
 from pcl.run.run_dir import RunDir
 from pcl.utils.distributed import DistInfo

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pcl.analysis import render
 from pcl.estep.clustering import ClusterResult, Granularity
-from pcl.eval import render
 from pcl.run.tb import TBLogger
 from pcl.train.cluster_images import gallery_images
 

@@ -1,6 +1,6 @@
 """What the pictures show, computed from features: a 2-D map, cluster-gallery rows, retrieval neighbours.
 
-Pure functions on arrays (no images, no plotting; :mod:`pcl.eval.render` draws them). Used by
+Pure functions on arrays (no images, no plotting; :mod:`pcl.analysis.render` draws them). Used by
 ``tools/visualize.py`` and, for the gallery, by the TensorBoard images of ``--log-cluster-images``.
 """
 

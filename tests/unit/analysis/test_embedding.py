@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcl.eval import render
-from pcl.eval.visualize import GalleryRow, embed_2d, gallery_rows, pick_clusters, pick_queries, retrieve, subsample
+from pcl.analysis import render
+from pcl.analysis.embedding import GalleryRow, embed_2d, gallery_rows, pick_clusters, pick_queries, retrieve, subsample
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

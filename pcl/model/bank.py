@@ -18,7 +18,7 @@ class FeatureBank:
         self.filled: torch.Tensor | None = None
 
     def add(self, features: torch.Tensor, index: torch.Tensor) -> None:
-        """Store ``features (B, D)`` at rows ``index (B,)`` (as float32, like ``pcl.eval.features.extract``)."""
+        """Store ``features (B, D)`` at rows ``index (B,)`` (as float32, like ``pcl.model.features.extract``)."""
         if self.rows is None:
             self.rows = torch.zeros(self.num, features.shape[1], dtype=torch.float32, device=features.device)
             self.filled = torch.zeros(self.num, dtype=torch.bool, device=features.device)

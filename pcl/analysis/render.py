@@ -1,4 +1,4 @@
-"""Drawing the pictures of :mod:`pcl.eval.visualize` with matplotlib (Agg, no pyplot state).
+"""Drawing the pictures of :mod:`pcl.analysis.embedding` with matplotlib (Agg, no pyplot state).
 
 Every figure has a fixed size in inches computed from its content, drawn at ``DPI``, so a PNG's pixel size
 is known in advance (:func:`gallery_size`, :func:`retrieval_size`, ``MAP_SIZE``). Images come from a
@@ -16,9 +16,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pcl.analysis.embedding import GalleryRow
 from pcl.data.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from pcl.data.decode import load_rgb
-from pcl.eval.visualize import GalleryRow
 
 DPI = 100
 CELL = 0.9  # inches per thumbnail
