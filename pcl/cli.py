@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcl.analysis.cluster_metrics import has_classes
-from pcl.config import Config, parse_config, to_json, validate, validate_data
+from pcl.config import Config, parse_config, resolve, stored_config, to_dict, to_json, validate, validate_data
 from pcl.data.datasets import (
     IndexedImages,
     TwoCrops,
@@ -32,11 +31,11 @@ from pcl.data.datasets import (
 from pcl.data.gpu_aug import GpuAugLoader
 from pcl.data.image_cache import attach_cache
 from pcl.data.sources import check_knn_data, resolve_data
-from pcl.model.builder import PCL
+from pcl.methods import Method, method_class
 from pcl.run import exp_dir as exp_dir_checks
 from pcl.run.checkpointer import load_resumable
 from pcl.run.resume_check import check_compatible, check_training_checkpoint
-from pcl.train.engine import Loaders, Trainer
+from pcl.train.engine import EngineConfig, Loaders, Trainer
 from pcl.train.health import CollapseStop
 from pcl.train.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
 from pcl.train.signals import STOP, Preempted, slurm_requeue
@@ -51,9 +50,9 @@ def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
     """Training (two views), E-step (eval view, this rank's share) and, on rank 0 with a labelled eval set,
     kNN-monitor loaders, from the one data resolver; says the data form and which monitors are off (rank 0),
     verifies the images and checks the data-dependent limits first."""
-    d, t, batch, seed = cfg.data, cfg.train, cfg.train.batch_size, cfg.train.seed
+    d, mon, batch, seed = cfg.data, cfg.monitor, cfg.train.batch_size, cfg.train.seed
     source = resolve_data(d.root, d.labels, d.val)
-    check_knn_data(source, t.knn_freq > 0, d.val is not None)
+    check_knn_data(source, mon.knn_freq > 0, d.val is not None)
     train_set = IndexedImages(source.train, TwoCrops(train_transform(d.aug)))
     size = d.aug.image_size
     knn_off = source.knn_off_reason()
@@ -62,9 +61,9 @@ def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
         print(source.describe())
         if source.warning:
             print(source.warning, file=sys.stderr)
-        if knn_off and t.knn_freq > 0:
+        if knn_off and mon.knn_freq > 0:
             print(f"kNN monitor off: {knn_off}")
-        if not source.train.labeled and t.cluster_metrics:
+        if not source.train.labeled and mon.cluster_metrics:
             print("cluster metrics (NMI/AMI/purity) off: the training data has no labels")
     cache_mode = "yes" if d.gpu_aug and d.cache_images == "auto" else d.cache_images
     cached = attach_cache([train_set, *([eval_set] if eval_set else [])], cache_mode, d.cache_budget_mb, info.is_main)
@@ -85,30 +84,28 @@ def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
         num_train=len(train_set),
         data_identity=source.identity(),
     )
-    if t.cluster_metrics and info.is_main and source.train.labeled and has_classes(estep_set.targets):
-        loaders.class_labels = torch.tensor(estep_set.targets)
+    if info.is_main and source.train.labeled:
+        loaders.train_labels = torch.tensor(estep_set.targets)
     if eval_set is not None and info.is_main:
         loaders.knn_train = eval_loader(estep_set, d.eval_batch_size, d.workers)
         loaders.knn_eval = eval_loader(eval_set, d.eval_batch_size, d.workers)
-        loaders.train_labels = torch.tensor(estep_set.targets)
         loaders.eval_labels = torch.tensor(eval_set.targets)
         loaders.num_classes = len(train_set.classes)
     return loaders
 
 
-def build_model(cfg: Config, info: pdist.DistInfo) -> tuple[PCL, nn.Module]:
-    """The raw PCL module on ``info.device`` and the module to train (DDP-wrapped under torchrun).
+def build_model(cfg: Config, info: pdist.DistInfo) -> tuple[Method, nn.Module]:
+    """The method (``--method``) on ``info.device`` and the module to train (DDP-wrapped under torchrun).
 
     Under DDP the key batch is shuffled across ranks, so split BN is off (``bn_splits`` 1).
     """
-    raw = PCL.from_config(cfg.model, bn_splits=1 if info.enabled else None).to(info.device)
-    if cfg.train.channels_last:
+    raw = method_class(cfg.method).from_config(cfg, bn_splits=1 if info.enabled else None).to(info.device)
+    if cfg.step.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     if not info.enabled:
         return raw, raw
     ids = [info.device.index] if info.device.type == "cuda" else None
-    unused = cfg.model.cluster_head != "none"
-    ddp = nn.parallel.DistributedDataParallel(raw, device_ids=ids, find_unused_parameters=unused)
+    ddp = nn.parallel.DistributedDataParallel(raw, device_ids=ids, find_unused_parameters=raw.find_unused_parameters)
     return raw, ddp
 
 
@@ -127,7 +124,8 @@ def build_trainer(cfg: Config, info: pdist.DistInfo) -> Trainer:
         min_lr=o.min_lr,
         milestones=[m * steps for m in o.schedule],
     )
-    return Trainer(cfg, model, optimizer, build_scheduler(optimizer, schedule), loaders, info)
+    engine = EngineConfig(cfg.train, cfg.step, cfg.checkpoint, cfg.monitor, cfg.loss.warmup_epochs)
+    return Trainer(engine, raw, model, optimizer, build_scheduler(optimizer, schedule), loaders, info, to_dict(cfg))
 
 
 def _agree(check: Callable[[], None], info: pdist.DistInfo) -> None:
@@ -149,25 +147,23 @@ def run(cfg: Config) -> Trainer:
     Before anything is built: the exp-dir is checked and locked and the checkpoint to resume is read and
     compared with ``cfg`` (docs/training.md).
     """
-    t, run_dir = cfg.train, cfg.run_dir
+    t, c, run_dir = cfg.train, cfg.checkpoint, cfg.run_dir
     info = pdist.init_distributed(t.device, t.dist_backend)
     lock, ckpt = None, {}
     STOP.install()  # SIGTERM / SIGUSR1 / SIGUSR2: checkpoint after the current step, then exit
     try:
         validate(cfg, info.world)
-        if t.warmup_epochs >= t.epochs and info.is_main:
-            print(
-                f"note: --warmup-epochs {t.warmup_epochs} >= --epochs {t.epochs}: no E-step will run, "
-                "this trains MoCo v2 (InfoNCE only)"
-            )
-        lock = exp_dir_checks.prepare(run_dir, cfg.estep.feature_dir, t.resume, t.overwrite, info)
-        resume = run_dir.resume_path(t.resume)
+        for note in method_class(cfg.method).notes(cfg) if info.is_main else []:
+            print(f"note: {note}")
+        lock = exp_dir_checks.prepare(run_dir, cfg.estep.feature_dir, c.resume, c.overwrite, info)
+        resume = run_dir.resume_path(c.resume)
         if resume is not None:
 
             def read() -> None:  # --resume auto: an unreadable last.pth falls back to the newest kept checkpoint
-                ckpt["path"], state = load_resumable(resume, run_dir if t.resume == "auto" else None)
+                ckpt["path"], state = load_resumable(resume, run_dir if c.resume == "auto" else None)
                 ckpt["state"] = check_training_checkpoint(state, ckpt["path"])
-                check_compatible(ckpt["state"], cfg, ckpt["path"])
+                ckpt["stored"] = _stored(ckpt["state"], ckpt["path"])
+                check_compatible(ckpt["state"], ckpt["stored"], cfg, ckpt["path"])
 
             _agree(read, info)
         random.seed(t.seed + info.rank)
@@ -177,14 +173,15 @@ def run(cfg: Config) -> Trainer:
         if resume is not None:
             num_train, identity = trainer.loaders.num_train, trainer.loaders.data_identity
             resume = ckpt.get("path", resume)
-            _agree(lambda: check_compatible(ckpt["state"], cfg, resume, num_train, identity), info)
+            stored = ckpt.get("stored")
+            _agree(lambda: check_compatible(ckpt["state"], stored, cfg, resume, num_train, identity), info)
             trainer.resume(resume, ckpt.get("state"))
-        elif t.resume == "auto" and info.is_main:
+        elif c.resume == "auto" and info.is_main:
             print(f"--resume auto: no checkpoint in {run_dir.checkpoints}, starting from scratch")
         if info.is_main:
             run_dir.root.mkdir(parents=True, exist_ok=True)
             run_dir.config.write_text(to_json(cfg))
-        knn = trainer.fit(stop_after=t.stop_after_epochs)
+        knn = trainer.fit(stop_after=c.stop_after_epochs)
         if info.is_main:
             print(f"TensorBoard logs: {run_dir.tb}  (tensorboard --logdir {run_dir.tb})")
             print(f"checkpoints: {run_dir.checkpoints}")
@@ -196,6 +193,14 @@ def run(cfg: Config) -> Trainer:
         if lock is not None:
             lock.release()
         pdist.shutdown()
+
+
+def _stored(ckpt: dict, path: object) -> Config | None:
+    """The checkpoint's resolved configuration, or None for a very old one without (nothing to compare)."""
+    try:
+        return resolve(stored_config(ckpt, str(path)))
+    except PCLError:
+        return None
 
 
 def _resume_hint(cfg: Config, written: str | None = None) -> str:
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if main_rank:
             print(f"stopped by {e}: {_resume_hint(cfg, e.checkpoint)}", file=sys.stderr)
         STOP.chain()  # the handler installed before ours, e.g. submitit's checkpoint + requeue (exits)
-        if cfg.train.requeue and main_rank:
+        if cfg.checkpoint.requeue and main_rank:
             print(slurm_requeue(), file=sys.stderr)
         return e.code
     return 0

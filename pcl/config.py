@@ -1,12 +1,14 @@
 """Configuration stage: the command line -> typed dataclasses, and checks that reject a config that cannot work.
 
 ``main_pcl.py`` calls :func:`parse_config` and hands the resulting :class:`Config` down; nothing below it sees
-the argparse ``Namespace``. Each stage owns a dataclass with its settings and their defaults, and the parser
-takes its defaults from those dataclasses, so there is one source of defaults:
+the argparse ``Namespace``, and each stage receives its own section. Each stage owns a dataclass with its settings
+and their defaults, and the parser takes its defaults from those dataclasses, so there is one source of defaults:
 
-    Config.data:  pcl.data.datasets.DataConfig (+ AugConfig)   Config.model: pcl.model.builder.ModelConfig
-    Config.optim: pcl.train.optim.OptimConfig               Config.estep: pcl.estep.estep.EStepConfig (+ KMeansConfig)
-    Config.train: TrainConfig (below): the EM loop, checkpoints, logging, devices
+    Config.method: the registered method (pcl.methods)   Config.model: pcl.model.encoder.ModelConfig
+    Config.loss: pcl.losses.config.LossConfig            Config.estep: pcl.estep.estep.EStepConfig (+ KMeansConfig)
+    Config.checkpoint: pcl.run.checkpointer.CheckpointConfig
+    Config.train / Config.step: pcl.train.config.TrainConfig / StepConfig   Config.optim: pcl.train.optim.OptimConfig
+    Config.monitor: pcl.train.monitor.MonitorConfig       Config.data: pcl.data.datasets.DataConfig (+ AugConfig)
 
 Code reads plain attributes, e.g. ``cfg.train.epochs``, ``cfg.model.pcl_r``, ``cfg.estep.kmeans.niter``.
 
@@ -15,11 +17,11 @@ How to add a flag:
        flag's name when it is not ``--field-name``, help, choices, and for numbers the valid range
        (``gt``/``ge``/``lt``/``le``; finite unless ``finite=False``), e.g.
        ``knn_k: int = flag(200, gt=0, help="neighbours")``.
-    2. Name the field in :data:`GROUPS` where ``-h`` should list it.
-    3. Nothing else: :func:`parse_config` fills fields by flag dest, the stage's ``validate()`` checks the range,
-       and ``config.json`` and checkpoints record ``asdict(cfg)``. Add combinations that cannot work to
-       :func:`validate`, and a derived default (``None`` = "depends on other flags") to the dataclass's
-       ``resolved()``.
+    2. Nothing else: ``-h`` lists it in its dataclass's ``GROUP`` (or the field's ``group=``), after the fields
+       declared before it (the sections in :class:`Config`'s order); :func:`parse_config` fills fields by flag
+       dest, the stage's ``validate()`` checks choices and range, and ``config.json`` and checkpoints record
+       ``asdict(cfg)``. Add combinations that cannot work to :func:`validate`, and a derived default (``None`` =
+       "depends on other flags") to the dataclass's ``resolved()``.
 """
 
 from __future__ import annotations
@@ -32,164 +34,93 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pcl.data.datasets import AugConfig, DataConfig
-from pcl.estep.clustering import KMeansConfig
+from pcl.data.datasets import DataConfig
 from pcl.estep.estep import EStepConfig
-from pcl.model.builder import ModelConfig
+from pcl.losses.config import LossConfig
+from pcl.methods import METHODS, method_class
+from pcl.model.encoder import ModelConfig
+from pcl.run.checkpointer import CheckpointConfig
 from pcl.run.run_dir import RunDir
-from pcl.train.amp import AMP_MODES
+from pcl.train.config import StepConfig, TrainConfig
+from pcl.train.monitor import MonitorConfig
 from pcl.train.optim import OptimConfig
 from pcl.utils.cli import ErrorParser
 from pcl.utils.errors import PCLError
-from pcl.utils.flags import check_fields, field_flag, flag, flag_of
-
-
-@dataclass
-class TrainConfig:
-    """The loop's own settings: epochs, batch, warmup, AMP, guard, checkpoints, logging, devices, kNN monitor."""
-
-    epochs: int = flag(200, gt=0)  # the official schedule; `make train` passes its quick CPU one (6 epochs, 2 warmup)
-    batch_size: int = flag(128, "-b", "--batch-size", gt=0, help="global batch size (all ranks together)")
-    warmup_epochs: int = flag(
-        20, ge=0, help="InfoNCE-only epochs before the first E-step (>= --epochs: MoCo v2, no E-step)"
-    )
-    proto_weight: float = flag(1.0, ge=0, help="weight of the ProtoNCE term")  # loss = InfoNCE + w * mean ProtoNCE
-    fixed_concentration: bool = flag(
-        False,
-        action="store_true",
-        help="ablation: phi = --temperature for every prototype instead of the estimated concentration",
-    )
-    amp: str = flag("off", choices=AMP_MODES, help="autocast for the forward passes")
-    channels_last: bool = flag(
-        False,
-        action="store_true",
-        help="channels-last memory format for the training step (for GPUs; 1.13x step time on this CPU, README)",
-    )
-    max_bad_steps: int = flag(20, gt=0, help="stop after this many consecutive non-finite steps")
-    stop_on_collapse: bool = flag(
-        False,
-        action="store_true",
-        help="stop with a checkpoint (exit code 3) when the embeddings collapse (health/*, docs: reliability)",
-    )
-    exp_dir: Path = flag(Path("runs/default"))
-    resume: str | None = flag(None, help="checkpoint path, or 'auto' for <exp-dir>/checkpoints/last.pth")
-    stop_after_epochs: int | None = flag(  # None: all remaining epochs
-        None,
-        type=int,
-        gt=0,
-        help="run at most this many epochs in this invocation, then exit (for time-limited job slots)",
-    )
-    save_freq: int = flag(10, gt=0, help="also keep checkpoint_XXXX.pth every N epochs")
-    save_every_minutes: float = flag(
-        0.0, ge=0, help="also write a resumable mid-epoch last.pth every M minutes (0 = off)"
-    )
-    save_every_steps: int = flag(0, ge=0, help="also write a resumable mid-epoch last.pth every N steps (0 = off)")
-    overwrite: bool = flag(
-        False,
-        action="store_true",
-        help="start from scratch in an exp-dir that holds checkpoints, deleting that run's outputs",
-    )
-    requeue: bool = flag(
-        False, action="store_true", help="under SLURM: after a SIGTERM/SIGUSR1 checkpoint, scontrol requeue this job"
-    )
-    print_freq: int = flag(10, gt=0, help="progress-bar update interval (steps)")
-    save_clusters: bool = flag(False, action="store_true", help="write <exp-dir>/clusters/epoch_XXXX.pth each E-step")
-    cluster_metrics: bool = flag(
-        True,
-        action=argparse.BooleanOptionalAction,
-        help="log NMI/AMI/purity of each E-step's clusters against the train labels (when > 1 class)",
-    )
-    log_cluster_images: int = flag(
-        0,
-        ge=0,
-        help="after each E-step, show the N largest clusters of each granularity (8 members nearest the "
-        "prototype) in TensorBoard's Images tab (0 = off)",
-    )
-    seed: int = flag(0, ge=0, le=2**31 - 1)  # numpy seeds must be < 2**32 (seed + rank)
-    device: str = flag("auto", choices=("auto", "cpu", "cuda"))
-    dist_backend: str = flag("auto", choices=("auto", "nccl", "gloo"))
-    knn_k: int = flag(200, gt=0)
-    knn_t: float = flag(0.1, gt=0)
-    knn_freq: int = flag(  # 0 = never
-        1,
-        ge=0,
-        help="kNN monitor every N epochs and after the last one (0 = never); costs a full train+val feature pass",
-    )
-    knn_encoder: str = flag(
-        "query",
-        choices=("query", "key"),
-        help="encoder the kNN monitor measures; key: on E-step epochs the bank comes from the E-step's own pass "
-        "(docs/performance.md)",
-    )
-
-    def validate(self) -> None:
-        """Raise a one-line ``PCLError`` for a value outside its flag's range or contradictory run flags."""
-        check_fields(self)
-        if self.overwrite and self.resume:
-            raise PCLError("--overwrite starts from scratch and --resume continues: pass only one of them")
+from pcl.utils.flags import check_fields, field_flag, flag, flag_group, flag_of
 
 
 @dataclass
 class Config:
-    """The whole run's configuration, one dataclass per stage."""
+    """The whole run's configuration, one dataclass per stage (``-h`` lists each group in this order)."""
 
-    data: DataConfig = field(default_factory=DataConfig)
+    GROUP: ClassVar[str] = "model"
+
+    method: str = flag(  # any registered method (pcl.methods.base.register_method), checked by validate()
+        "pcl", help=f"self-supervised method: {', '.join(sorted(METHODS))} (docs/methods.md)"
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     estep: EStepConfig = field(default_factory=EStepConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    step: StepConfig = field(default_factory=StepConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     @property
     def run_dir(self) -> RunDir:
         """The paths of ``--exp-dir``."""
-        return RunDir(self.train.exp_dir)
+        return self.checkpoint.run_dir
 
+
+# -h: the titles of the groups, in order (a field's group is its dataclass's GROUP or its own group=)
+GROUP_TITLES = ("model", "data and augmentation", "optimisation", "PCL E-step", "run")
 
 # the nested dataclasses whose fields' dests share a prefix (fields without a flag: prefix + field name)
 _PREFIX = {(EStepConfig, "kmeans"): "kmeans_"}
 
-# build_parser's groups: (title, [(dataclass, "field names in -h order"), ...])
-M, A, D, Opt, E, K, T = ModelConfig, AugConfig, DataConfig, OptimConfig, EStepConfig, KMeansConfig, TrainConfig
-GROUPS: list[tuple[str, list[tuple[type, str]]]] = [
-    ("model", [(M, "arch stem low_dim pcl_r moco_m mlp cluster_head bn_splits temperature")]),
-    (
-        "data and augmentation",
-        [
-            (A, "image_size aug_plus crop_min color_jitter color_jitter_prob grayscale_prob blur_prob"),
-            (D, "labels val workers cache_images cache_budget_mb gpu_aug verify_images"),
-        ],
-    ),
-    (
-        "optimisation",
-        [
-            (T, "epochs batch_size"),
-            (Opt, "lr wd momentum optimizer lr_schedule schedule lr_warmup_epochs min_lr exclude_bn_bias"),
-            (T, "amp channels_last"),
-            (Opt, "clip_grad"),
-            (T, "max_bad_steps stop_on_collapse"),
-        ],
-    ),
-    (
-        "PCL E-step",
-        [
-            (E, "num_cluster"),
-            (T, "warmup_epochs proto_weight fixed_concentration"),
-            (K, "niter nredo init"),
-            (E, "max_points feature_dir feature_dtype shard_rows keep_features"),
-            (T, "save_clusters cluster_metrics log_cluster_images"),
-        ],
-    ),
-    (
-        "run",
-        [
-            (T, "exp_dir resume stop_after_epochs save_freq save_every_minutes save_every_steps overwrite requeue"),
-            (T, "print_freq seed device dist_backend knn_freq knn_encoder knn_k knn_t"),
-            (D, "eval_batch_size"),
-        ],
-    ),
-]
+# config.json / checkpoints written before the sections were split: "old section.key" -> "new section"
+LEGACY_MOVES = {
+    "model.temperature": "loss",
+    "train.warmup_epochs": "loss",
+    "train.proto_weight": "loss",
+    "train.fixed_concentration": "loss",
+    "optim.clip_grad": "step",
+    **{f"train.{k}": "step" for k in ("amp", "channels_last", "max_bad_steps", "stop_on_collapse")},
+    **{f"train.{k}": "checkpoint" for k in ("exp_dir", "resume", "stop_after_epochs", "save_freq", "requeue")},
+    **{f"train.{k}": "checkpoint" for k in ("save_every_minutes", "save_every_steps", "overwrite")},
+    "train.save_clusters": "estep",
+    **{f"train.{k}": "monitor" for k in ("cluster_metrics", "log_cluster_images", "knn_freq", "knn_encoder")},
+    **{f"train.{k}": "monitor" for k in ("knn_k", "knn_t")},
+}
+
+
+def upgrade_layout(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` (``asdict`` form of a :class:`Config`) with the keys of the older layout (:data:`LEGACY_MOVES`) moved to
+    their sections; a key present in both places keeps the new one. Other content is left for the checks."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for old, section in LEGACY_MOVES.items():
+        src, key = old.split(".")
+        if isinstance(out.get(src), dict) and key in out[src]:
+            value = out[src].pop(key)
+            target = out.setdefault(section, {})
+            if isinstance(target, dict):
+                target.setdefault(key, value)
+    return out
+
+
+def _fields(cls: type, prefix: str = "") -> typing.Iterator[tuple[type, dataclasses.Field, str]]:
+    """Every flag-carrying field of ``cls`` in declaration order, nested dataclasses inline: ``(owner, field,
+    dest prefix)``."""
+    for f in dataclasses.fields(cls):
+        default = _default(cls, f.name)
+        if dataclasses.is_dataclass(default):
+            yield from _fields(type(default), prefix + _PREFIX.get((cls, f.name), ""))
+        elif flag_of(f) is not None:
+            yield cls, f, prefix
 
 
 def _default(cls: type, name: str) -> Any:
@@ -205,7 +136,7 @@ def _dest(f: dataclasses.Field, prefix: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``main_pcl.py`` command line: the flags the config fields declare, in :data:`GROUPS`."""
+    """The ``main_pcl.py`` command line: the flag of every field of :class:`Config`, grouped as the fields say."""
     about = "Prototypical Contrastive Learning (PCL v2) on an ImageFolder data set."
     p = ErrorParser(prog="main_pcl.py", description=about)
     field_flag(DataConfig, "root").add_to(p, _default(DataConfig, "root"))
@@ -215,11 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="TOML or JSON file with the keys of a run's config.json (e.g. that file); flags given here override it",
     )
-    for title, members in GROUPS:
+    grouped: dict[str, list[tuple[bool, type, str]]] = {title: [] for title in GROUP_TITLES}
+    for cls, f, _ in _fields(Config):
+        spec = flag_of(f)
+        if spec.names[0].startswith("-"):  # not DataConfig.root: the positional, added above
+            grouped[flag_group(cls, f)].append((not spec.help_first, cls, f.name))
+    for title in GROUP_TITLES:
         g = p.add_argument_group(title)
-        for cls, names in members:
-            for name in names.split():
-                field_flag(cls, name).add_to(g, _default(cls, name))
+        for _, cls, name in sorted(grouped[title], key=lambda item: item[0]):  # stable: help_first, then in order
+            field_flag(cls, name).add_to(g, _default(cls, name))
     return p
 
 
@@ -323,7 +258,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise PCLError(f"{source}: cannot read it ({e})") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise PCLError(f"{source}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})") from None
-    values = _flatten(Config, _checked(Config, d, source))
+    values = _flatten(Config, _checked(Config, upgrade_layout(d) if isinstance(d, dict) else d, source))
     exp_dir, feature_dir = values.get("exp_dir"), values.get("feature_dir")
     if exp_dir is not None and feature_dir is not None and Path(feature_dir) == RunDir(Path(exp_dir)).features:
         values["feature_dir"] = None
@@ -339,13 +274,24 @@ def parse_config(argv: list[str] | None = None) -> Config:
     known, _ = pre.parse_known_args(argv)
     if known.config is not None:
         parser.set_defaults(**read_config_file(known.config))
-    return resolve(_fill(Config, vars(parser.parse_args(argv))))
+    cfg = _fill(Config, vars(parser.parse_args(argv)))
+    _check_all(cfg)  # choices and ranges before the derived defaults (a --config value never met argparse)
+    return resolve(cfg)
+
+
+def _check_all(cfg: Any) -> None:
+    """:func:`pcl.utils.flags.check_fields` on ``cfg`` and every nested dataclass."""
+    check_fields(cfg)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_all(value)
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
     """A :class:`Config` from its ``asdict`` form (``config.json``, checkpoints), or from the flat flag dict
     that checkpoints written before the typed configs stored under ``args``. Unknown keys are ignored."""
-    values = _flatten(Config, d) if isinstance(d.get("model"), dict) else dict(d)
+    values = _flatten(Config, upgrade_layout(d)) if isinstance(d.get("model"), dict) else dict(d)
     for key in ("exp_dir", "feature_dir"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
@@ -365,8 +311,9 @@ def validate(cfg: Config, world: int = 1) -> None:
     """Checks that need no data: each stage's fields against their flags' ranges, then the combinations that
     cannot work; raises ``PCLError`` with one line."""
     m, t = cfg.model, cfg.train
-    for stage in (m, cfg.data, cfg.optim, cfg.estep, t):
+    for stage in (m, cfg.loss, cfg.estep, cfg.checkpoint, t, cfg.optim, cfg.step, cfg.monitor, cfg.data):
         stage.validate()
+    method_class(cfg.method).validate(cfg)
     if t.batch_size % world:
         raise PCLError(f"--batch-size {t.batch_size} (global) is not divisible by the {world} processes")
     per_rank = t.batch_size // world

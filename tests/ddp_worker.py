@@ -48,11 +48,11 @@ if __name__ == "__main__":
         die_once_after_first_checkpoint(kill_agent=True)
     trainer = cli.run(parse_config(argv))
     rank = int(os.environ.get("RANK", "0"))
-    clusters = trainer.cluster_result.state_dict() if trainer.cluster_result is not None else None
+    clusters = trainer.method.cluster_result.state_dict() if trainer.method.cluster_result is not None else None
     dump = {
         "clusters": clusters,
-        "queue": trainer.raw.queue.cpu(),
-        "queue_ptr": int(trainer.raw.queue_ptr),
+        "queue": trainer.method.queue.cpu(),
+        "queue_ptr": int(trainer.method.queue_ptr),
         "global_step": trainer.state.global_step,
         "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
         "world": trainer.info.world,

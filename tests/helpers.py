@@ -14,7 +14,9 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
-from pcl.model.builder import PCL, ModelConfig
+from pcl.config import Config
+from pcl.methods.pcl import PCL
+from pcl.model.encoder import ModelConfig
 from pcl.utils.cli import pythonpath_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +70,7 @@ def tiny_model(**overrides: object) -> PCL:
     cfg = ModelConfig(arch="resnet18", low_dim=8, pcl_r=10, moco_m=0.9, bn_splits=1)
     for name, value in overrides.items():
         setattr(cfg, name, value)
-    return PCL.from_config(cfg)
+    return PCL.from_config(Config(model=cfg))
 
 
 def scalars(exp_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -306,11 +306,11 @@ def run_kmeans_bench(run_dir: Path) -> list[dict]:
     for folder in epochs:
         epoch = int(folder.name.removeprefix("epoch"))
         store = FeatureStore(folder)
-        cold, cold_s = _cluster_kept(store, len(labels), cold_cfg, epoch, cfg.model.temperature, None)
+        cold, cold_s = _cluster_kept(store, len(labels), cold_cfg, epoch, cfg.loss.temperature, None)
         if warm is None:
             warm, warm_s = cold, cold_s
         else:
-            warm, warm_s = _cluster_kept(store, len(labels), warm_cfg, epoch, cfg.model.temperature, warm)
+            warm, warm_s = _cluster_kept(store, len(labels), warm_cfg, epoch, cfg.loss.temperature, warm)
         row: dict = {"epoch": epoch, "kmeans_seconds_cold": cold_s["kmeans"], "kmeans_seconds_warm": warm_s["kmeans"]}
         for c, w in zip(cold.levels, warm.levels, strict=True):
             cu, wu = c.im2cluster.numpy(), w.im2cluster.numpy()

@@ -5,9 +5,9 @@
     python tools/bench_step.py --compare pcl,pcl+channels_last,pcl+compile --device cuda --amp bf16
     python tools/bench_step.py --json --profile                   # + torch.profiler top ops of the pcl step
 
-What is timed is ``Trainer._forward_backward`` followed by ``Trainer._apply`` (losses, backward, optimizer
-step, momentum update, enqueue) of a ``Trainer`` built from ``main_pcl.py``'s own config parser and the same
-flags as a training run, on synthetic batches (random images, random dataset indices). ``moco`` runs the
+What is timed is ``Trainer.step`` (forward, losses, backward, the guard, optimizer step, momentum update,
+enqueue) of a ``Trainer`` built from ``main_pcl.py``'s own config parser and the same flags as a training run,
+on synthetic batches (random images, random dataset indices). ``moco`` runs the
 step without cluster results (InfoNCE only, as in the warmup epochs); ``pcl`` runs it with a synthetic
 cluster result of ``--num-cluster`` granularities over ``--num-train`` images (random assignments,
 random L2-normalised centroids, concentrations around T), i.e. the ProtoNCE work of a real epoch.
@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pcl.config import parse_config, validate
+from pcl.config import parse_config, to_dict, validate
 from pcl.estep.clustering import ClusterResult, Granularity
-from pcl.model.builder import PCL
-from pcl.train.engine import Loaders, Trainer
+from pcl.methods import method_class
+from pcl.train.engine import EngineConfig, Loaders, Trainer
 from pcl.train.optim import build_optimizer, param_groups
 from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.distributed import DistInfo
@@ -82,13 +82,14 @@ def build_trainer(flags: list[str], exp_dir: Path, channels_last: bool = False) 
     cfg = parse_config([*flags, "--exp-dir", str(exp_dir), *(["--channels-last"] if channels_last else [])])
     validate(cfg)
     info = DistInfo(device=torch.device("cuda" if cfg.train.device == "cuda" else "cpu"))
-    raw = PCL.from_config(cfg.model).to(info.device)  # as main_pcl.build_model in one process
-    model = raw = raw.to(memory_format=torch.channels_last) if cfg.train.channels_last else raw
+    raw = method_class(cfg.method).from_config(cfg).to(info.device)  # as pcl.cli.build_model in one process
+    model = raw = raw.to(memory_format=torch.channels_last) if cfg.step.channels_last else raw
     o = cfg.optim
     optimizer = build_optimizer(o.optimizer, param_groups(raw, o.wd, o.exclude_bn_bias), o.lr, momentum=o.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     loaders = Loaders(train=None, estep=None, num_train=0)  # type: ignore[arg-type]
-    return Trainer(cfg, model, optimizer, scheduler, loaders, info)
+    engine = EngineConfig(cfg.train, cfg.step, cfg.checkpoint, cfg.monitor)
+    return Trainer(engine, raw, model, optimizer, scheduler, loaders, info, to_dict(cfg))
 
 
 def synthetic_clusters(
@@ -119,15 +120,13 @@ class StepBench:
         self.index = torch.randint(0, a.num_train, (a.batch_size,), generator=g)
         if self.sync:  # what the training loader hands over on CUDA: pinned host memory, copied non_blocking
             self.im_q, self.im_k, self.index = (t.pin_memory() for t in (self.im_q, self.im_k, self.index))
-        self.levels = clusters.levels if v.proto else []
+        self.trainer.method.cluster_result = clusters if v.proto else None
 
     def step(self) -> None:
-        """The engine's step: ``_forward_backward`` then ``_apply`` (or ``_skip`` for a non-finite step)."""
-        tr = self.trainer
-        result, keys, grads, grad_norm = tr._forward_backward(self.im_q, self.im_k, self.index, self.levels)
+        """The engine's step, ``Trainer.step``; a non-finite step is an error (the benchmark would time a skip)."""
+        result = self.trainer.step([self.im_q, self.im_k], self.index)
         if result.bad:
             raise PCLError(f"benchmark step went non-finite: {result.bad}")
-        tr._apply(keys, grads, grad_norm)
 
     def time(self, steps: int) -> tuple[float, float]:
         """Wall seconds and this process's CPU seconds per step over ``steps`` steps."""

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from PIL import Image, ImageFilter
@@ -117,7 +118,10 @@ class GaussianBlur:
 class AugConfig:
     """Augmentation strength (``--image-size`` ... ``--blur-prob``); MoCo v2's ``--aug-plus`` recipe at 32 px."""
 
+    GROUP: ClassVar[str] = "data and augmentation"
+
     image_size: int = flag(32, gt=0, le=4096)
+    aug_plus: bool = flag(True, action=argparse.BooleanOptionalAction, help="MoCo v2 augmentation")
     crop_min: float = flag(0.2, gt=0, le=1, help="RandomResizedCrop minimum scale")
     color_jitter: float = flag(0.4, ge=0, le=2, help="colour-jitter strength")
     color_jitter_prob: float = flag(0.8, ge=0, le=1)
@@ -125,7 +129,6 @@ class AugConfig:
     blur_prob: float | None = flag(  # None: 0.5, or 0 for images <= 64 px
         None, type=float, ge=0, le=1, help="Gaussian-blur probability (default: 0.5, or 0 for images <= 64 px)"
     )
-    aug_plus: bool = flag(True, action=argparse.BooleanOptionalAction, help="MoCo v2 augmentation")
 
     def validate(self) -> None:
         """Raise a one-line ``PCLError`` for a value outside its flag's range (the hue jitter is strength / 4
@@ -145,6 +148,8 @@ class AugConfig:
 class DataConfig:
     """Where the images come from and how they are loaded (``DATA``, augmentation, workers, verification)."""
 
+    GROUP: ClassVar[str] = "data and augmentation"
+
     root: str | None = flag(  # None: the bundled subset
         None,
         "data",
@@ -152,6 +157,7 @@ class DataConfig:
         help="ROOT/train/<class>/ (+ val/ or test/), ROOT/<class>/, any folder of images (unlabeled), or a .txt / "
         ".csv file list (default: bundled CIFAR-10 subset)",
     )
+    aug: AugConfig = field(default_factory=AugConfig)
     labels: str = flag(
         "auto",
         choices=LABEL_MODES,
@@ -161,11 +167,7 @@ class DataConfig:
     val: str | None = flag(
         None, help="labelled eval set of the kNN monitor, any DATA form (default: DATA's val/ or test/ split)"
     )
-    aug: AugConfig = field(default_factory=AugConfig)
     workers: int = flag(2, "-j", "--workers", ge=0, le=1024, help="data-loading processes per rank")
-    verify_images: str = flag(
-        "auto", choices=("auto", "yes", "no"), help="decode every image before training (auto: when <= 200k images)"
-    )
     cache_images: str = flag(
         "auto",
         choices=("auto", "yes", "no"),
@@ -177,7 +179,10 @@ class DataConfig:
         action="store_true",
         help="augment batches on the training device with kornia (needs the image cache and one image size)",
     )
-    eval_batch_size: int = flag(256, gt=0)  # E-step and kNN-monitor loaders
+    verify_images: str = flag(
+        "auto", choices=("auto", "yes", "no"), help="decode every image before training (auto: when <= 200k images)"
+    )
+    eval_batch_size: int = flag(256, gt=0, group="run")  # E-step and kNN-monitor loaders
 
     def validate(self) -> None:
         """Raise a one-line ``PCLError`` for a value outside its flag's range (augmentation included)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -17,6 +18,8 @@ KMEANS_INITS = ("random", "previous")
 @dataclass
 class KMeansConfig:
     """faiss k-means settings; defaults are the official PCL ones."""
+
+    GROUP: ClassVar[str] = "PCL E-step"
 
     niter: int = flag(20, "--kmeans-niter", gt=0)
     nredo: int = flag(5, "--kmeans-nredo", gt=0)

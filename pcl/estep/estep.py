@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -43,17 +44,17 @@ from pcl.utils.timing import NULL_TIMER, PhaseTimer
 class EStepConfig:
     """The E-step's settings (``--num-cluster``, ``--kmeans-*``, ``--feature-*``); defaults are the command line's.
 
-    The concentration's target mean (the temperature) and the feature dimension come from the model's config.
+    The concentration's target mean (the temperature) and the feature dimension come from the method.
     """
+
+    GROUP: ClassVar[str] = "PCL E-step"
 
     num_cluster: list[int] = flag(  # k per granularity
         default_factory=lambda: [50, 100, 200],
         type=int_list,
         ge=2,
+        help_first=True,
         help="k per granularity, comma list (official ImageNet: 25000,50000,100000)",
-    )
-    feature_dir: Path | None = flag(  # shards go to <feature_dir>/epochXXXX; None: <exp-dir>/features
-        None, type=Path, help="E-step shards (default <exp-dir>/features)"
     )
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
     max_points: int = flag(
@@ -62,9 +63,13 @@ class EStepConfig:
         gt=0,
         help="k-means trains on all features up to this many, else on a uniform sample",
     )
+    feature_dir: Path | None = flag(  # shards go to <feature_dir>/epochXXXX; None: <exp-dir>/features
+        None, type=Path, help="E-step shards (default <exp-dir>/features)"
+    )
     feature_dtype: str = flag("float32", choices=tuple(DTYPES))
     shard_rows: int = flag(65536, "--feature-shard-rows", gt=0, help="rows per feature shard")
     keep_features: bool = flag(False, action="store_true", help="keep each epoch's feature shards")
+    save_clusters: bool = flag(False, action="store_true", help="write <exp-dir>/clusters/epoch_XXXX.pth each E-step")
     seed: int = 0
 
     def validate(self) -> None:
@@ -208,35 +213,45 @@ def _assign_all(
     return ClusterResult(epoch, out)
 
 
+@dataclass
+class FeaturePass:
+    """The E-step's pass over the training images: ``features_fn`` maps ``(B, 3, H, W)`` to ``(B, dim)``
+    features (with a bank: pairs, see :func:`extract_features`), ``loader`` yields this rank's share of the
+    ``num_total`` images (eval view, items ``(images, index)``)."""
+
+    features_fn: Callable[[torch.Tensor], torch.Tensor]
+    loader: DataLoader
+    num_total: int
+    dim: int
+    info: DistInfo
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
 def run_estep(
-    features_fn: Callable[[torch.Tensor], torch.Tensor],
-    loader: DataLoader,
-    num_total: int,
-    feat_dim: int,
+    feature_pass: FeaturePass,
     cfg: EStepConfig,
-    info: DistInfo,
     epoch: int,
     temperature: float,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     timer: PhaseTimer = NULL_TIMER,
     previous: ClusterResult | None = None,
     bank: FeatureBank | None = None,
     on_clustered: Callable[[FeatureStore, ClusterResult], None] | None = None,
 ) -> ClusterResult:
-    """Whole E-step for ``epoch``: features ``(B, feat_dim)`` of this rank's ``loader`` to shards, clustering
-    (concentrations of mean ``temperature``; warm start from ``previous``, see :func:`cluster_store`), clean-up.
-    ``timer`` gets ``estep_features``, ``kmeans``, ``assign``. With ``bank``, ``features_fn`` returns pairs and
-    fills it as :func:`extract_features` says. ``on_clustered(store, result)`` runs before the shards are deleted
-    (e.g. ``--log-cluster-images``)."""
+    """Whole E-step for ``epoch``: features of this rank's images to shards, clustering (concentrations of mean
+    ``temperature``; warm start from ``previous``, see :func:`cluster_store`), clean-up. ``timer`` gets
+    ``estep_features``, ``kmeans``, ``assign``. With ``bank``, the features function returns pairs and fills it as
+    :func:`extract_features` says. ``on_clustered(store, result)`` runs before the shards are deleted (e.g.
+    ``--log-cluster-images``)."""
     if cfg.feature_dir is None:
         raise ValueError("EStepConfig.feature_dir is unset (main_pcl sets it to <exp-dir>/features)")
+    fp, info = feature_pass, feature_pass.info
     show = info.is_main
     writer = ShardWriter(
-        cfg.feature_dir / f"epoch{epoch:04d}", feat_dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}"
+        cfg.feature_dir / f"epoch{epoch:04d}", fp.dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}"
     )
     with timer.phase("estep_features"):
-        store = extract_features(features_fn, loader, writer, info.device, autocast, show, bank)
-    result = cluster_store(store, num_total, cfg, info, epoch, temperature, show, timer, previous)
+        store = extract_features(fp.features_fn, fp.loader, writer, info.device, fp.autocast, show, bank)
+    result = cluster_store(store, fp.num_total, cfg, info, epoch, temperature, show, timer, previous)
     if on_clustered is not None:
         on_clustered(store, result)
     if not cfg.keep_features:

@@ -33,7 +33,7 @@ from pcl.estep.clustering import ClusterResult, Granularity
 from pcl.estep.feature_store import FeatureStore
 from pcl.eval.evaluation import _last_cluster_result, _run_paths, resolve_device
 from pcl.eval.pretrained import Pretrained, from_checkpoint, from_exported
-from pcl.model.builder import PCL
+from pcl.methods.pcl import PCL
 from pcl.model.features import extract
 from pcl.run.checkpoint import load_checkpoint
 from pcl.run.run_dir import RunDir
@@ -123,7 +123,7 @@ def _cluster_chunks(
     stores = _kept_store(cfg, run, epoch)
     if stores and sum(len(s) for s in stores) == len(images.dataset):
         return [c for s in stores for c in s.shards()], f"kept E-step features of epoch {epoch}"
-    model = PCL.from_config(cfg.model, bn_splits=1)
+    model = PCL.from_config(cfg, bn_splits=1)
     model.load_state_dict(ckpt["model"])
     model.to(dev).eval()
     feats = extract(model.cluster_features, eval_loader(images.dataset, a.batch_size, a.workers), dev, desc="cluster")

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from pcl.losses.config import LossConfig
 from pcl.losses.infonce import info_nce
 from pcl.losses.protonce import proto_nce
 
@@ -66,16 +67,15 @@ def pcl_objective(
     q_cluster: torch.Tensor,
     index: torch.Tensor,
     levels: Sequence[Prototypes],
-    temperature: float,
-    pcl_r: int,
-    fixed_concentration: bool = False,
-    proto_weight: float = 1.0,
+    cfg: LossConfig,
+    num_negatives: int,
 ) -> Objective:
     """InfoNCE of queries ``q (B, d)`` against keys ``k (B, d)`` and ``queue (d, r)``, plus ProtoNCE of the
-    cluster-task queries ``q_cluster (B, d)`` (images ``index (B,)``) on every granularity in ``levels``."""
-    inst, logits = info_nce(q, k, queue, temperature)
+    cluster-task queries ``q_cluster (B, d)`` (images ``index (B,)``) on every granularity in ``levels``, each
+    against ``num_negatives`` negative prototypes (the queue size ``--pcl-r``, as in the official code)."""
+    inst, logits = info_nce(q, k, queue, cfg.temperature)
     protos = []
     for g in levels:
-        phi = prototype_temperatures(g.density, temperature, fixed_concentration)
-        protos.append(proto_nce(q_cluster, g.im2cluster[index], g.centroids, phi, pcl_r))
-    return Objective(total_loss(inst, [p[0] for p in protos], proto_weight), inst, logits, protos)
+        phi = prototype_temperatures(g.density, cfg.temperature, cfg.fixed_concentration)
+        protos.append(proto_nce(q_cluster, g.im2cluster[index], g.centroids, phi, num_negatives))
+    return Objective(total_loss(inst, [p[0] for p in protos], cfg.proto_weight), inst, logits, protos)

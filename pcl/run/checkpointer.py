@@ -5,10 +5,11 @@ A checkpoint (``torch.save`` of a dict, written atomically, finite values only) 
     epoch, step_in_epoch, epoch_meter   completed epochs; mid-epoch: steps done in ``epoch`` and its meter
     epoch_scalars, epoch_timer          mid-epoch: the epoch's scalars logged so far (E-step figures) and its
                                         phase seconds, so that metrics.json keeps them (None at an epoch end;
-                                        absent before 2026-11-30, which resumes as None)
+                                        absent in older checkpoints, which resume as None)
     num_train, global_step, skipped_steps, world
     model, optimizer, scheduler, scaler state dicts (the model's buffers hold the queue)
-    cluster_result                      the last E-step's result (``ClusterResult.state_dict()``) or None
+    cluster_result                      the last E-step's result (``ClusterResult.state_dict()``) or None: the
+                                        method's own state besides its modules (``Method.extra_state``)
     rng                                 every rank's Python / NumPy / torch (CUDA) generator states
     config                              the resolved configuration (``pcl.config.to_dict``)
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -31,6 +33,48 @@ from pcl.run.run_dir import RunDir
 from pcl.utils import distributed as pdist
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import check_fields, flag
+
+
+@dataclass
+class CheckpointConfig:
+    """The run folder and its checkpoints: where (``--exp-dir``), what to resume, how often to save, when to
+    stop this invocation, and the SLURM requeue after a stop."""
+
+    GROUP: ClassVar[str] = "run"
+
+    exp_dir: Path = flag(Path("runs/default"))
+    resume: str | None = flag(None, help="checkpoint path, or 'auto' for <exp-dir>/checkpoints/last.pth")
+    stop_after_epochs: int | None = flag(  # None: all remaining epochs
+        None,
+        type=int,
+        gt=0,
+        help="run at most this many epochs in this invocation, then exit (for time-limited job slots)",
+    )
+    save_freq: int = flag(10, gt=0, help="also keep checkpoint_XXXX.pth every N epochs")
+    save_every_minutes: float = flag(
+        0.0, ge=0, help="also write a resumable mid-epoch last.pth every M minutes (0 = off)"
+    )
+    save_every_steps: int = flag(0, ge=0, help="also write a resumable mid-epoch last.pth every N steps (0 = off)")
+    overwrite: bool = flag(
+        False,
+        action="store_true",
+        help="start from scratch in an exp-dir that holds checkpoints, deleting that run's outputs",
+    )
+    requeue: bool = flag(
+        False, action="store_true", help="under SLURM: after a SIGTERM/SIGUSR1 checkpoint, scontrol requeue this job"
+    )
+
+    @property
+    def run_dir(self) -> RunDir:
+        """The paths of ``--exp-dir``."""
+        return RunDir(self.exp_dir)
+
+    def validate(self) -> None:
+        """Raise a one-line ``PCLError`` for a value outside its flag's range or contradictory run flags."""
+        check_fields(self)
+        if self.overwrite and self.resume:
+            raise PCLError("--overwrite starts from scratch and --resume continues: pass only one of them")
 
 
 @dataclass
@@ -46,19 +90,27 @@ class TrainState:
 class Resumed:
     """What a restored checkpoint gives the engine besides the modules' states.
 
-    ``cluster_result``: ``ClusterResult.state_dict()`` or None; ``step_in_epoch`` / ``epoch_meter`` /
+    ``extra``: the checkpoint's method entries (``cluster_result``: ``ClusterResult.state_dict()`` or None; the
+    keys a ``Method.extra_state`` wrote); ``step_in_epoch`` / ``epoch_meter`` /
     ``epoch_scalars`` / ``epoch_timer``: a mid-epoch position and what the epoch logged so far (0 / None at an
     epoch end); ``pending_rng``: this rank's RNG state to set once the epoch's loader iterator exists (mid-epoch
     only; otherwise it is set already).
     """
 
     state: TrainState
-    cluster_result: dict | None
+    extra: dict
     step_in_epoch: int = 0
     epoch_meter: dict | None = None
     pending_rng: dict | None = None
     epoch_scalars: dict | None = None
     epoch_timer: dict | None = None
+
+
+# the checkpoint's own keys; every other key is the method's (``Method.extra_state``)
+CORE_KEYS = frozenset(
+    {"epoch", "step_in_epoch", "epoch_meter", "epoch_scalars", "epoch_timer", "num_train", "global_step"}
+    | {"skipped_steps", "model", "optimizer", "scheduler", "scaler", "rng", "world", "config", "data_identity"}
+)
 
 
 class Checkpointer:
@@ -95,14 +147,15 @@ class Checkpointer:
         self,
         st: TrainState,
         num_train: int,
-        cluster_result: dict | None,
+        extra: dict,
         step_in_epoch: int = 0,
         meter: dict | None = None,
         scalars: dict | None = None,
         timer: dict | None = None,
     ) -> dict:
-        """Everything needed to continue bit-identically (the keys of the module docstring); mid-epoch
-        (``step_in_epoch`` > 0) also the epoch's ``meter`` state, logged ``scalars`` and ``timer`` seconds.
+        """Everything needed to continue bit-identically (the keys of the module docstring; ``extra``: the method's
+        own entries, ``Method.extra_state``); mid-epoch (``step_in_epoch`` > 0) also the epoch's ``meter`` state,
+        logged ``scalars`` and ``timer`` seconds.
 
         Collective under DDP (gathers the RNG states): every rank must call it.
         """
@@ -120,7 +173,7 @@ class Checkpointer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "cluster_result": cluster_result,
+            **extra,
             "rng": rngs,
             "world": self.info.world,
             "config": self.config,
@@ -160,7 +213,7 @@ class Checkpointer:
         position = ckpt.get("step_in_epoch", 0)
         out = Resumed(
             TrainState(ckpt["epoch"], ckpt["global_step"], ckpt["skipped_steps"]),
-            ckpt["cluster_result"],
+            {k: v for k, v in ckpt.items() if k not in CORE_KEYS},
             position,
             ckpt.get("epoch_meter"),
             epoch_scalars=ckpt.get("epoch_scalars"),

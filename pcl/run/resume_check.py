@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from pcl.config import Config, resolve, stored_config
 from pcl.utils.errors import PCLError
 
-# (config section, field, flag): a different value changes tensor shapes or the optimizer state
+# (config section, field, flag): a different value changes tensor shapes, the optimizer state or the method
 SHAPE_FLAGS = (
+    (None, "method", "--method"),
     ("model", "arch", "--arch"),
     ("model", "stem", "--stem"),
     ("model", "low_dim", "--low-dim"),
@@ -54,17 +55,22 @@ def _uses_scaler(amp: str) -> bool:
     return amp == "fp16"
 
 
+def _value(cfg: Any, section: str | None, name: str) -> Any:
+    return getattr(cfg if section is None else getattr(cfg, section), name)
+
+
 def incompatibilities(
-    stored: Config, new: Config, ckpt: Mapping, num_train: int | None = None, data_identity: Mapping | None = None
+    stored: Any, new: Any, ckpt: Mapping, num_train: int | None = None, data_identity: Mapping | None = None
 ) -> list[str]:
-    """Human-readable ``flag stored -> new`` for every difference that the checkpoint cannot follow."""
+    """Human-readable ``flag stored -> new`` for every difference that the checkpoint cannot follow; ``stored`` and
+    ``new`` are resolved configurations (``pcl.config.Config``)."""
     out = []
     for section, name, flag in SHAPE_FLAGS:
-        a, b = getattr(getattr(stored, section), name), getattr(getattr(new, section), name)
+        a, b = _value(stored, section, name), _value(new, section, name)
         if a != b:
             out.append(f"{flag} {a} -> {b}")
-    if _uses_scaler(stored.train.amp) != _uses_scaler(new.train.amp):
-        out.append(f"--amp {stored.train.amp} -> {new.train.amp} (GradScaler state)")
+    if _uses_scaler(stored.step.amp) != _uses_scaler(new.step.amp):
+        out.append(f"--amp {stored.step.amp} -> {new.step.amp} (GradScaler state)")
     if ckpt.get("step_in_epoch") and stored.train.batch_size != new.train.batch_size:
         out.append(f"--batch-size {stored.train.batch_size} -> {new.train.batch_size} (checkpoint is mid-epoch)")
     stored_n = ckpt.get("num_train")
@@ -81,14 +87,18 @@ def incompatibilities(
 
 
 def check_compatible(
-    ckpt: Mapping, new: Config, path: Path, num_train: int | None = None, data_identity: Mapping | None = None
+    ckpt: Mapping,
+    stored: Any,
+    new: Any,
+    path: Path,
+    num_train: int | None = None,
+    data_identity: Mapping | None = None,
 ) -> None:
     """Raise one ``PCLError`` naming every flag whose change the checkpoint cannot follow, or a changed data set
-    (``data_identity``: count and file-list hash, ``sources.ImageSet.identity``)."""
-    try:
-        stored = resolve(stored_config(dict(ckpt), path))
-    except PCLError:
-        return  # no stored configuration (very old checkpoint): nothing to compare
+    (``data_identity``: count and file-list hash, ``sources.ImageSet.identity``). ``stored``: the checkpoint's
+    resolved configuration (None for a very old checkpoint without one: nothing to compare)."""
+    if stored is None:
+        return
     bad = incompatibilities(stored, new, ckpt, num_train, data_identity)
     if bad:
         raise PCLError(

@@ -1,17 +1,17 @@
-"""Engine stage: the EM loop of PCL and its M-step, in :class:`Trainer`.
+"""Engine stage: the generic training loop (:class:`Trainer`) around a method (:mod:`pcl.methods`).
 
 One epoch of :meth:`Trainer.fit`::
 
-    if epoch >= --warmup-epochs:                      # E-step, Trainer.estep
-        momentum features of every training image     -> pcl.estep.estep.run_estep (disk shards)
-        k-means per granularity, prototypes, phi      -> pcl.estep.clustering (train_kmeans, assign, concentration)
-    for batch in the training loader:                 # M-step, Trainer.train_epoch
-        embeddings q, k (and the cluster head's)      -> pcl.model.builder.PCL.forward
-        InfoNCE + mean ProtoNCE                       -> pcl.losses.objective.pcl_objective
-        finite? step + momentum update + enqueue      -> Trainer._apply; else pcl.train.guard.NonFiniteGuard
-        health signals, finite-collapse warning       -> pcl.train.health (every --print-freq steps)
+    method.on_epoch_start(epoch, ctx)                 # PCL: the E-step (pcl.methods.pcl); MoCo v2: nothing
+    for views, index in the training loader:          # M-step, Trainer.train_epoch
+        Trainer.step: forward (autocast, DDP)         -> method(views, index): embeddings only
+                      objective                       -> method.objective: loss + named terms and counts
+                      backward, grad norm, one sync   -> pcl.train.meters (pack by name, all-reduce)
+                      finite? clip + optimizer step   -> else pcl.train.guard.NonFiniteGuard skips it
+                      + method.after_step             -> momentum update, enqueue (only for an applied step)
+        log every named term, health signals          -> pcl.run.tb, pcl.train.health
         mid-epoch checkpoint when due / on a signal   -> pcl.train.save_policy, pcl.train.signals
-    kNN monitor                                       -> pcl.train.monitor.KnnMonitor (pcl.analysis.knn)
+    kNN monitor                                       -> pcl.train.monitor.KnnMonitor
     TensorBoard, metrics.json, checkpoint             -> pcl.run.tb, pcl.run.metrics, pcl.run.checkpointer
 """
 
@@ -29,24 +29,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pcl.analysis.cluster_metrics import cluster_scalars
-from pcl.config import Config, to_dict
-from pcl.estep.clustering import ClusterResult, Granularity
-from pcl.estep.estep import run_estep
-from pcl.estep.feature_store import FeatureStore
-from pcl.losses.objective import pcl_objective
+from pcl.analysis.cluster_metrics import has_classes
+from pcl.methods.base import EpochContext, Method
 from pcl.model.bank import FeatureBank
-from pcl.model.builder import PCL
 from pcl.run.checkpoint import save_checkpoint, set_rng_state
-from pcl.run.checkpointer import Checkpointer, TrainState
+from pcl.run.checkpointer import CheckpointConfig, Checkpointer, TrainState
 from pcl.run.metrics import MetricsLog, peak_memory_mib
+from pcl.run.run_dir import RunDir
 from pcl.run.tb import TBLogger
 from pcl.train.amp import autocast_factory, grad_scaler
-from pcl.train.cluster_images import gallery_images
+from pcl.train.config import StepConfig, TrainConfig
 from pcl.train.guard import NonFiniteGuard, non_finite_terms
 from pcl.train.health import CollapseStop, HealthMonitor, embedding_signals
-from pcl.train.meters import EpochMeter, EpochStats, StepResult
-from pcl.train.monitor import KnnMonitor
+from pcl.train.meters import EpochMeter, EpochStats, StepStats, pack_step, unpack_step
+from pcl.train.monitor import KnnMonitor, MonitorConfig
 from pcl.train.save_policy import SavePolicy
 from pcl.train.signals import STOP, Preempted
 from pcl.utils import distributed as pdist
@@ -56,10 +52,25 @@ from pcl.utils.timing import PhaseTimer
 
 
 @dataclass
+class EngineConfig:
+    """The sections of the configuration the engine reads: the loop, the step, the run folder, the monitors."""
+
+    train: TrainConfig
+    step: StepConfig
+    checkpoint: CheckpointConfig
+    monitor: MonitorConfig
+    warmup_epochs: int = 0  # recorded in metrics.json (the method's own schedule)
+
+    @property
+    def run_dir(self) -> RunDir:
+        return self.checkpoint.run_dir
+
+
+@dataclass
 class Loaders:
-    """``train``: two-crop views with indices; ``estep``: eval view of the train images, this rank's part;
+    """``train``: batches ``(views, index)``; ``estep``: eval view of the train images, this rank's part;
     ``knn_train`` / ``knn_eval``: full train and val sets (eval view) for the kNN monitor, rank 0 only;
-    ``class_labels``: the train set's class labels ``(N,)`` for cluster metrics, rank 0 only, None without;
+    ``train_labels``: the train set's class labels ``(N,)``, rank 0 only, None when unlabeled;
     ``data_identity``: count and hash of the resolved training file list, checkpointed so a resume can compare."""
 
     train: DataLoader
@@ -70,50 +81,46 @@ class Loaders:
     train_labels: torch.Tensor | None = None
     eval_labels: torch.Tensor | None = None
     num_classes: int = 0
-    class_labels: torch.Tensor | None = None
     data_identity: dict | None = None  # the training images' {"count", "sha256", "form"} (sources.ImageSet)
 
 
 class Trainer:
-    """Runs the EM loop (:meth:`fit`) over a built model, optimizer, scheduler and loaders.
-
-    It owns the training state (counters, cluster result, GradScaler) and writes the run directory's
-    TensorBoard logs, checkpoints and cluster files through ``cfg.run_dir`` (:class:`pcl.run.run_dir.RunDir`).
-    """
+    """Runs the loop (:meth:`fit`) of a built method (``model``: it, or its DDP wrapper), optimizer, scheduler and
+    loaders. It owns the training state (counters, GradScaler) and writes the run folder's TensorBoard logs,
+    ``metrics.json`` and checkpoints (``config``: the resolved configuration they record)."""
 
     def __init__(
         self,
-        cfg: Config,
+        cfg: EngineConfig,
+        method: Method,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         loaders: Loaders,
         info: DistInfo,
+        config: dict,
     ) -> None:
-        self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
-        self.loaders, self.info = loaders, info
-        self.raw: PCL = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-        self.device = info.device
-        self.autocast = autocast_factory(self.device, cfg.train.amp)
-        self.scaler = grad_scaler(self.device, cfg.train.amp)
-        self.state = TrainState()
-        self.cluster_result: ClusterResult | None = None
-        self.run_dir = cfg.run_dir
+        self.cfg, self.method, self.model, self.optimizer, self.scheduler = cfg, method, model, optimizer, scheduler
+        self.loaders, self.info, self.device = loaders, info, info.device
+        self.autocast = autocast_factory(self.device, cfg.step.amp)
+        self.scaler = grad_scaler(self.device, cfg.step.amp)
+        self.state, self.run_dir = TrainState(), cfg.run_dir
         self.tb = TBLogger(self.run_dir.tb, enabled=info.is_main)
         t = cfg.train
-        self.metrics = MetricsLog(self.run_dir.metrics, t.epochs, t.warmup_epochs, enabled=info.is_main)
+        self.metrics = MetricsLog(self.run_dir.metrics, t.epochs, cfg.warmup_epochs, enabled=info.is_main)
         self.epoch_scalars: dict[str, float] = {}  # this epoch's scalars logged at step = epoch (metrics.json)
         self.timer = PhaseTimer(self.device)  # per-epoch time/<part>_seconds scalars
-        self.params = [p for p in self.raw.parameters() if p.requires_grad]
+        self.params = [p for p in method.parameters() if p.requires_grad]
         # mid-epoch resume: steps already done in epoch ``state.epoch``, that epoch's meter, the RNG to restore
         # once the epoch's loader iterator exists (creating it draws from the RNG)
         self.position, self.resumed_meter, self.pending_rng = 0, None, None
-        self.policy = SavePolicy(t.save_every_steps, t.save_every_minutes)
-        self.guard = NonFiniteGuard(t.max_bad_steps, show=info.is_main)
-        self.health = HealthMonitor(cfg.model.low_dim, cfg.model.pcl_r)
-        self.monitor = KnnMonitor(t, self.raw, loaders, info, self.autocast)
+        self.policy = SavePolicy(cfg.checkpoint.save_every_steps, cfg.checkpoint.save_every_minutes)
+        self.guard = NonFiniteGuard(cfg.step.max_bad_steps, show=info.is_main)
+        chance = method.chance_loss()
+        self.health = HealthMonitor(method.embedding_dim, chance_value=chance[1] if chance else None)
+        self.monitor = KnnMonitor(cfg.monitor, method, loaders, info, self.autocast, t.epochs)
         self.checkpointer = Checkpointer(
-            self.run_dir, self.raw, optimizer, scheduler, self.scaler, info, to_dict(cfg), t.save_freq, t.epochs
+            self.run_dir, method, optimizer, scheduler, self.scaler, info, config, cfg.checkpoint.save_freq, t.epochs
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -122,9 +129,9 @@ class Trainer:
 
         Mid-epoch (``step_in_epoch`` > 0): also the steps done in epoch ``epoch`` and that epoch's meter.
         """
-        cluster = None if self.cluster_result is None else self.cluster_result.state_dict()
         mid = (vars(meter).copy(), dict(self.epoch_scalars), dict(self.timer.seconds)) if step_in_epoch else ()
-        state = self.checkpointer.state(self.state, self.loaders.num_train, cluster, step_in_epoch, *mid)
+        extra = self.method.extra_state()
+        state = self.checkpointer.state(self.state, self.loaders.num_train, extra, step_in_epoch, *mid)
         state["data_identity"] = self.loaders.data_identity  # checked by a resume (resume_check)
         path = self.checkpointer.save(state)
         self.policy.reset()
@@ -136,58 +143,71 @@ class Trainer:
         self.state, self.position = r.state, r.step_in_epoch
         self.resumed_meter, self.pending_rng = r.epoch_meter, r.pending_rng
         self.epoch_scalars, self.timer.seconds = dict(r.epoch_scalars or {}), dict(r.epoch_timer or {})
-        if r.cluster_result is not None:
-            self.cluster_result = ClusterResult.from_state_dict(r.cluster_result).to(self.device)
+        self.method.load_extra_state(r.extra, self.device)
 
-    # ------------------------------------------------------------------ E-step
-    def estep(self, epoch: int, bank: FeatureBank | None = None) -> ClusterResult:
-        """Cluster the momentum features of every training image (all granularities) for ``epoch``; logs the
-        cluster statistics and, with ``--save-clusters``, writes the result to the run directory.
+    # ------------------------------------------------------------------ one step
+    def step(self, views: list[torch.Tensor], index: torch.Tensor) -> StepStats:
+        """One optimizer step on a batch (``views``: list of ``(B, 3, H, W)``, ``index (B,)``): forward, losses,
+        backward, one host sync for every logged value (reduced over ranks), then the guard: a finite step is
+        applied (clipping, optimizer, ``method.after_step``), a non-finite one changes nothing. Returns the
+        step's values; ``bad`` names the non-finite terms of a skipped step, ``stop`` is set past the limit."""
+        fmt = torch.channels_last if self.cfg.step.channels_last else torch.contiguous_format
+        views = [v.to(self.device, non_blocking=True, memory_format=fmt) for v in views]
+        index = index.to(self.device, non_blocking=True)
+        with self.autocast():
+            out = self.model(views, index)
+        step = self.method.objective(out, index)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(step.loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping: logged and checked
+        measure = step.embedding is not None and self.state.global_step % self.cfg.train.print_freq == 0
+        health = embedding_signals(step.embedding) if measure else None  # health.py
+        packed = pack_step(step, grad_norm, health)
+        lr = self.optimizer.param_groups[0]["lr"]
+        stats = unpack_step(pdist.all_reduce_sum(packed).tolist(), step, self.info.world, lr)
+        stats.bad = non_finite_terms(stats, self.method)
+        if stats.bad:
+            self.state.skipped_steps += 1
+            stats.stop = self.guard.skip(stats, self.state.global_step, self.scaler)
+            return stats
+        clip = self.cfg.step.clip_grad
+        if clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(grads, clip, grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_step(step)
+        self.guard.applied()
+        return stats
 
-        ``--kmeans-init previous`` starts from ``self.cluster_result`` (the previous E-step's, also after a
-        resume). ``bank``: filled with the momentum backbone's features in the same pass (the kNN monitor's)."""
-        self.model.eval()
-        t0 = time.time()
-        fn = self.raw.cluster_features if bank is None else self.raw.cluster_and_bank_features
-        with STOP.stop_at_once():  # nothing resumable inside the E-step: a signal stops it at once
-            m, ld = self.cfg.model, self.loaders
-            args = (ld.estep, ld.num_train, m.low_dim, self.cfg.estep, self.info, epoch, m.temperature)
-            hook = self._log_cluster_images if self.cfg.train.log_cluster_images and self.info.is_main else None
-            result = run_estep(
-                fn, *args, self.autocast, self.timer, previous=self.cluster_result, bank=bank, on_clustered=hook
-            )
+    def _log_step(self, step: StepStats) -> None:
+        """Per-step TensorBoard scalars; losses, accuracies and grad norm only for applied steps."""
+        scalars = {"train/lr": step.lr, "train/skipped_steps": float(self.state.skipped_steps)}
+        groups = self.optimizer.param_groups
+        if len(groups) > 1:
+            scalars.update({f"train/lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)})
+        if self.scaler.is_enabled():
+            scalars["train/amp_scale"] = self.scaler.get_scale()
+        if not step.bad:
+            scalars.update(step.scalars())
+        chance = self.method.chance_loss()
+        if step.health and not step.bad and chance is not None:
+            scalars.update(self.health.observe(*step.health, step.terms[chance[0]]))
+            warning = self.health.warning(self.state.global_step, scalars)
+            if warning and self.info.is_main:
+                tqdm.write(warning, file=sys.stderr)
+        self.tb.scalars(scalars, self.state.global_step)
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, epoch: int) -> EpochStats:
+        """One pass over the training set; starts after ``self.position`` steps when resuming mid-epoch."""
         self.model.train()
-        scalars = {f"cluster/k{g.k}/{name}": v for g in result.levels for name, v in g.stats.items()}
-        scalars["time/estep_seconds"] = time.time() - t0
-        if self.loaders.class_labels is not None and self.info.is_main:
-            t1 = time.time()
-            scalars.update(cluster_scalars(result, self.loaders.class_labels))
-            scalars["time/cluster_metrics_seconds"] = time.time() - t1
-        self.tb.scalars(scalars, epoch)
-        self.epoch_scalars.update(scalars)
-        if self.cfg.train.save_clusters and self.info.is_main:
-            save_checkpoint(result.state_dict(), self.run_dir.clusters_file(epoch))
-        return result
-
-    def _log_cluster_images(self, store: FeatureStore, result: ClusterResult) -> None:
-        """``--log-cluster-images N``: each granularity's gallery to TensorBoard (rank 0, from the E-step's shards)."""
-        n = self.cfg.train.log_cluster_images
-        for tag, image in gallery_images(result, store.shards, self.loaders.estep.dataset, n).items():
-            self.tb.image(tag, image, result.epoch)
-
-    # ------------------------------------------------------------------ M-step
-    def train_epoch(self, epoch: int, clusters: ClusterResult | None) -> EpochStats:
-        """One pass over the training set; ProtoNCE on every granularity of ``clusters`` when given.
-
-        Starts after ``self.position`` steps when resuming a mid-epoch checkpoint.
-        """
-        self.model.train()
-        levels = clusters.levels if clusters is not None else []
         sampler = self.loaders.train.sampler
         sampler.set_epoch(epoch)
         done, self.position = self.position, 0
         sampler.skip = done * self.loaders.train.batch_size
-        meter, t0 = EpochMeter(**(self.resumed_meter or {})), time.time()
+        meter, t0 = EpochMeter.restore(self.resumed_meter), time.time()
         self.resumed_meter = None
         batches = iter(self.loaders.train)  # draws the epoch's loader seed from the RNG
         if self.pending_rng is not None:
@@ -195,24 +215,23 @@ class Trainer:
             self.pending_rng = None
         show = self.info.is_main
         bar = tqdm(batches, f"epoch {epoch}", self.steps_per_epoch, disable=not show, leave=False, initial=done)
-        for (im_q, im_k), index in self.timer.timed_iter(bar, "mstep_data_wait"):
-            step, keys, grads, grad_norm = self._forward_backward(im_q, im_k, index, levels)
-            stop = self._skip(step) if step.bad else self._apply(keys, grads, grad_norm)
+        for views, index in self.timer.timed_iter(bar, "mstep_data_wait"):
+            step = self.step(views, index)
             meter.add(step)
             self._log_step(step)
-            if stop:
+            if step.stop:
                 self.tb.flush()
-                raise NonFiniteError(stop)
+                raise NonFiniteError(step.stop)
             self.state.global_step += 1
             with warnings.catch_warnings():  # the schedule follows steps, skipped ones too
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
                 self.scheduler.step()
-            if self.info.is_main and self.state.global_step % self.cfg.train.print_freq == 0:
-                bar.set_postfix(loss=f"{meter.loss:.3f}", acc_inst=f"{meter.acc_inst:.1f}")
+            if show and self.state.global_step % self.cfg.train.print_freq == 0:
+                bar.set_postfix(loss=f"{meter.mean('loss'):.3f}", acc_inst=f"{meter.mean('acc_inst'):.1f}")
             done += 1
             self._maybe_save_mid_epoch(done, meter)
-        pdist.broadcast_buffers(self.raw)  # rank 0's BN statistics, as the checkpoint stores them
-        return meter.stats(time.time() - t0, proto=bool(levels))
+        pdist.broadcast_buffers(self.method)  # rank 0's BN statistics, as the checkpoint stores them
+        return meter.stats(time.time() - t0)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -223,7 +242,7 @@ class Trainer:
         signal arrived (on any rank) or ``--stop-on-collapse`` found a collapse (every rank sees the same reduced
         signals); then ``Preempted`` / ``CollapseStop`` once it is written."""
         save, stop = self.policy.due(done, STOP.requested, self.info.world, self.device)
-        collapsed = self.cfg.train.stop_on_collapse and self.health.collapse
+        collapsed = self.cfg.step.stop_on_collapse and self.health.collapse
         if not (save or collapsed) or (done == self.steps_per_epoch and not (stop or collapsed)):
             return  # the epoch-end checkpoint follows anyway
         self.tb.flush()
@@ -233,89 +252,39 @@ class Trainer:
         if stop:
             raise Preempted(STOP.signum or signal.SIGTERM, f"{path} (epoch {self.state.epoch}, step {done})")
 
-    def _forward_backward(
-        self, im_q: torch.Tensor, im_k: torch.Tensor, index: torch.Tensor, levels: list[Granularity]
-    ) -> tuple[StepResult, torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Losses and gradients of one batch, with one host sync for all logged values (summed over ranks).
-
-        Returns the step's values, the keys ``(B, d)`` to enqueue, the gradients and their total norm.
-        """
-        m, dev = self.cfg.model, self.device
-        fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
-        im_q = im_q.to(dev, non_blocking=True, memory_format=fmt)
-        im_k = im_k.to(dev, non_blocking=True, memory_format=fmt)
-        index = index.to(dev, non_blocking=True)
-        with self.autocast():
-            emb = self.model(im_q, im_k, with_cluster=bool(levels))
-        k = emb.k.float()  # losses, the prototype softmax and the queue stay float32 under autocast
-        t = self.cfg.train
-        obj = pcl_objective(emb.q.float(), k, self.raw.queue, emb.q_cluster.float(), index, levels,
-                            m.temperature, m.pcl_r, t.fixed_concentration, t.proto_weight)  # fmt: skip
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(obj.total).backward()
-        self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self.params if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping: logged and checked
-        hits_inst = (obj.logits.argmax(dim=1) == 0).sum()
-        health = embedding_signals(emb.q) if self.state.global_step % t.print_freq == 0 else None  # health.py
-        packed = StepResult.pack(obj.inst, obj.protos, grad_norm, hits_inst, im_q.shape[0], health)
-        lr, weight, n = self.optimizer.param_groups[0]["lr"], t.proto_weight, len(levels)
-        step = StepResult.unpack(pdist.all_reduce_sum(packed).tolist(), n, self.info.world, lr, weight)
-        step.bad = non_finite_terms(step, ["InfoNCE", *[f"ProtoNCE k={g.k}" for g in levels]], self.raw)
-        return step, k, grads, grad_norm
-
-    def _apply(self, keys: torch.Tensor, grads: list[torch.Tensor], grad_norm: torch.Tensor) -> str:
-        """A finite step: clip, optimizer step, momentum update, enqueue the keys."""
-        clip = self.cfg.optim.clip_grad
-        if clip is not None:
-            torch.nn.utils.clip_grads_with_norm_(grads, clip, grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.raw.momentum_update()
-        self.raw.enqueue(keys)
-        self.guard.applied()
-        return ""
-
-    def _skip(self, step: StepResult) -> str:
-        """A non-finite step: no update at all; counted and reported (:mod:`pcl.train.guard`); returns the stop
-        message past ``--max-bad-steps``."""
-        self.state.skipped_steps += 1
-        return self.guard.skip(step, self.state.global_step, self.scaler)
-
-    def _log_step(self, step: StepResult) -> None:
-        """Per-step TensorBoard scalars; losses, accuracies and grad norm only for applied steps."""
-        scalars = {"train/lr": step.lr, "train/skipped_steps": float(self.state.skipped_steps)}
-        groups = self.optimizer.param_groups
-        if len(groups) > 1:
-            scalars.update({f"train/lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)})
-        if self.scaler.is_enabled():
-            scalars["train/amp_scale"] = self.scaler.get_scale()
-        if not step.bad:
-            scalars.update(step.scalars())
-        if step.health and not step.bad:
-            scalars.update(self.health.observe(*step.health, step.inst))
-            warning = self.health.warning(self.state.global_step, scalars)
-            if warning and self.info.is_main:
-                tqdm.write(warning, file=sys.stderr)
-        self.tb.scalars(scalars, self.state.global_step)
-
-    # ------------------------------------------------------------------ kNN monitor
-    def _estep_with_deferred_knn(self, epoch: int) -> ClusterResult:
-        """The E-step of ``epoch``; when epoch ``epoch - 1``'s monitor was deferred, also its kNN on the bank of
-        the same pass (logged at step ``epoch - 1``, timed as this epoch's ``knn``)."""
-        if not self.monitor.deferred(epoch - 1):
-            return self.estep(epoch)
-        bank = FeatureBank(self.loaders.num_train)
-        result = self.estep(epoch, bank)
+    # ------------------------------------------------------------------ the method's epoch hook
+    def epoch_start(self, epoch: int) -> None:
+        """The method's work before epoch ``epoch`` (PCL's E-step), its scalars logged at step ``epoch``; when
+        epoch ``epoch - 1``'s kNN monitor was deferred, also that monitor on the bank of the same pass (logged at
+        step ``epoch - 1``, timed as this epoch's ``knn``)."""
+        deferred = self.monitor.deferred(epoch - 1)
+        ctx = self._epoch_context(epoch, FeatureBank(self.loaders.num_train) if deferred else None)
+        with STOP.stop_at_once():  # nothing resumable inside the epoch hook: a signal stops it at once
+            scalars = self.method.on_epoch_start(epoch, ctx)
+        self.tb.scalars(scalars, epoch)
+        self.epoch_scalars.update(scalars)
+        if not deferred:
+            return
         with self.timer.phase("knn"):
-            knn = self.monitor.evaluate(bank.tensor())
+            knn = self.monitor.evaluate(ctx.bank.tensor())
         if knn is not None:
             self.tb.scalars({"eval/knn_top1": knn}, epoch - 1)
             self.metrics.update(epoch - 1, {"eval/knn_top1": knn})
-            tqdm.write(f"epoch {epoch - 1}: knn_top1 {knn:.2f} (key encoder, bank from epoch {epoch}'s E-step pass)")
-        return result
+            tqdm.write(f"epoch {epoch - 1}: knn_top1 {knn:.2f} (key encoder, bank from epoch {epoch}'s pass)")
 
-    # ------------------------------------------------------------------ the EM loop
+    def _epoch_context(self, epoch: int, bank: FeatureBank | None) -> EpochContext:
+        """What the method's epoch hook of ``epoch`` may use (labels, pictures and saved results on rank 0 only)."""
+        ld, mon, main = self.loaders, self.cfg.monitor, self.info.is_main
+        labels = ld.train_labels if mon.cluster_metrics and main and has_classes(ld.train_labels) else None
+        gallery = mon.log_cluster_images if main else 0
+        ctx = EpochContext(ld.estep, ld.num_train, self.info, self.autocast, self.timer, labels, bank, gallery=gallery)
+        if gallery:
+            ctx.log_image = lambda tag, image: self.tb.image(tag, image, epoch)
+        if main:
+            ctx.save = lambda state: save_checkpoint(state, self.run_dir.clusters_file(epoch))
+        return ctx
+
+    # ------------------------------------------------------------------ the loop
     def fit(self, stop_after: int | None = None) -> float | None:
         """Train from ``state.epoch`` to ``--epochs``; returns the last kNN top-1 (or None)."""
         t, knn = self.cfg.train, None
@@ -325,35 +294,37 @@ class Trainer:
         self.policy.reset()
         for epoch in range(start, end):
             t_epoch = time.time()
-            if not self.position:  # mid-epoch resume: the checkpoint holds this epoch's clusters and scalars
+            if not self.position:  # mid-epoch resume: the checkpoint holds this epoch's method state and scalars
                 self.epoch_scalars = {}
-                self.cluster_result = self._estep_with_deferred_knn(epoch) if epoch >= t.warmup_epochs else None
+                self.epoch_start(epoch)
             with self.timer.phase("mstep"):
-                stats = self.train_epoch(epoch, self.cluster_result)
-            knn_due = bool(t.knn_freq) and ((epoch + 1) % t.knn_freq == 0 or epoch + 1 == end)
-            knn_due = knn_due and not self.monitor.deferred(epoch)
+                stats = self.train_epoch(epoch)
+            knn_due = self.monitor.due(epoch, end)
             if knn_due:
                 with self.timer.phase("knn"):
                     knn = self.monitor.evaluate()
-            proto = self.cluster_result is not None
-            scalars = {**stats.scalars(proto), **self.timer.pop(), **self.health.pop_epoch()}
+            scalars = {**stats.scalars(), **self.timer.pop(), **self.health.pop_epoch()}
             if knn_due and knn is not None:
                 scalars["eval/knn_top1"] = knn
-            scalars["time/epoch_total_seconds"] = time.time() - t_epoch  # E-step + M-step + kNN monitor
+            scalars["time/epoch_total_seconds"] = time.time() - t_epoch  # epoch hook + M-step + kNN monitor
             scalars.update({f"memory/{k}": v for k, v in peak_memory_mib(self.device).items()})
-            self.tb.scalars(scalars, epoch)
-            self.tb.flush()
-            self.epoch_scalars.update(scalars)
-            # before the checkpoint (a resume redoes this epoch), not yet complete: the final checkpoint must exist
-            self.metrics.add(epoch, self.epoch_scalars, checkpointed=False)
-            self.state.epoch = epoch + 1
-            with self.timer.phase("checkpoint"):
-                self.save()
-            ckpt_time = self.timer.pop()  # time/checkpoint_seconds
-            self.tb.scalars(ckpt_time, epoch)
-            self.epoch_scalars.update(ckpt_time)
-            self.metrics.add(epoch, self.epoch_scalars)  # the same record, now with the checkpoint's time
+            self._end_epoch(epoch, scalars)
             if self.info.is_main:
-                tqdm.write(stats.line(epoch, proto, knn if "eval/knn_top1" in scalars else None))
+                tqdm.write(stats.line(epoch, self.method.summary_terms(), knn if "eval/knn_top1" in scalars else None))
         self.tb.close()
         return knn
+
+    def _end_epoch(self, epoch: int, scalars: dict[str, float]) -> None:
+        """Log the epoch's scalars, record them in ``metrics.json`` and write the epoch-end checkpoint."""
+        self.tb.scalars(scalars, epoch)
+        self.tb.flush()
+        self.epoch_scalars.update(scalars)
+        # before the checkpoint (a resume redoes this epoch), not yet complete: the final checkpoint must exist
+        self.metrics.add(epoch, self.epoch_scalars, checkpointed=False)
+        self.state.epoch = epoch + 1
+        with self.timer.phase("checkpoint"):
+            self.save()
+        ckpt_time = self.timer.pop()  # time/checkpoint_seconds
+        self.tb.scalars(ckpt_time, epoch)
+        self.epoch_scalars.update(ckpt_time)
+        self.metrics.add(epoch, self.epoch_scalars)  # the same record, now with the checkpoint's time

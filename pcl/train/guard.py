@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pcl.train.meters import StepResult
+from pcl.train.meters import StepStats
 
 REMEDIES = (
     "lower --lr or add --lr-warmup-epochs; try --clip-grad 1.0; use --amp bf16 or off instead of fp16; "
@@ -35,10 +35,11 @@ def first_non_finite_grad(model: nn.Module) -> str:
     return f"none; all finite but the norm overflows, largest |grad| {largest:.3g} in {where}"
 
 
-def non_finite_terms(step: StepResult, names: list[str], model: nn.Module) -> list[str]:
-    """Names of ``step``'s non-finite terms: losses (named by ``names``: InfoNCE, then one per granularity)
-    and, for a non-finite gradient norm, the first parameter with a non-finite gradient."""
-    bad = [name for name, x in zip(names, [step.inst, *step.protos], strict=True) if not math.isfinite(x)]
+def non_finite_terms(step: StepStats, model: nn.Module) -> list[str]:
+    """Names of ``step``'s non-finite terms: the losses the method's step names in ``checked`` (e.g. InfoNCE,
+    then one per granularity) and, for a non-finite gradient norm, the first parameter with a non-finite
+    gradient."""
+    bad = [words for name, words in step.checked.items() if not math.isfinite(step.terms[name])]
     if not math.isfinite(step.grad_norm):
         bad.append(f"gradients (first: {first_non_finite_grad(model)})")
     return bad
@@ -55,7 +56,7 @@ class NonFiniteGuard:
         """A finite step was applied: the run of bad steps ends."""
         self.consecutive = 0
 
-    def skip(self, step: StepResult, global_step: int, scaler: torch.amp.GradScaler) -> str:
+    def skip(self, step: StepStats, global_step: int, scaler: torch.amp.GradScaler) -> str:
         """A non-finite step (``step.bad`` set): counted and reported; returns the stop message past the limit.
 
         fp16 gradient overflow with finite losses is skipped and counted, but it counts towards

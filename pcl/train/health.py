@@ -30,7 +30,6 @@ GAP_MIN_FRACTION = 0.02  # InfoNCE within 2% of chance (or above it)
 WINDOW = 5  # measurements in a row (every --print-freq steps)
 COLLAPSE_EXIT = 3  # exit code of --stop-on-collapse
 REMEDIES = "lower --lr, a longer --lr-warmup-epochs, or --optimizer sgd-cos"
-NAMES = ("embedding_std", "effective_rank")
 
 
 @torch.no_grad()
@@ -63,15 +62,17 @@ class HealthMonitor:
     """Collects the measurements of an epoch and watches for a sustained collapse (warns once per run)."""
 
     dim: int  # embedding dimension d
-    queue: int  # r, the number of InfoNCE negatives
+    queue: int = 0  # r, the number of InfoNCE negatives
+    chance_value: float | None = None  # the watched loss at chance, when it is not log(1 + queue)
     collapsed_in_a_row: int = 0
     warned: bool = False
     epoch_values: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def chance(self) -> float:
-        """InfoNCE of a model that cannot tell the positive from the ``r`` negatives: ``log(1 + r)``."""
-        return math.log(1 + self.queue)
+        """InfoNCE of a model that cannot tell the positive from the ``r`` negatives: ``log(1 + r)`` (or the
+        method's own chance level, ``chance_value``)."""
+        return math.log(1 + self.queue) if self.chance_value is None else self.chance_value
 
     def observe(self, std: float, effective_rank: float, infonce: float) -> dict[str, float]:
         """Record one measurement; returns its ``health/*`` scalars."""
@@ -103,7 +104,7 @@ class HealthMonitor:
             f"warning: the embeddings collapsed (finite collapse) at step {step}: for {WINDOW} measurements in a "
             f"row the per-dimension std is {values['health/std_ratio']:.3g} x 1/sqrt({self.dim}) (healthy ~1), "
             f"the effective rank {values['health/effective_rank']:.3g}, InfoNCE {values['health/infonce_gap']:+.3g} "
-            f"from chance log(1+{self.queue}) = {self.chance:.3f}; acc_inst near 1/(1+r). "
+            f"from chance {self.chance:.3f}; acc_inst near 1/(1+r). "
             f"Remedies: {REMEDIES}; --stop-on-collapse stops such a run with a checkpoint"
         )
 

@@ -1,4 +1,11 @@
-"""Step and epoch meters of the M-step: one step's reduced values, sample-weighted epoch averages."""
+"""Step and epoch meters of the M-step, by name: whatever terms and counts a method's step reports.
+
+A step's values travel as one tensor through one all-reduce and one host sync (:func:`pack_step` /
+:func:`unpack_step`, keyed by the names of the method's :class:`~pcl.methods.base.StepOutput`); the epoch meter
+keeps sample-weighted sums per name. Logged names: ``train/loss`` (the total), ``train/<term>`` for every loss
+term, ``train/<hits>`` = 100 x hits / batch for every count, ``train/grad_norm``; per epoch the same under
+``epoch/``.
+"""
 
 from __future__ import annotations
 
@@ -7,119 +14,82 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pcl.methods.base import StepOutput
+
 
 @dataclass
-class StepResult:
-    """One step's values, averaged (losses, grad norm) or summed (hits, batch) over ranks."""
+class StepStats:
+    """One step's values after the reduction over ranks: the total and terms (averaged), hits and batch (summed),
+    the gradient norm (averaged), the health signals (averaged, when measured)."""
 
-    inst: float
-    protos: list[float]
-    grad_norm: float
-    hits_inst: float
-    hits_proto: list[float]
+    loss: float
+    terms: dict[str, float]
+    hits: dict[str, float]
     batch: float
+    grad_norm: float
     lr: float
-    bad: list[str] = field(default_factory=list)  # names of the non-finite terms; empty for a good step
-    proto_weight: float = 1.0  # --proto-weight
+    checked: dict[str, str] = field(default_factory=dict)  # term -> words, for the guard
     health: list[float] = field(default_factory=list)  # [embedding std, effective rank] when measured (health.py)
-
-    @property
-    def proto(self) -> float:
-        """ProtoNCE averaged over the granularities (0 without prototypes)."""
-        return sum(self.protos) / len(self.protos) if self.protos else 0.0
-
-    @property
-    def loss(self) -> float:
-        """Total loss: InfoNCE + proto_weight x mean ProtoNCE."""
-        return self.inst + self.proto_weight * self.proto
-
-    @staticmethod
-    def pack(
-        inst: torch.Tensor,
-        protos: list[tuple[torch.Tensor, torch.Tensor]],
-        grad_norm: torch.Tensor,
-        hits_inst: torch.Tensor,
-        batch: int,
-        health: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One step's logged values as one ``(4 + 2M [+ H],)`` tensor (M granularities, ``protos`` = (loss, hits),
-        ``health`` ``(H,)`` when measured), so that one all-reduce and one host sync carry them all."""
-        return torch.cat(
-            [
-                torch.stack(
-                    [
-                        inst.detach(),
-                        *[p[0].detach() for p in protos],
-                        grad_norm.float(),
-                        hits_inst.float(),
-                        *[p[1].float() for p in protos],
-                        torch.tensor(float(batch), device=inst.device),
-                    ]
-                ),
-                *([] if health is None else [health.float()]),
-            ]
-        )
-
-    @classmethod
-    def unpack(cls, v: list[float], levels: int, world: int, lr: float, proto_weight: float) -> StepResult:
-        """Inverse of :meth:`pack` (``levels`` granularities) after summing over ``world`` ranks: losses, grad
-        norm and health signals averaged, hits and batch summed."""
-        n = levels
-        return cls(
-            inst=v[0] / world,
-            protos=[x / world for x in v[1 : 1 + n]],
-            grad_norm=v[1 + n] / world,
-            hits_inst=v[2 + n],
-            hits_proto=v[3 + n : 3 + 2 * n],
-            batch=v[3 + 2 * n],
-            lr=lr,
-            proto_weight=proto_weight,
-            health=[x / world for x in v[4 + 2 * n :]],
-        )
+    bad: list[str] = field(default_factory=list)  # names of the non-finite terms; empty for a good step
+    stop: str = ""  # a skipped step past --max-bad-steps: the message the run stops with
 
     def scalars(self) -> dict[str, float]:
-        """TensorBoard ``train/*`` scalars of an applied step: losses, accuracies (%), grad norm."""
-        out = {
-            "train/loss": self.loss,
-            "train/loss_inst": self.inst,
-            "train/acc_inst": 100.0 * self.hits_inst / self.batch,
-            "train/grad_norm": self.grad_norm,
-        }
-        if self.protos:
-            out["train/loss_proto"] = self.proto
-            out["train/acc_proto"] = 100.0 * sum(self.hits_proto) / (self.batch * len(self.protos))
+        """TensorBoard ``train/*`` scalars of an applied step: total and terms, accuracies (%), grad norm."""
+        out = {"train/loss": self.loss, **{f"train/{k}": v for k, v in self.terms.items()}}
+        out.update({f"train/{k}": 100.0 * v / self.batch for k, v in self.hits.items()})
+        out["train/grad_norm"] = self.grad_norm
         return out
+
+
+def pack_step(step: StepOutput, grad_norm: torch.Tensor, health: torch.Tensor | None) -> torch.Tensor:
+    """``[loss, *terms, grad_norm, *hits, batch, *health]`` as one float tensor on the step's device."""
+    values = [step.loss.detach(), *[t.detach() for t in step.terms.values()], grad_norm.float()]
+    values += [h.float() for h in step.hits.values()]
+    values.append(torch.tensor(float(step.batch), device=step.loss.device))
+    packed = torch.stack([v.float().reshape(()) for v in values])
+    return packed if health is None else torch.cat([packed, health.float()])
+
+
+def unpack_step(v: list[float], step: StepOutput, world: int, lr: float) -> StepStats:
+    """Inverse of :func:`pack_step` after summing over ``world`` ranks: losses, grad norm and health averaged,
+    hits and batch summed."""
+    n_terms, n_hits = len(step.terms), len(step.hits)
+    terms = dict(zip(step.terms, [x / world for x in v[1 : 1 + n_terms]], strict=True))
+    at = 1 + n_terms
+    grad_norm = v[at] / world
+    hits = dict(zip(step.hits, v[at + 1 : at + 1 + n_hits], strict=True))
+    at += 1 + n_hits
+    return StepStats(
+        loss=v[0] / world,
+        terms=terms,
+        hits=hits,
+        batch=v[at],
+        grad_norm=grad_norm,
+        lr=lr,
+        checked=dict(step.checked),
+        health=[x / world for x in v[at + 1 :]],
+    )
 
 
 @dataclass
 class EpochStats:
-    """One epoch's averages over its applied steps (NaN proto fields for an InfoNCE-only epoch)."""
+    """One epoch's sample-weighted averages over its applied steps, by name (``loss`` is the total)."""
 
-    loss: float = 0.0
-    loss_proto: float = math.nan
-    acc_inst: float = 0.0
-    acc_proto: float = math.nan
-    good_steps: int = 0
+    values: dict[str, float] = field(default_factory=dict)  # loss and terms: means; hits: percent
     skipped: int = 0
     seconds: float = 0.0
 
-    def scalars(self, proto: bool) -> dict[str, float]:
-        """TensorBoard ``epoch/*`` scalars and ``time/epoch_seconds``; ``proto``: the epoch had ProtoNCE."""
-        out = {
-            "epoch/acc_inst": self.acc_inst,
-            "epoch/loss": self.loss,
-            "epoch/skipped_steps": float(self.skipped),
-            "time/epoch_seconds": self.seconds,
-        }
-        if proto:
-            out.update({"epoch/acc_proto": self.acc_proto, "epoch/loss_proto": self.loss_proto})
+    def scalars(self) -> dict[str, float]:
+        """TensorBoard ``epoch/*`` scalars (every term and accuracy), skipped steps and ``time/epoch_seconds``."""
+        out = {f"epoch/{k}": v for k, v in self.values.items()}
+        out["epoch/skipped_steps"] = float(self.skipped)
+        out["time/epoch_seconds"] = self.seconds
         return out
 
-    def line(self, epoch: int, proto: bool, knn: float | None) -> str:
-        """The one-line epoch summary printed after each epoch."""
-        msg = f"epoch {epoch}: loss {self.loss:.4f} acc_inst {self.acc_inst:.1f}"
-        if proto:
-            msg += f" acc_proto {self.acc_proto:.1f}"
+    def line(self, epoch: int, names: tuple[str, ...], knn: float | None) -> str:
+        """The one-line epoch summary printed after each epoch: loss, the accuracies ``names`` it has, kNN."""
+        msg = f"epoch {epoch}: loss {self.values.get('loss', math.nan):.4f}"
+        msg += "".join(f" {n} {self.values[n]:.1f}" for n in names if n in self.values)
         if knn is not None:
             msg += f" knn_top1 {knn:.2f}"
         return msg + f" skipped {self.skipped} ({self.seconds:.0f}s)"
@@ -127,44 +97,48 @@ class EpochStats:
 
 @dataclass
 class EpochMeter:
-    """Sample-weighted epoch averages over the applied (finite) steps only."""
+    """Sample-weighted sums over the applied (finite) steps only, by name; its fields are checkpointed
+    (``vars(meter)``) for a mid-epoch resume."""
 
     seen: float = 0.0
-    loss_sum: float = 0.0
-    proto_sum: float = 0.0
-    hits_inst: float = 0.0
-    hits_proto: float = 0.0
+    sums: dict[str, float] = field(default_factory=dict)  # loss and terms: sum of value x batch
+    hits: dict[str, float] = field(default_factory=dict)  # sum of hits
     good: int = 0
     skipped: int = 0
 
-    def add(self, step: StepResult) -> None:
+    @classmethod
+    def restore(cls, state: dict | None) -> EpochMeter:
+        """A meter from its checkpointed fields; also the fixed fields of older checkpoints (``loss_sum``,
+        ``proto_sum``, ``hits_inst``, ``hits_proto``, InfoNCE and ProtoNCE with weight ``proto_weight`` = 1)."""
+        if not state:
+            return cls()
+        if "sums" in state:
+            return cls(**state)
+        sums = {"loss": state["loss_sum"], "loss_inst": state["loss_sum"] - state["proto_sum"]}
+        hits = {"acc_inst": state["hits_inst"]}
+        if state["proto_sum"] or state["hits_proto"]:
+            sums["loss_proto"], hits["acc_proto"] = state["proto_sum"], state["hits_proto"]
+        return cls(state["seen"], sums, hits, state["good"], state["skipped"])
+
+    def add(self, step: StepStats) -> None:
         """Count a skipped step, or add an applied one's values weighted by its batch size."""
         if step.bad:
             self.skipped += 1
             return
         self.good += 1
         self.seen += step.batch
-        self.loss_sum += step.loss * step.batch
-        self.proto_sum += step.proto * step.batch
-        self.hits_inst += step.hits_inst
-        self.hits_proto += sum(step.hits_proto) / max(1, len(step.hits_proto))
+        for name, value in {"loss": step.loss, **step.terms}.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value * step.batch
+        for name, value in step.hits.items():
+            self.hits[name] = self.hits.get(name, 0.0) + value
 
-    @property
-    def loss(self) -> float:
-        """Sample-weighted mean total loss over the applied steps."""
-        return self.loss_sum / max(self.seen, 1.0)
+    def mean(self, name: str) -> float:
+        """Sample-weighted mean of ``name`` (a term, or ``loss``; an accuracy in percent)."""
+        if name in self.hits:
+            return 100.0 * self.hits[name] / max(self.seen, 1.0)
+        return self.sums.get(name, 0.0) / max(self.seen, 1.0)
 
-    @property
-    def acc_inst(self) -> float:
-        """Instance accuracy (%) over the applied steps' samples."""
-        return 100.0 * self.hits_inst / max(self.seen, 1.0)
-
-    def stats(self, seconds: float, proto: bool) -> EpochStats:
-        """The epoch's averages; ``proto``: the epoch had ProtoNCE terms."""
-        out = EpochStats(good_steps=self.good, skipped=self.skipped, seconds=seconds)
-        if self.seen:
-            out.loss, out.acc_inst = self.loss, self.acc_inst
-            if proto:
-                out.loss_proto = self.proto_sum / self.seen
-                out.acc_proto = 100.0 * self.hits_proto / self.seen
-        return out
+    def stats(self, seconds: float) -> EpochStats:
+        """The epoch's averages (every name seen in an applied step)."""
+        values = {n: self.mean(n) for n in (*self.sums, *self.hits)} if self.seen else {}
+        return EpochStats(values, self.skipped, seconds)

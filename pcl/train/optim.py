@@ -6,6 +6,7 @@ import argparse
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -44,12 +45,15 @@ def default_schedule(optimizer: str) -> str:
 
 @dataclass
 class OptimConfig:
-    """Optimizer, learning-rate schedule and gradient clipping; ``None`` fields default per optimizer."""
+    """Optimizer and learning-rate schedule; ``None`` fields default per optimizer (gradient clipping is the
+    step's: :class:`pcl.train.config.StepConfig`)."""
 
-    optimizer: str = flag("adamw", choices=OPTIMIZERS)
+    GROUP: ClassVar[str] = "optimisation"
+
     lr: float | None = flag(None, type=float, gt=0, help="base lr for the global batch (default: per optimizer)")
     wd: float | None = flag(None, type=float, ge=0, help="weight decay (default: per optimizer)")
     momentum: float = flag(0.9, ge=0, lt=1, help="SGD / LARS momentum")
+    optimizer: str = flag("adamw", choices=OPTIMIZERS)
     lr_schedule: str | None = flag(None, choices=SCHEDULES, help="default: step for sgd, cos otherwise")
     schedule: list[int] = flag(
         default_factory=lambda: [120, 160], type=int_list, ge=0, help="step-schedule milestones (epochs)"
@@ -62,9 +66,6 @@ class OptimConfig:
         None,
         action=argparse.BooleanOptionalAction,
         help="no weight decay / LARS adaptation for BN and biases (default: per optimizer)",
-    )
-    clip_grad: float | None = flag(  # None: no clipping
-        None, type=float, gt=0, finite=False, help="clip the global gradient norm"
     )
 
     def validate(self) -> None:

@@ -3,8 +3,10 @@
     lr: float | None = flag(None, "--lr", type=float, gt=0, help="base lr (default: per optimizer)")
 
 :func:`flag` returns a ``dataclasses.field`` whose metadata holds a :class:`Flag`; ``pcl.config.build_parser``
-adds the flags of the fields it groups, and each config's ``validate()`` calls :func:`check_fields`, which checks
-every value against its declared range (finite unless ``finite=False``; ``None`` = "default" always passes).
+adds the flag of every field of the configuration, in the ``-h`` group of its dataclass (its ``GROUP`` class
+attribute) unless the field names another (``group=``). Each config's ``validate()`` calls :func:`check_fields`,
+which checks every value against its declared choices and range (finite unless ``finite=False``; ``None`` =
+"default" always passes), so a value from a ``--config`` file passes exactly the checks its flag passes.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class Flag:
     le: float | None = None  # value <= le
     lt: float | None = None  # value < lt
     finite: bool = True  # NaN / inf refused (numeric flags)
+    group: str | None = None  # -h group; None: the dataclass's GROUP
+    help_first: bool = False  # listed first in its -h group (before the fields of earlier sections)
 
     @property
     def name(self) -> str:
@@ -91,8 +95,14 @@ class Flag:
         return ""
 
     def check(self, value: Any) -> None:
-        """Raise a one-line ``PCLError`` naming the flag when ``value`` (or an item of a list) is out of range."""
-        if value is None or not self.numeric:
+        """Raise a one-line ``PCLError`` naming the flag when ``value`` is not one of its choices, or it (or an
+        item of a list) is out of range."""
+        if value is None:
+            return
+        if self.choices is not None and value not in self.choices:
+            listed = ", ".join(str(c) for c in self.choices)
+            raise PCLError(f"{self.name} must be one of {listed}, got {value!r}")
+        if not self.numeric:
             return
         for v in value if isinstance(value, list) else [value]:
             ok = not (self.finite and not math.isfinite(v))
@@ -122,6 +132,14 @@ def flag_of(f: dataclasses.Field) -> Flag | None:
         return None
     names, kw = spec
     return Flag(names=names or ("--" + f.name.replace("_", "-"),), **kw)
+
+
+def flag_group(cls: type, f: dataclasses.Field) -> str | None:
+    """The ``-h`` group of field ``f`` of dataclass ``cls``: its flag's ``group``, else ``cls.GROUP``."""
+    spec = flag_of(f)
+    if spec is None:
+        return None
+    return spec.group or getattr(cls, "GROUP", None)
 
 
 def field_flag(cls: type, name: str) -> Flag:

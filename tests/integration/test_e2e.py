@@ -59,7 +59,7 @@ def test_tensorboard_tags_and_protonce_after_warmup(full_run: Path) -> None:
 
 def test_outputs_of_a_run(full_run: Path) -> None:
     cfg = json.loads((full_run / "config.json").read_text())
-    assert cfg["estep"]["num_cluster"] == [3, 5] and cfg["train"]["warmup_epochs"] == 1
+    assert cfg["estep"]["num_cluster"] == [3, 5] and cfg["loss"]["warmup_epochs"] == 1
     ckpt = torch.load(full_run / "checkpoints" / "last.pth", weights_only=False)
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * STEPS_PER_EPOCH
     assert [lv["k"] for lv in ckpt["cluster_result"]["levels"]] == [3, 5]
@@ -164,21 +164,21 @@ def test_sigterm_in_the_estep_stops_at_once_and_resumes_identically(
     import os
     import signal
 
-    import pcl.train.engine
+    import pcl.methods.pcl
 
-    real = pcl.train.engine.run_estep
+    real = pcl.methods.pcl.run_estep
 
     def signal_inside(*a: object, **kw: object) -> object:
         os.kill(os.getpid(), signal.SIGTERM)  # raises Preempted here, inside the E-step
         return real(*a, **kw)
 
-    monkeypatch.setattr(pcl.train.engine, "run_estep", signal_inside)
+    monkeypatch.setattr(pcl.methods.pcl, "run_estep", signal_inside)
     assert run(tiny_data, tmp_path) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert "latest checkpoint is" in err and err.count("--resume auto") == 1, err  # the hint once (issue 20)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 0)
-    monkeypatch.setattr(pcl.train.engine, "run_estep", real)
+    monkeypatch.setattr(pcl.methods.pcl, "run_estep", real)
     assert run(tiny_data, tmp_path, "--resume", "auto") == 0
     assert_identical(full_run, tmp_path)
 
@@ -221,13 +221,13 @@ def test_sigterm_in_the_first_estep_before_any_checkpoint_gives_one_piece_of_adv
     import os
     import signal
 
-    import pcl.train.engine
+    import pcl.methods.pcl
 
     def signal_inside(*a: object, **kw: object) -> object:
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("the signal stops the E-step at once")
 
-    monkeypatch.setattr(pcl.train.engine, "run_estep", signal_inside)
+    monkeypatch.setattr(pcl.methods.pcl, "run_estep", signal_inside)
     assert run(tiny_data, tmp_path, "--warmup-epochs", "0", "--epochs", "1") == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if "stopped by SIGTERM" in ln]

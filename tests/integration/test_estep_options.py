@@ -12,7 +12,8 @@ import torch
 
 from pcl import cli
 from pcl.estep.clustering import ClusterResult
-from pcl.train import engine, monitor
+from pcl.methods import pcl as engine
+from pcl.train import monitor
 from tests.helpers import TINY_ARGS, scalars
 
 FLAGS = ["--epochs", "3", "--warmup-epochs", "1", "--kmeans-init", "previous", "--knn-encoder", "key"]

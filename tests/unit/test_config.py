@@ -9,11 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from pcl.config import TrainConfig, build_parser, config_from_dict, parse_config, stored_config, to_dict, to_json
+from pcl.config import Config, build_parser, config_from_dict, parse_config, stored_config, to_dict, to_json
 from pcl.data.datasets import AugConfig, DataConfig
 from pcl.estep.clustering import KMeansConfig
 from pcl.estep.estep import EStepConfig
-from pcl.model.builder import PCL, ModelConfig
+from pcl.losses.config import LossConfig
+from pcl.methods.pcl import PCL
+from pcl.model.encoder import ModelConfig
+from pcl.run.checkpointer import CheckpointConfig
+from pcl.train.config import StepConfig, TrainConfig
+from pcl.train.monitor import MonitorConfig
 from pcl.train.optim import OptimConfig
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import flag_of
@@ -28,8 +33,10 @@ def test_command_line_defaults_are_the_dataclass_defaults() -> None:
     assert cfg.optim == OptimConfig().resolved()
     assert cfg.estep.num_cluster == EStepConfig().num_cluster
     assert (cfg.data.workers, cfg.data.eval_batch_size) == (DataConfig().workers, DataConfig().eval_batch_size)
+    assert (cfg.loss, cfg.step, cfg.monitor) == (LossConfig(), StepConfig(), MonitorConfig())
+    assert cfg.method == "pcl" and cfg.checkpoint == CheckpointConfig()
     # a model built without the command line is the command line's default model
-    assert (PCL.from_config(ModelConfig()).r, PCL.from_config(ModelConfig()).m) == (1024, 0.99)
+    assert (PCL.from_config(Config()).r, PCL.from_config(Config()).m) == (1024, 0.99)
 
 
 def test_flags_land_in_their_stage() -> None:
@@ -45,7 +52,7 @@ def test_flags_land_in_their_stage() -> None:
 def test_asdict_round_trip_through_json() -> None:
     cfg = parse_config(["--num-cluster", "4,8", "--cluster-head", "mlp", "--clip-grad", "1.0"])
     back = config_from_dict(json.loads(to_json(cfg)))
-    assert back == cfg and isinstance(back.train.exp_dir, Path)
+    assert back == cfg and isinstance(back.checkpoint.exp_dir, Path)
     assert to_dict(cfg)["estep"]["kmeans"]["nredo"] == 5
 
 
@@ -75,11 +82,12 @@ def test_old_checkpoint_args_still_give_the_config() -> None:
         "some_removed_flag": 1,
     }
     cfg = stored_config({"args": old_args, "model": {}})
-    assert cfg.model == ModelConfig("resnet34", "small", 16, 32, 0.9, False, "report", 2, 0.3)
+    assert cfg.model == ModelConfig("resnet34", "small", 16, 32, 0.9, False, "report", 2)
+    assert cfg.loss.temperature == 0.3
     assert cfg.data.root == "/data/cifar" and cfg.data.aug.image_size == 16
     assert cfg.estep.num_cluster == [3, 5] and cfg.estep.kmeans.niter == 5 and cfg.estep.max_points == 1000
     assert cfg.estep.shard_rows == 64 and cfg.estep.feature_dir == Path("runs/x/features")
-    assert cfg.train.epochs == 9 and cfg.train.exp_dir == Path("runs/x") and cfg.optim.lr == 0.5
+    assert cfg.train.epochs == 9 and cfg.checkpoint.exp_dir == Path("runs/x") and cfg.optim.lr == 0.5
     new = {"config": to_dict(cfg), "model": {}}
     assert stored_config(new) == cfg
 
@@ -100,7 +108,8 @@ def test_help_is_unchanged_by_declaring_flags_on_the_fields(monkeypatch: pytest.
 def test_every_flag_is_declared_on_a_config_field() -> None:
     """Each parser action (but -h and --config) comes from exactly one field's metadata, and lands in that field."""
     declared = {}
-    for cls in (TrainConfig, AugConfig, DataConfig, ModelConfig, KMeansConfig, EStepConfig, OptimConfig):
+    classes = (Config, ModelConfig, LossConfig, EStepConfig, KMeansConfig, CheckpointConfig, TrainConfig, OptimConfig)
+    for cls in (*classes, StepConfig, MonitorConfig, DataConfig, AugConfig):
         for f in dataclasses.fields(cls):
             if (spec := flag_of(f)) is not None:
                 declared[spec.dest] = (cls, f.name)
@@ -116,8 +125,10 @@ def test_a_stage_validates_its_own_fields() -> None:
     with pytest.raises(PCLError, match=r"--num-cluster must be >= 2, got 1"):
         EStepConfig(num_cluster=[5, 1]).validate()
     with pytest.raises(PCLError, match=r"--proto-weight must be a finite number >= 0, got inf"):
-        TrainConfig(proto_weight=math.inf).validate()
-    OptimConfig(clip_grad=math.inf).validate()  # documented: inf = no clipping
+        LossConfig(proto_weight=math.inf).validate()
+    StepConfig(clip_grad=math.inf).validate()  # documented: inf = no clipping
+    with pytest.raises(PCLError, match=r"--optimizer must be one of sgd, sgd-cos, adamw, lamb, lars, got 'bogus'"):
+        OptimConfig(optimizer="bogus").validate()  # choices, as the flag checks them (a --config value too)
 
 
 def test_config_file_gives_its_values_and_flags_override_it(tmp_path: Path) -> None:
@@ -134,7 +145,7 @@ def test_a_runs_config_json_reproduces_its_config_under_another_exp_dir(tmp_path
     (tmp_path / "config.json").write_text(to_json(cfg))
     again = parse_config(["--config", str(tmp_path / "config.json"), "--exp-dir", str(tmp_path / "y")])
     assert again.estep.feature_dir == tmp_path / "y" / "features"  # the derived default follows the new exp-dir
-    again.train.exp_dir, again.estep.feature_dir = cfg.train.exp_dir, cfg.estep.feature_dir
+    again.checkpoint.exp_dir, again.estep.feature_dir = cfg.checkpoint.exp_dir, cfg.estep.feature_dir
     assert again == cfg
 
 
@@ -144,7 +155,8 @@ def test_a_runs_config_json_reproduces_its_config_under_another_exp_dir(tmp_path
         ("[model]\nfoo = 1\n", ".toml", "unknown key 'model.foo'"),
         ('[modle]\narch = "resnet18"\n', ".toml", "unknown key 'modle'"),
         ('{"train": {"epochs": "3"}}', ".json", "key 'train.epochs' must be an integer, got '3'"),
-        ('{"train": {"amp": true}}', ".json", "key 'train.amp' must be a string, got True"),
+        ('{"step": {"amp": true}}', ".json", "key 'step.amp' must be a string, got True"),
+        ('{"train": {"amp": true}}', ".json", "key 'step.amp' must be a string, got True"),  # the older layout's key
         ('{"model": 3}', ".json", "model must be a table of keys, got 3"),
         ('{"estep": {"num_cluster": [4, 1.5]}}', ".json", "'estep.num_cluster' must be a list of integers"),
         ('{"optim": {"lr": "fast"}}', ".json", "key 'optim.lr' must be a number or null, got 'fast'"),
@@ -162,3 +174,41 @@ def test_a_bad_config_file_is_one_line_naming_the_key(tmp_path: Path, text: str,
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(PCLError, match=r"--config .*nope.toml: no such file"):
         parse_config(["--config", str(tmp_path / "nope.toml")])
+
+
+def test_a_config_json_of_the_older_layout_still_gives_its_config(tmp_path: Path) -> None:
+    """config.json and checkpoints written before the sections were split (temperature under ``model``, the loop,
+    step, checkpoint and monitor settings under ``train``, clip_grad under ``optim``) read as the same config."""
+    cfg = parse_config(["--temperature", "0.3", "--warmup-epochs", "4", "--amp", "bf16", "--clip-grad", "2"])
+    new = to_dict(cfg)
+    moved = ("loss", "step", "checkpoint", "monitor")
+    old = {k: dict(v) if isinstance(v, dict) else v for k, v in new.items() if k not in moved}
+    old["model"]["temperature"] = new["loss"]["temperature"]
+    old["optim"]["clip_grad"] = new["step"]["clip_grad"]
+    old["train"].update({k: v for k, v in new["loss"].items() if k != "temperature"})
+    old["train"].update({k: v for k, v in new["step"].items() if k != "clip_grad"})
+    old["train"].update(new["checkpoint"] | new["monitor"] | {"save_clusters": new["estep"].pop("save_clusters")})
+    del old["method"]
+    assert config_from_dict(old) == cfg
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert parse_config(["--config", str(tmp_path / "config.json")]) == cfg
+
+
+def test_a_config_file_value_passes_the_checks_of_its_flag(tmp_path: Path) -> None:
+    """A value from --config meets the same choices and ranges as the flag (issue 27: they bypassed them)."""
+    from pcl.config import validate
+
+    for text, expected in [
+        ('[optim]\noptimizer = "bogus"\n', "--optimizer must be one of"),
+        ('[estep.kmeans]\ninit = "bogus"\n', "--kmeans-init must be one of random, previous, got 'bogus'"),
+        ('[model]\ncluster_head = "big"\n', "--cluster-head must be one of none, mlp, report, got 'big'"),
+        ('[step]\namp = "fp17"\n', "--amp must be one of off, bf16, fp16, got 'fp17'"),
+        ('[monitor]\nknn_encoder = "both"\n', "--knn-encoder must be one of query, key, got 'both'"),
+        ('[data]\ncache_images = "maybe"\n', "--cache-images must be one of auto, yes, no, got 'maybe'"),
+        ('[model]\nstem = "tiny"\n', "--stem must be one of imagenet, small, got 'tiny'"),
+        ('method = "swav2"\n', "unknown method 'swav2'; choose from moco, pcl"),
+    ]:
+        path = tmp_path / "c.toml"
+        path.write_text(text)
+        with pytest.raises(PCLError, match=expected):
+            validate(parse_config(["--config", str(path)]))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from pcl.estep.clustering import ClusterResult, Granularity, KMeansConfig
-from pcl.estep.estep import EStepConfig, cluster_store, run_estep
+from pcl.estep.estep import EStepConfig, FeaturePass, cluster_store, run_estep
 from pcl.estep.feature_store import FeatureStore, ShardWriter
 from pcl.utils.distributed import DistInfo
 
@@ -60,7 +60,7 @@ def test_run_estep_deletes_shards_unless_kept(tmp_path: Path) -> None:
             keep_features=keep,
             kmeans=KMeansConfig(niter=5, nredo=1),
         )
-        result = run_estep(features_fn, loader, 40, 6, cfg, DistInfo(), epoch=3, temperature=0.2)
+        result = run_estep(FeaturePass(features_fn, loader, 40, 6, DistInfo()), cfg, epoch=3, temperature=0.2)
         shards = list((tmp_path / str(keep)).glob("epoch0003/*.npy"))
         assert (len(shards) > 0) == keep
         assert result.levels[0].im2cluster.shape == (40,) and result.epoch == 3

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pcl.estep.clustering import KMeansConfig
-from pcl.estep.estep import EStepConfig, run_estep
+from pcl.estep.estep import EStepConfig, FeaturePass, run_estep
 from pcl.model.bank import FeatureBank
 from pcl.model.features import extract
 from pcl.utils.distributed import DistInfo
@@ -24,10 +24,9 @@ def test_one_pass_bank_and_clusters_equal_separate_extractions(tmp_path: Path) -
     loader = torch.utils.data.DataLoader(list(zip(x, range(20), strict=True)), batch_size=8)
     cfg = EStepConfig(num_cluster=[3, 4], feature_dir=tmp_path, kmeans=KMeansConfig(niter=5, nredo=1))
     bank = FeatureBank(20)
-    one = run_estep(
-        model.cluster_and_bank_features, loader, 20, 8, cfg, DistInfo(), epoch=1, temperature=0.2, bank=bank
-    )
-    two = run_estep(model.cluster_features, loader, 20, 8, cfg, DistInfo(), 1, 0.2)
+    paired = FeaturePass(model.cluster_and_bank_features, loader, 20, 8, DistInfo())
+    one = run_estep(paired, cfg, epoch=1, temperature=0.2, bank=bank)
+    two = run_estep(FeaturePass(model.cluster_features, loader, 20, 8, DistInfo()), cfg, 1, 0.2)
     cpu = torch.device("cpu")
     assert torch.equal(bank.tensor(), extract(model.key_backbone_features, loader, cpu))  # float-equal
     assert not torch.equal(bank.tensor(), extract(model.backbone_features, loader, cpu))  # not the query encoder

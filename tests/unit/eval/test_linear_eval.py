@@ -16,7 +16,8 @@ from pcl.eval.evaluation import frozen_features
 from pcl.eval.linear_official import OfficialConfig, step_lr, train_official
 from pcl.eval.linear_probe import holdout_split, linear_probe, topk_accuracy
 from pcl.eval.pretrained import untrained
-from pcl.model.builder import PCL, ModelConfig
+from pcl.methods.pcl import PCL
+from pcl.model.encoder import ModelConfig
 from tests.helpers import load_tool
 
 FAST = ["--wd-grid", "1e-3,1e-1", "--max-iter", "30", "--workers", "0", "--eval-batch-size", "16"]
@@ -90,7 +91,7 @@ def _fake_checkpoint(path: Path, seed: int = 0) -> dict:
     cfg.model = ModelConfig(arch="resnet18", low_dim=16, pcl_r=16, bn_splits=1)
     cfg.data.aug = dataclasses.replace(cfg.data.aug, image_size=16)
     torch.manual_seed(seed)
-    model = PCL.from_config(cfg.model)
+    model = PCL.from_config(cfg)
     ckpt = {"epoch": 0, "model": model.state_dict(), "config": to_dict(cfg), "cluster_result": None}
     torch.save(ckpt, path)
     return ckpt

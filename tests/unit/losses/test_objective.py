@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcl.losses import info_nce, pcl_objective, proto_nce, prototype_temperatures, total_loss
+from pcl.losses import LossConfig, info_nce, pcl_objective, proto_nce, prototype_temperatures, total_loss
 
 
 def test_total_loss_weights_the_proto_term() -> None:
@@ -53,7 +53,8 @@ def test_objective_is_infonce_plus_mean_protonce_bit_for_bit(fixed: bool) -> Non
             )
         )
     torch.manual_seed(7)
-    obj = pcl_objective(q, k, queue, qc, index, levels, 0.2, 5, fixed, 0.5)
+    cfg = LossConfig(temperature=0.2, fixed_concentration=fixed, proto_weight=0.5)
+    obj = pcl_objective(q, k, queue, qc, index, levels, cfg, 5)
     torch.manual_seed(7)
     inst, logits = info_nce(q, k, queue, 0.2)
     protos = [
@@ -63,4 +64,5 @@ def test_objective_is_infonce_plus_mean_protonce_bit_for_bit(fixed: bool) -> Non
     assert torch.equal(obj.inst, inst) and torch.equal(obj.logits, logits)
     assert all(torch.equal(a[0], b_[0]) and torch.equal(a[1], b_[1]) for a, b_ in zip(obj.protos, protos, strict=True))
     assert torch.equal(obj.total, inst + 0.5 * torch.stack([p[0] for p in protos]).mean())
-    assert torch.equal(pcl_objective(q, k, queue, qc, index, [], 0.2, 5).total, inst)  # warmup: InfoNCE only
+    warmup = pcl_objective(q, k, queue, qc, index, [], LossConfig(temperature=0.2), 5)
+    assert torch.equal(warmup.total, inst)  # warmup: InfoNCE only

@@ -47,7 +47,7 @@ def test_shuffled_keys_come_back_in_input_order() -> None:
     m = tiny_model(bn_splits=1).eval()  # eval BN: the key of an image cannot depend on the batch order
     x = torch.randn(6, 3, 32, 32)
     direct = torch.nn.functional.normalize(m.encoder_k(x), dim=1)
-    out = m(x, x, with_cluster=False)
+    out = m([x, x], with_cluster=False)
     torch.testing.assert_close(out.k, direct, atol=1e-5, rtol=1e-5)
 
 
@@ -66,7 +66,7 @@ def test_instance_task_never_goes_through_cluster_head(kind: str) -> None:
     torch.manual_seed(0)
     m = tiny_model(cluster_head=kind).eval()
     x = torch.randn(4, 3, 32, 32)
-    out = m(x, x, with_cluster=True)
+    out = m([x, x], with_cluster=True)
     q_direct = torch.nn.functional.normalize(m.encoder_q(x), dim=1)
     torch.testing.assert_close(out.q, q_direct)
     if kind == "none":
@@ -81,9 +81,9 @@ def test_instance_task_never_goes_through_cluster_head(kind: str) -> None:
 def test_cluster_head_gets_gradient_only_from_cluster_queries() -> None:
     m = tiny_model(cluster_head="mlp")
     x = torch.randn(4, 3, 32, 32)
-    out = m(x, x, with_cluster=True)
+    out = m([x, x], with_cluster=True)
     out.q.sum().backward()
     assert all(p.grad is None for p in m.cluster_q.parameters())
-    out = m(x, x, with_cluster=True)
+    out = m([x, x], with_cluster=True)
     out.q_cluster.sum().backward()
     assert all(p.grad is not None for p in m.cluster_q.parameters())

@@ -43,7 +43,7 @@ def _train_a_step(c: Checkpointer) -> None:
 
 def test_checkpoint_keys_are_those_of_aaff5a9_plus_the_mid_epoch_log(tmp_path: Path) -> None:
     c = _checkpointer(tmp_path, 0)
-    state = c.state(TrainState(2, 10, 1), num_train=48, cluster_result=None)
+    state = c.state(TrainState(2, 10, 1), num_train=48, extra={"cluster_result": None})
     assert set(state) == KEYS_AT_AAFF5A9 | KEYS_ADDED
     assert state["epoch_scalars"] is None and state["epoch_timer"] is None  # epoch end: nothing pending
     assert (state["epoch"], state["global_step"], state["skipped_steps"], state["num_train"]) == (2, 10, 1, 48)
@@ -54,13 +54,14 @@ def test_save_keeps_numbered_checkpoints_and_last(tmp_path: Path) -> None:
     c = _checkpointer(tmp_path, 0, save_freq=2, epochs=3)
     rd = RunDir(tmp_path)
     for epoch in (1, 2, 3):
-        c.save(c.state(TrainState(epoch, epoch * 5), 48, None))
+        c.save(c.state(TrainState(epoch, epoch * 5), 48, {"cluster_result": None}))
         assert load_checkpoint(rd.last)["epoch"] == epoch
     assert sorted(p.name for p in rd.checkpoints.glob("checkpoint_*.pth")) == [
         "checkpoint_0002.pth",  # every --save-freq
         "checkpoint_0003.pth",  # and the last epoch
     ]
-    c.save(c.state(TrainState(3, 17), 48, None, step_in_epoch=2, meter={"seen": 8.0}))  # mid-epoch: last.pth only
+    mid = c.state(TrainState(3, 17), 48, {"cluster_result": None}, step_in_epoch=2, meter={"seen": 8.0})
+    c.save(mid)  # mid-epoch: last.pth only
     assert load_checkpoint(rd.last)["step_in_epoch"] == 2
     assert load_checkpoint(rd.checkpoint(3))["step_in_epoch"] == 0
 
@@ -69,13 +70,13 @@ def test_restore_puts_back_modules_counters_and_rng(tmp_path: Path) -> None:
     src = _checkpointer(tmp_path, 0)
     _train_a_step(src)
     torch.manual_seed(123)
-    src.save(src.state(TrainState(1, 7, 2), 48, {"epoch": 0, "levels": []}))
+    src.save(src.state(TrainState(1, 7, 2), 48, {"cluster_result": {"epoch": 0, "levels": []}}))
     expected_draw = torch.rand(3)
     dst = _checkpointer(tmp_path, 1)
     resumed = dst.restore(RunDir(tmp_path).last, None, seed=0)
     assert torch.rand(3).equal(expected_draw)  # epoch-end checkpoint: RNG restored at once
     assert resumed.state == TrainState(1, 7, 2) and resumed.step_in_epoch == 0 and resumed.pending_rng is None
-    assert resumed.cluster_result == {"epoch": 0, "levels": []}
+    assert resumed.extra == {"cluster_result": {"epoch": 0, "levels": []}}
     for a, b in zip(src.model.parameters(), dst.model.parameters(), strict=True):
         assert torch.equal(a, b)
     assert dst.optimizer.state_dict()["state"].keys() == src.optimizer.state_dict()["state"].keys()
@@ -86,7 +87,7 @@ def test_a_checkpoint_without_the_later_keys_still_restores(tmp_path: Path) -> N
     """Checkpoints older than the mid-epoch position (no ``step_in_epoch`` / ``epoch_meter``, nor the keys added
     since aaff5a9) resume at an epoch end."""
     src = _checkpointer(tmp_path, 0)
-    state = src.state(TrainState(1, 7), 48, None)
+    state = src.state(TrainState(1, 7), 48, {"cluster_result": None})
     del state["step_in_epoch"], state["epoch_meter"], state["epoch_scalars"], state["epoch_timer"]
     path = tmp_path / "old.pth"
     save_checkpoint(state, path)
@@ -98,7 +99,7 @@ def test_a_checkpoint_without_the_later_keys_still_restores(tmp_path: Path) -> N
 def test_mid_epoch_checkpoint_keeps_the_epochs_scalars(tmp_path: Path) -> None:
     src = _checkpointer(tmp_path, 0)
     scalars, timer = {"cluster/k5/objective": 0.25, "time/estep_seconds": 3.0}, {"kmeans": 1.5}
-    src.save(src.state(TrainState(1, 9), 48, None, 3, {"seen": 24.0}, scalars, timer))
+    src.save(src.state(TrainState(1, 9), 48, {"cluster_result": None}, 3, {"seen": 24.0}, scalars, timer))
     resumed = _checkpointer(tmp_path, 1).restore(RunDir(tmp_path).last, None, seed=0)
     assert (resumed.step_in_epoch, resumed.epoch_meter) == (3, {"seen": 24.0})
     assert resumed.epoch_scalars == scalars and resumed.epoch_timer == timer
@@ -107,7 +108,7 @@ def test_mid_epoch_checkpoint_keeps_the_epochs_scalars(tmp_path: Path) -> None:
 def test_last_and_kept_checkpoints_are_independent_files(tmp_path: Path) -> None:
     c = _checkpointer(tmp_path, 0, save_freq=1)
     rd = RunDir(tmp_path)
-    c.save(c.state(TrainState(1, 5), 48, None))
+    c.save(c.state(TrainState(1, 5), 48, {"cluster_result": None}))
     a, b = rd.last.stat(), rd.checkpoint(1).stat()
     assert a.st_ino != b.st_ino and a.st_nlink == 1 and b.st_nlink == 1
     with open(rd.last, "r+b") as f:  # overwritten in place (cp other.pth last.pth)
@@ -121,7 +122,7 @@ def test_resume_auto_falls_back_to_the_newest_readable_kept_checkpoint(
     c = _checkpointer(tmp_path, 0, save_freq=1)
     rd = RunDir(tmp_path)
     for epoch in (1, 2, 3):
-        c.save(c.state(TrainState(epoch, 5 * epoch), 48, None))
+        c.save(c.state(TrainState(epoch, 5 * epoch), 48, {"cluster_result": None}))
     rd.last.write_bytes(b"garbage")
     rd.checkpoint(3).write_bytes(b"")  # the newest kept one is unreadable too
     path, ckpt = load_resumable(rd.last, rd)

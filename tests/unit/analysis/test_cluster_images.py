@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from pcl.analysis import render
+from pcl.analysis.cluster_images import gallery_images
 from pcl.estep.clustering import ClusterResult, Granularity
 from pcl.run.tb import TBLogger
-from pcl.train.cluster_images import gallery_images
 
 
 class _Images(torch.utils.data.Dataset):

@@ -1,0 +1,165 @@
+"""MoCo v2 (``--method moco``): query encoder trained by SGD, momentum key encoder, a queue of keys as InfoNCE
+negatives (He et al. 2020; Chen et al. 2020). PCL (:mod:`pcl.methods.pcl`) is this method plus the E-step and
+ProtoNCE; with ``--method pcl --warmup-epochs >= --epochs`` it trains the same MoCo v2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pcl.losses.config import LossConfig
+from pcl.losses.infonce import info_nce
+from pcl.methods.base import Method, MethodSettings, StepOutput, register_method
+from pcl.model.encoder import Encoder, ModelConfig
+from pcl.model.momentum import frozen_copy, update_momentum
+from pcl.model.shuffle import shuffled_forward
+from pcl.utils import distributed as pdist
+from pcl.utils.errors import PCLError
+
+
+@dataclass
+class Embeddings:
+    """Outputs of one forward pass, all L2-normalised ``(B, low_dim)``.
+
+    ``q``/``k``: instance task (shared head). ``q_cluster``: the ProtoNCE queries (the cluster head's, if any;
+    else ``q``).
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    q_cluster: torch.Tensor
+
+
+@register_method
+class MoCo(Method):
+    """Query/key encoders with momentum ``m`` and a queue of ``r`` keys; views ``[query view, key view]``.
+
+    Build it with :meth:`from_config`; the keyword arguments have no defaults so that every caller states them.
+    """
+
+    name = "moco"
+
+    def __init__(self, *, model: ModelConfig, loss: LossConfig, bn_splits: int) -> None:
+        super().__init__()
+        self.r, self.m, self.low_dim = model.pcl_r, model.moco_m, model.low_dim
+        self.embedding_dim = model.low_dim
+        self.loss_cfg = loss
+        self.encoder_q = Encoder(model.backbone(bn_splits), model.low_dim, model.mlp)
+        self.encoder_k = frozen_copy(self.encoder_q)
+        self.cluster_q = self._cluster_head(model)  # before the queue's draw: the same RNG order as ever
+        self.cluster_k = frozen_copy(self.cluster_q)
+        self.register_buffer("queue", F.normalize(torch.randn(model.low_dim, model.pcl_r), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    def _cluster_head(self, model: ModelConfig) -> nn.Module | None:
+        """The cluster task's extra head (PCL's ``--cluster-head``); MoCo v2 has none."""
+        return None
+
+    @classmethod
+    def from_config(cls, cfg: MethodSettings, bn_splits: int | None = None) -> MoCo:
+        return cls(model=cfg.model, loss=cfg.loss, bn_splits=cfg.model.bn_splits if bn_splits is None else bn_splits)
+
+    @classmethod
+    def validate(cls, cfg: MethodSettings) -> None:
+        if cls is MoCo and cfg.model.cluster_head != "none":
+            raise PCLError(f"--cluster-head {cfg.model.cluster_head} is PCL's: use --method pcl, or drop it")
+
+    # -------------------------------------------------------------- state
+    def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs = [(self.encoder_q, self.encoder_k)]
+        if self.cluster_q is not None:
+            pairs.append((self.cluster_q, self.cluster_k))
+        return pairs
+
+    def key_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the momentum (key) side: key encoder and key cluster head; never trained by SGD."""
+        return [p for _, k in self._pairs() for p in k.parameters()]
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """``theta_k <- m * theta_k + (1 - m) * theta_q`` for the encoder and the cluster head."""
+        for q_mod, k_mod in self._pairs():
+            update_momentum(q_mod, k_mod, self.m)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Write ``(B, d)`` keys (gathered from all ranks) at the pointer, wrapping around the ring."""
+        keys = pdist.concat_all_gather(keys.float())
+        b = keys.shape[0]
+        idx = (int(self.queue_ptr) + torch.arange(b, device=keys.device)) % self.r
+        self.queue[:, idx] = keys.T
+        self.queue_ptr[0] = (int(self.queue_ptr) + b) % self.r
+
+    # -------------------------------------------------------------- the step
+    def forward(
+        self, views: list[torch.Tensor], index: torch.Tensor | None = None, with_cluster: bool | None = None
+    ) -> Embeddings:
+        """``views``: ``[im_q, im_k]``, each ``(B, 3, H, W)`` views of the same images; embeddings only.
+
+        ``with_cluster``: compute the cluster head's queries (default: when the method has prototypes).
+        """
+        im_q, im_k = views[0], views[1]
+        q_raw = self.encoder_q(im_q)
+        q = F.normalize(q_raw, dim=1)
+        k = F.normalize(shuffled_forward(self.encoder_k, im_k), dim=1)
+        q_cluster = q
+        if self.cluster_q is not None and (self.has_prototypes() if with_cluster is None else with_cluster):
+            q_cluster = F.normalize(self.cluster_q(q_raw), dim=1)
+        return Embeddings(q=q, k=k, q_cluster=q_cluster)
+
+    def has_prototypes(self) -> bool:
+        """True when ProtoNCE applies to the next step (PCL after an E-step); never for MoCo v2."""
+        return False
+
+    def objective(self, out: Embeddings, index: torch.Tensor) -> StepOutput:
+        """InfoNCE of the queries against their keys and the queue (float32, also under autocast)."""
+        k = out.k.float()
+        inst, logits = info_nce(out.q.float(), k, self.queue, self.loss_cfg.temperature)
+        return self._step(inst, inst, logits, out, k)
+
+    def _step(
+        self, total: torch.Tensor, inst: torch.Tensor, logits: torch.Tensor, out: Embeddings, keys: torch.Tensor
+    ) -> StepOutput:
+        """The :class:`StepOutput` of the instance task (subclasses add their terms)."""
+        return StepOutput(
+            loss=total,
+            terms={"loss_inst": inst},
+            hits={"acc_inst": (logits.argmax(dim=1) == 0).sum()},
+            batch=out.q.shape[0],
+            checked={"loss_inst": "InfoNCE"},
+            embedding=out.q,
+            pending=keys,
+        )
+
+    @torch.no_grad()
+    def after_step(self, step: StepOutput) -> None:
+        """Momentum update of the key side, then the step's keys into the queue."""
+        self.momentum_update()
+        self.enqueue(step.pending)
+
+    def chance_loss(self) -> tuple[str, float]:
+        """InfoNCE of a model that cannot tell the positive from the ``r`` negatives: ``log(1 + r)``."""
+        return "loss_inst", math.log(1 + self.r)
+
+    def summary_terms(self) -> tuple[str, ...]:
+        return ("acc_inst",)
+
+    def extra_state(self) -> dict[str, object]:
+        """No cluster result (the checkpoint keeps the key, as PCL's warmup epochs do)."""
+        return {"cluster_result": None}
+
+    # -------------------------------------------------------------- features
+    @torch.no_grad()
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Query backbone features for the kNN monitor, L2-normalised ``(B, D)``."""
+        return F.normalize(self.encoder_q.backbone(images), dim=1)
+
+    @torch.no_grad()
+    def key_backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Momentum (key) backbone features for the kNN monitor (``--knn-encoder key``), L2-normalised ``(B, D)``."""
+        return F.normalize(self.encoder_k.backbone(images), dim=1)

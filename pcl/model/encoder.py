@@ -1,0 +1,62 @@
+"""Encoders: a backbone followed by the shared projection head, and the model's settings (``--arch`` ...)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from pcl.model.backbone import ARCHS, BackboneSpec, build_backbone, check_arch
+from pcl.model.heads import CLUSTER_HEADS, projection_head
+from pcl.utils.flags import check_fields, flag
+
+
+@dataclass
+class ModelConfig:
+    """The encoders' settings (``--arch`` ... ``--bn-splits``); the defaults are the command line's.
+
+    ``pcl_r`` is the queue size, which is also the number of negatives of InfoNCE and of ProtoNCE. ``bn_splits``
+    applies in a single process only (DDP uses 1).
+    """
+
+    GROUP: ClassVar[str] = "model"
+
+    arch: str = flag("resnet18", "-a", "--arch", help=f"torchvision ResNet ({', '.join(ARCHS)})")
+    stem: str = flag(
+        "imagenet",
+        choices=("imagenet", "small"),
+        help="small = CIFAR stem (3x3 stride-1 conv, no max-pool): better for 32-px data, ~12x the compute",
+    )
+    low_dim: int = flag(128, gt=0, le=65536, help="embedding dimension")
+    pcl_r: int = flag(
+        1024, gt=0, help="queue size = number of negatives, instance and prototype (official ImageNet: 16384)"
+    )
+    moco_m: float = flag(0.99, ge=0, lt=1, help="momentum of the key encoder (official: 0.999)")
+    mlp: bool = flag(True, action=argparse.BooleanOptionalAction, help="MoCo v2 MLP head")
+    cluster_head: str = flag("none", choices=CLUSTER_HEADS, help="extra head for the cluster task")
+    bn_splits: int = flag(8, gt=0, help="sub-batches for single-process shuffle BN (1 = plain BN)")
+
+    def validate(self) -> None:
+        """Raise a one-line ``PCLError`` for a value outside its flag's range or an unknown arch."""
+        check_arch(self.arch)
+        check_fields(self)
+
+    def backbone(self, bn_splits: int | None = None) -> BackboneSpec:
+        """The backbone these settings name (``bn_splits`` overrides ``self.bn_splits``)."""
+        return BackboneSpec(self.arch, self.stem, bn_splits=self.bn_splits if bn_splits is None else bn_splits)
+
+
+class Encoder(nn.Module):
+    """Backbone followed by the shared projection head: ``(B,3,H,W) -> (B, low_dim)`` (not normalised)."""
+
+    def __init__(self, spec: BackboneSpec, low_dim: int, mlp: bool) -> None:
+        super().__init__()
+        self.backbone, self.feat_dim = build_backbone(spec)
+        self.head = projection_head(self.feat_dim, low_dim, mlp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> ``(B, low_dim)`` (not normalised)."""
+        return self.head(self.backbone(x))
