@@ -164,8 +164,8 @@ class MultiView:
     Views are drawn in order from the one torch random stream (the two-view case draws as MoCo's two crops do).
     """
 
-    def __init__(self, transforms: Sequence[Callable]) -> None:
-        self.transforms = list(transforms)
+    def __init__(self, per_view: Sequence[Callable]) -> None:
+        self.transforms = list(per_view)
 
     @classmethod
     def from_spec(cls, spec: ViewSpec, cfg: AugConfig) -> MultiView:

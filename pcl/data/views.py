@@ -111,3 +111,14 @@ class ViewSpec:
             out.append((g, slice(start, start + g.count)))
             start += g.count
         return out
+
+    def size_slices(self) -> list[tuple[int, slice]]:
+        """Runs of consecutive views of one size, as ``(size, slice)``: one encoder forward per run
+        (``torch.cat(views[s])``) is one forward per resolution when each size is one run."""
+        out: list[tuple[int, slice]] = []
+        for g, s in self.group_slices():
+            if out and out[-1][0] == g.size:
+                out[-1] = (g.size, slice(out[-1][1].start, s.stop))
+            else:
+                out.append((g.size, s))
+        return out

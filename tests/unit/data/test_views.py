@@ -30,6 +30,9 @@ def test_spec_helpers() -> None:
     assert spec.sizes == (16, 16, 8, 8, 6, 6, 6)
     assert spec.kinds == ("global", "global", "local", "local", "local", "local", "local")
     assert [(g.size, s) for g, s in spec.group_slices()] == [(16, slice(0, 2)), (8, slice(2, 4)), (6, slice(4, 7))]
+    assert spec.size_slices() == [(16, slice(0, 2)), (8, slice(2, 4)), (6, slice(4, 7))]
+    same = ViewSpec((CropGroup(1, 16, (0.4, 1.0)), CropGroup(1, 16, (0.2, 1.0)), CropGroup(4, 8, LOCAL_SCALE, "local")))
+    assert same.size_slices() == [(16, slice(0, 2)), (8, slice(2, 6))]  # two groups of one size: one run
 
 
 def test_default_spec_is_two_global_crops_of_the_image_size() -> None:
