@@ -24,14 +24,8 @@ import time
 import bench_step  # tools/bench_step.py, beside this file
 import torch
 
-from pcl.data.datasets import (
-    AugConfig,
-    IndexedImages,
-    TwoCrops,
-    load_rgb,
-    train_loader,
-    train_transform,
-)
+from pcl.data.augment import AugConfig
+from pcl.data.datasets import IndexedImages, MultiView, load_rgb, train_loader
 from pcl.data.gpu_aug import GpuAugLoader
 from pcl.data.image_cache import ImageCache
 from pcl.data.sources import resolve_data
@@ -78,7 +72,7 @@ def per_image_costs(ds: IndexedImages, cfg: AugConfig, n: int) -> dict:
     c0 = time.process_time()
     images = [load_rgb(p) for p in paths]
     c1 = time.process_time()
-    aug = TwoCrops(train_transform(cfg))
+    aug = MultiView.from_spec(cfg.view_spec(), cfg)
     for img in images:
         aug(img)
     c2 = time.process_time()
@@ -106,7 +100,7 @@ def step_throughput(a: argparse.Namespace) -> dict:
 def run(a: argparse.Namespace) -> dict:
     train = resolve_data(a.data).train
     cfg = AugConfig(image_size=a.image_size, blur_prob=a.blur_prob)
-    ds = IndexedImages(train, TwoCrops(train_transform(cfg)))
+    ds = IndexedImages(train, MultiView.from_spec(cfg.view_spec(), cfg))
     if len(ds) < 2 * a.batch_size:
         raise PCLError(f"only {len(ds)} training images: fewer than two batches of --batch-size {a.batch_size}")
     out: dict = {

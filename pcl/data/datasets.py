@@ -6,29 +6,28 @@ later (e.g. one that changed on disk) stops the run with its file name. Nothing 
 
 from __future__ import annotations
 
-import argparse
 import copy
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 from tqdm import tqdm
 
+from pcl.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugConfig, train_transform
 from pcl.data.decode import load_rgb
 from pcl.data.folder_scan import align_to_train
 from pcl.data.image_cache import ImageCache
 from pcl.data.sampler import ResumableSampler
 from pcl.data.sources import LABEL_MODES, ImageSet, image_set
+from pcl.data.views import ViewSpec
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import check_fields, flag
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class IndexedImages(Dataset):
@@ -102,48 +101,6 @@ def verify_images(paths: Sequence[str], workers: int = 8, show: bool = True) -> 
                 raise PCLError(err)
 
 
-class GaussianBlur:
-    """Gaussian blur with a random sigma, as in MoCo v2 / SimCLR."""
-
-    def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)) -> None:
-        self.sigma = sigma
-
-    def __call__(self, x: Image.Image) -> Image.Image:
-        """``x`` blurred with a sigma drawn uniformly from ``self.sigma``."""
-        s = float(torch.empty(1).uniform_(*self.sigma))
-        return x.filter(ImageFilter.GaussianBlur(radius=s))
-
-
-@dataclass(frozen=True)
-class AugConfig:
-    """Augmentation strength (``--image-size`` ... ``--blur-prob``); MoCo v2's ``--aug-plus`` recipe at 32 px."""
-
-    GROUP: ClassVar[str] = "data and augmentation"
-
-    image_size: int = flag(32, gt=0, le=4096)
-    aug_plus: bool = flag(True, action=argparse.BooleanOptionalAction, help="MoCo v2 augmentation")
-    crop_min: float = flag(0.2, gt=0, le=1, help="RandomResizedCrop minimum scale")
-    color_jitter: float = flag(0.4, ge=0, le=2, help="colour-jitter strength")
-    color_jitter_prob: float = flag(0.8, ge=0, le=1)
-    grayscale_prob: float = flag(0.2, ge=0, le=1)
-    blur_prob: float | None = flag(  # None: 0.5, or 0 for images <= 64 px
-        None, type=float, ge=0, le=1, help="Gaussian-blur probability (default: 0.5, or 0 for images <= 64 px)"
-    )
-
-    def validate(self) -> None:
-        """Raise a one-line ``PCLError`` for a value outside its flag's range (the hue jitter is strength / 4
-        with ``aug_plus``, strength without, and torchvision accepts at most 0.5)."""
-        check_fields(self)
-        if not self.aug_plus and self.color_jitter > 0.5:
-            raise PCLError(f"--color-jitter must be <= 0.5 with --no-aug-plus (it is the hue jitter), got {self.color_jitter}")
-
-    def resolved(self) -> AugConfig:
-        """This config with the derived default filled in (``blur_prob``)."""
-        if self.blur_prob is not None:
-            return self
-        return replace(self, blur_prob=0.0 if self.image_size <= 64 else 0.5)
-
-
 @dataclass
 class DataConfig:
     """Where the images come from and how they are loaded (``DATA``, augmentation, workers, verification)."""
@@ -190,24 +147,6 @@ class DataConfig:
         self.aug.resolved().validate()
 
 
-def train_transform(cfg: AugConfig) -> transforms.Compose:
-    """Random view for the M-step: MoCo v2 (``aug_plus``) or MoCo v1 augmentation."""
-    cfg = cfg.resolved()
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    crop = transforms.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_min, 1.0))
-    j = cfg.color_jitter
-    if cfg.aug_plus:
-        ops = [
-            crop,
-            transforms.RandomApply([transforms.ColorJitter(j, j, j, j / 4)], p=cfg.color_jitter_prob),
-            transforms.RandomGrayscale(p=cfg.grayscale_prob),
-            transforms.RandomApply([GaussianBlur()], p=cfg.blur_prob),
-        ]
-    else:
-        ops = [crop, transforms.RandomGrayscale(p=cfg.grayscale_prob), transforms.ColorJitter(j, j, j, j)]
-    return transforms.Compose([*ops, transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
-
-
 def eval_transform(image_size: int) -> transforms.Compose:
     """Deterministic center-crop view, used by the E-step and the kNN monitor."""
     resize = image_size if image_size < 64 else round(image_size / 0.875)
@@ -221,15 +160,32 @@ def eval_transform(image_size: int) -> transforms.Compose:
     )
 
 
-class TwoCrops:
-    """Two independent random views of one image: ``[query_view, key_view]``."""
+class MultiView:
+    """The views of one image, one transform each: ``[view_0, ..., view_{V-1}]``, view ``i`` ``(3, S_i, S_i)``.
 
-    def __init__(self, base: Callable) -> None:
-        self.base = base
+    The DataLoader's default collate makes a batch of them ``list[Tensor]``, entry ``i`` ``(B, 3, S_i, S_i)``.
+    Views are drawn in order from the one torch random stream (the two-view case draws as MoCo's two crops do).
+    """
+
+    def __init__(self, per_view: Sequence[Callable]) -> None:
+        self.transforms = list(per_view)
+
+    @classmethod
+    def from_spec(cls, spec: ViewSpec, cfg: AugConfig) -> MultiView:
+        """The views of ``spec``, each group's by its recipe rendered for PIL (``pcl.data.augment.train_transform``)."""
+        spec.validate()
+        return cls([tf for g in spec.groups for tf in [train_transform(cfg, g)] * g.count])
 
     def __call__(self, x: Image.Image) -> list[torch.Tensor]:
-        """Two views of ``x``, each ``(3, H, W)``."""
-        return [self.base(x), self.base(x)]
+        """The views of ``x``, view ``i`` ``(3, S_i, S_i)``."""
+        return [t(x) for t in self.transforms]
+
+
+class TwoCrops(MultiView):
+    """Two independent random views of one image by ``base``: ``[query_view, key_view]``."""
+
+    def __init__(self, base: Callable) -> None:
+        super().__init__([base, base])
 
 
 def train_loader(

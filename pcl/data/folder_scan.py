@@ -89,11 +89,6 @@ def scan_images(target_dir: str, is_valid_file: Callable[[str], bool] = is_image
     return out
 
 
-def scan_class_folder(target_dir: str, is_valid_file: Callable[[str], bool] = is_image_file) -> list[str]:
-    """The images of one class folder (an alias of :func:`scan_images`, kept for its callers)."""
-    return scan_images(target_dir, is_valid_file)
-
-
 def align_to_train(
     train_classes: list[str], eval_classes: list[str], samples: list[tuple[str, int]], split: str
 ) -> tuple[list[tuple[str, int]], str | None]:

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from torch.utils.data import DistributedSampler
 
 
-
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` that can start an epoch after its first ``skip`` indices (this rank's share).
 

@@ -153,11 +153,6 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def world_size() -> int:
-    """Number of processes in the group (1 in a single process)."""
-    return dist.get_world_size() if is_distributed() else 1
-
-
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if is_distributed():

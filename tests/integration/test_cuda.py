@@ -37,12 +37,14 @@ def test_proto_nce_does_not_synchronise_with_the_host(k: int, r: int) -> None:
 
 
 def test_loaders_pin_memory_and_gpu_aug_stays_on_the_device(tiny_data: Path) -> None:
-    from pcl.data.datasets import AugConfig, IndexedImageFolder, TwoCrops, train_loader, train_transform
+    from pcl.data.augment import AugConfig
+    from pcl.data.datasets import IndexedImageFolder, MultiView, train_loader
     from pcl.data.gpu_aug import GpuAugLoader
     from pcl.data.image_cache import attach_cache
+    from pcl.data.views import CropGroup, ViewSpec
 
     cfg = AugConfig(image_size=16)
-    ds = IndexedImageFolder(tiny_data / "train", TwoCrops(train_transform(cfg)))
+    ds = IndexedImageFolder(tiny_data / "train", MultiView.from_spec(cfg.view_spec(), cfg))
     (q, _), _ = next(iter(train_loader(ds, 8, 1, seed=0)))
     assert q.is_pinned()  # so that the engine's non_blocking copy is asynchronous
     attach_cache([ds], "yes", 64, show=False)
@@ -50,6 +52,9 @@ def test_loaders_pin_memory_and_gpu_aug_stays_on_the_device(tiny_data: Path) -> 
     assert gpu.images.is_cuda
     (q, k), index = next(iter(gpu))
     assert q.is_cuda and k.is_cuda and q.shape == (8, 3, 16, 16) and index.shape == (8,)
+    spec = ViewSpec((CropGroup(2, 16, (0.4, 1.0)), CropGroup(2, 8, (0.05, 0.4), "local")))
+    views, _ = next(iter(GpuAugLoader(ds.cache.as_tensor(), cfg, 8, 0, torch.device("cuda"), spec=spec)))
+    assert [(v.is_cuda, v.shape[-1]) for v in views] == [(True, 16), (True, 16), (True, 8), (True, 8)]
 
 
 def test_bench_step_on_cuda_prints_json() -> None:

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torchvision import transforms
 
-from pcl.data.datasets import IMAGENET_MEAN, IMAGENET_STD, AugConfig, IndexedImageFolder, TwoCrops, train_loader, train_transform
-from pcl.data.gpu_aug import GpuAugLoader, blur_kernel_size, kornia_train_aug
+from pcl.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugConfig, blur_kernel_size, kornia_train_aug, train_transform
+from pcl.data.datasets import IndexedImageFolder, MultiView, train_loader
+from pcl.data.gpu_aug import GpuAugLoader
 from pcl.data.image_cache import attach_cache
 
 MEAN, STD = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -18,7 +19,7 @@ MEAN, STD = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_
 
 def test_views_have_the_pil_pipelines_shape_dtype_and_value_range(tiny_data: Path) -> None:
     cfg = AugConfig(image_size=12, blur_prob=0.5)
-    ds = IndexedImageFolder(tiny_data / "train", TwoCrops(train_transform(cfg)))
+    ds = IndexedImageFolder(tiny_data / "train", MultiView.from_spec(cfg.view_spec(), cfg))
     attach_cache([ds], "yes", 64, show=False)
     torch.manual_seed(0)
     gpu = GpuAugLoader(ds.cache.as_tensor(), cfg, 8, seed=0, device=torch.device("cpu"))

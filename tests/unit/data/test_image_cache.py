@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pcl.data.datasets import AugConfig, IndexedImageFolder, TwoCrops, load_rgb, train_loader, train_transform
-from pcl.utils.errors import PCLError
+from pcl.data.augment import AugConfig
+from pcl.data.datasets import IndexedImageFolder, MultiView, load_rgb, train_loader
 from pcl.data.image_cache import ImageCache, attach_cache
+from pcl.utils.errors import PCLError
 
 
 def _mixed_folder(root: Path) -> Path:
@@ -46,7 +47,7 @@ def test_cached_loader_gives_bit_identical_batches(tiny_data: Path, workers: int
     cfg = AugConfig(image_size=16, blur_prob=0.5)  # every op of the MoCo v2 recipe, blur included
 
     def batches(cached: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        ds = IndexedImageFolder(tiny_data / "train", TwoCrops(train_transform(cfg)))
+        ds = IndexedImageFolder(tiny_data / "train", MultiView.from_spec(cfg.view_spec(), cfg))
         if cached:
             assert attach_cache([ds], "yes", 64, show=False)
         torch.manual_seed(0)

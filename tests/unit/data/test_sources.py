@@ -170,7 +170,7 @@ def test_bad_paths(tmp_path: Path) -> None:
     with pytest.raises(PCLError, match="does not exist"):
         resolve_data(str(tmp_path / "nope"))
     (tmp_path / "notes.md").write_text("x")
-    with pytest.raises(PCLError, match="not a .txt or .csv file list"):
+    with pytest.raises(PCLError, match=r"not a \.txt or \.csv file list"):
         resolve_data(str(tmp_path / "notes.md"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(PCLError, match="no images found under"):
@@ -196,7 +196,7 @@ def test_unlabeled_val_when_knn_is_asked_is_an_error(tiny_data: Path, tmp_path: 
     flat = flatten(tiny_data / "test", tmp_path / "flatval")
     src = resolve_data(str(tiny_data / "train"), val=str(flat))
     assert src.knn_off_reason() is not None
-    with pytest.raises(PCLError, match="--val is given for the kNN monitor, but the eval set .* has no labels"):
+    with pytest.raises(PCLError, match=r"--val is given for the kNN monitor, but the eval set .* has no labels"):
         check_knn_data(src, knn_asked=True, val_given=True)
     check_knn_data(src, knn_asked=False, val_given=True)  # --knn-freq 0: fine
 
