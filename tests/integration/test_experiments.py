@@ -217,7 +217,7 @@ def test_seconds_per_epoch_is_the_median_over_seeds() -> None:
     """One seed run on a loaded machine (10x slower) must not decide the relative cost column."""
 
     def row(name: str, secs: list[float]) -> RunRow:
-        seeds = [SeedResult(seed=i, status="done", knn=30.0, sec_per_epoch=t) for i, t in enumerate(secs)]
+        seeds = [SeedResult(seed=i, status="done", figures={"knn": 30.0}, sec_per_epoch=t) for i, t in enumerate(secs)]
         return RunRow(name, {}, len(secs), seeds)
 
     cells = table([row("moco", [160.0, 16.0, 16.0]), row("pcl", [18.0, 18.0, 20.0])])
@@ -307,7 +307,10 @@ def test_summary_shows_the_evaluation_protocols_with_mean_and_std(tmp_path: Path
         s = read_seed(exp, seed)
         s.status = "done"
         seeds.append(s)
-    assert seeds[0].protocols == {
+    assert seeds[0].figures == {
+        "knn": 50.0,
+        "linear": None,
+        "ami": None,
         "lowshot_k1": 20.0,
         "lowshot_k16": 40.0,
         "finetune_1": 21.0,
