@@ -2,8 +2,11 @@
 
 Reads only files the runs wrote: ``suite.json`` (written by the runner), and per ``RUN/seedS/``
 ``metrics.json`` (engine), ``status.json`` (runner) and ``eval.json`` (``tools/evaluate.py``, optional).
-Never parses printed output. The runs of a ``[[sweeps]]`` entry also get a section of their own: a table by
-swept value and a plot of one metric (default the final kNN top-1) against the first swept flag.
+Never parses printed output. The evaluation columns (kNN, linear, AMI, low-shot, fine-tune, clustering ACC, and any
+newly registered protocol's) come from the protocol registry (``pcl/eval/protocols/``): header, CSV key, how to
+read the figure from ``eval.json``; kNN and AMI fall back on the training record when ``eval.json`` has none.
+The runs of a ``[[sweeps]]`` entry also get a section of their own: a table by swept value and a plot of one
+metric (default the final kNN top-1) against the first swept flag.
 """
 
 from __future__ import annotations
