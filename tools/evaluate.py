@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line: the source, the common settings (``EvalConfig``) and one group per protocol."""
     p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(p)
-    for f in EvalConfig.__dataclass_fields__.values():
+    for f in dataclasses.fields(EvalConfig):
         spec = flag_of(f)
         if spec is not None:
             _add(p, spec, f.default, suppress=False)
