@@ -32,6 +32,7 @@ from submit import submit
 from suite import Job, command_line, load_suite, machine_info, plan
 from summary import UNTRAINED, summarize
 
+from pcl.eval.protocols import PROTOCOLS
 from pcl.run.lock import is_locked
 from pcl.utils.cli import ErrorParser, report_error
 from pcl.utils.errors import PCLError
@@ -40,8 +41,8 @@ from pcl.utils.slurm import Resources
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: default --out, tools/evaluate.py
 LAUNCHERS = ("local", "slurm", "local-submitit")
-# what --eval measures (the summary's columns; fine-tuning takes minutes per run on a CPU)
-EVAL_PROTOCOLS = "knn,linear,clusters,lowshot,finetune,kmeans"
+# what --eval measures: every registered protocol (the summary's columns; fine-tuning takes minutes per run on a CPU)
+EVAL_PROTOCOLS = ",".join(PROTOCOLS)
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -115,8 +116,9 @@ def _evaluate(job: Job) -> None:
 
 
 def _evaluate_untrained(jobs: list[Job], suite_dir: Path) -> None:
-    """``EVAL_PROTOCOLS`` (but the run's clusters) of the untrained encoder, once per suite, into
-    ``SUITE/untrained/eval.json``: the reference a trained encoder must beat (same data and seeded draws)."""
+    """``EVAL_PROTOCOLS`` (but those that measure what training produced, e.g. the run's clusters) of the untrained
+    encoder, once per suite, into ``SUITE/untrained/eval.json``: the reference a trained encoder must beat (same
+    data and seeded draws)."""
     import subprocess
 
     tool = ROOT / "tools" / "evaluate.py"
@@ -125,7 +127,7 @@ def _evaluate_untrained(jobs: list[Job], suite_dir: Path) -> None:
     if not tool.is_file() or target.is_file() or not done:
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    protocols = ",".join(p for p in EVAL_PROTOCOLS.split(",") if p != "clusters")
+    protocols = ",".join(p for p in EVAL_PROTOCOLS.split(",") if not PROTOCOLS[p].trained_only)
     with open(target.parent / "eval.log", "w") as log:
         cmd = [sys.executable, str(tool), str(done[0].exp_dir), "--encoder", UNTRAINED, "--protocols", protocols]
         subprocess.call([*cmd, "--out", str(target)], stdout=log, stderr=log, env=child_env())

@@ -2,8 +2,11 @@
 
 Reads only files the runs wrote: ``suite.json`` (written by the runner), and per ``RUN/seedS/``
 ``metrics.json`` (engine), ``status.json`` (runner) and ``eval.json`` (``tools/evaluate.py``, optional).
-Never parses printed output. The runs of a ``[[sweeps]]`` entry also get a section of their own: a table by
-swept value and a plot of one metric (default the final kNN top-1) against the first swept flag.
+Never parses printed output. The evaluation columns (kNN, linear, AMI, low-shot, fine-tune, clustering ACC, and any
+newly registered protocol's) come from the protocol registry (``pcl/eval/protocols/``): header, CSV key, how to
+read the figure from ``eval.json``; kNN and AMI fall back on the training record when ``eval.json`` has none.
+The runs of a ``[[sweeps]]`` entry also get a section of their own: a table by swept value and a plot of one
+metric (default the final kNN top-1) against the first swept flag.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import TYPE_CHECKING
 
 from suite import flags_to_argv
 
+from pcl.eval.protocols import PROTOCOLS
+from pcl.eval.registry import SummaryColumn
 from pcl.run.curves import plot_curves
 from pcl.run.metrics import read_run_record
 from pcl.run.run_dir import RunDir
@@ -56,45 +61,38 @@ def _std(xs: list[float]) -> float | None:
 
 @dataclass
 class SeedResult:
-    """Final figures of one (run, seed)."""
+    """Final figures of one (run, seed); ``figures``: the evaluation columns' values, by column key."""
 
     seed: int
     status: str  # done | stopped | failed | running/not started
     error: str = ""
     epochs_done: int = 0
-    knn: float | None = None
-    linear: float | None = None
-    ami: float | None = None
+    figures: dict[str, float | None] = field(default_factory=dict)  # eval_columns()' figures (eval.json, training)
     acc_proto: float | None = None
     best_acc_proto: float | None = None
     skipped: int = 0
     sec_per_epoch: float | None = None
     peak_rss_mib: float | None = None
     cuda_peak_mib: float | None = None
-    protocols: dict[str, float | None] = field(default_factory=dict)  # EVAL_COLUMNS' figures of eval.json
     lowshot: dict[int, float] = field(default_factory=dict)  # low-shot top-1 (%) by k images per class
 
 
-# the evaluation protocols' figures shown when some run has them: key -> (header, eval.json path, digits)
-EVAL_COLUMNS = {
-    "lowshot_k1": ("low-shot top-1 k=1 (%)", ("lowshot", "1", "top1"), 2),
-    "lowshot_k16": ("low-shot top-1 k=16 (%)", ("lowshot", "16", "top1"), 2),
-    "finetune_1": ("fine-tune top-1 1% (%)", ("finetune", "1", "top1"), 2),
-    "finetune_10": ("fine-tune top-1 10% (%)", ("finetune", "10", "top1"), 2),
-    "cluster_acc": ("clustering ACC (%)", ("kmeans", "acc_k_classes"), 2),
-}
+def eval_columns() -> list[SummaryColumn]:
+    """The evaluation protocols' columns, in registry order (``pcl.eval.protocols``)."""
+    return [column for protocol in PROTOCOLS.values() for column in protocol.columns]
 
 
-def _eval_figure(evaluation: dict, path: tuple[str, ...]) -> float | None:
-    """The number at ``path`` in ``eval.json`` (clustering ACC: k-means at k = number of classes, in %)."""
-    if path == ("kmeans", "acc_k_classes"):
-        k = str((evaluation.get("settings") or {}).get("kmeans", {}).get("k_classes"))
-        acc = (evaluation.get("kmeans") or {}).get(k, {}).get("acc")
-        return None if acc is None else 100.0 * acc
-    node: object = evaluation
-    for key in path:
-        node = node.get(key) if isinstance(node, dict) else None
-    return node if isinstance(node, (int, float)) else None
+def _eval_figures(evaluation: dict) -> dict[str, float | None]:
+    """Every evaluation column's figure of one run's ``eval.json``."""
+    return {c.key: c.read(evaluation) for c in eval_columns()}
+
+
+def _training_figures(metrics: dict) -> dict[str, float | None]:
+    """Figures the training record gives for columns that ``eval.json`` lacks: the last kNN monitor (``knn``) and
+    the mean AMI of the last epoch's ``cluster/k*/ami`` scalars (``ami``)."""
+    last = metrics["epochs"][-1] if metrics.get("epochs") else {}
+    amis = [v for k, v in last.items() if k.startswith("cluster/") and k.endswith("/ami") and v is not None]
+    return {"knn": metrics.get("final", {}).get("knn_top1"), "ami": _mean(amis)}
 
 
 @dataclass
@@ -113,15 +111,9 @@ class RunRow:
     def values(self, attr: str) -> list[float]:
         return [getattr(s, attr) for s in self.done() if getattr(s, attr) is not None]
 
-
-def _ami(metrics: dict, evaluation: dict) -> float | None:
-    """Mean AMI over granularities: from eval.json, else the last epoch's ``cluster/k*/ami`` scalars."""
-    cl = evaluation.get("cluster") or {}
-    vals = [v["ami"] for v in cl.values() if isinstance(v, dict) and v.get("ami") is not None]
-    if not vals and metrics.get("epochs"):
-        last = metrics["epochs"][-1]
-        vals = [v for k, v in last.items() if k.startswith("cluster/") and k.endswith("/ami") and v is not None]
-    return _mean(vals)
+    def figures(self, key: str) -> list[float]:
+        """The finished seeds' figures of evaluation column ``key``."""
+        return [s.figures[key] for s in self.done() if s.figures.get(key) is not None]
 
 
 def _lowshot_top1(evaluation: dict) -> dict[int, float]:
@@ -141,9 +133,7 @@ def untrained_row(suite_dir: Path) -> RunRow | None:
     seed = SeedResult(
         seed=int((evaluation.get("settings") or {}).get("linear", {}).get("seed", 0)),
         status="done",
-        knn=evaluation.get("knn_top1"),
-        linear=evaluation.get("linear_top1"),
-        protocols={key: _eval_figure(evaluation, col[1]) for key, col in EVAL_COLUMNS.items()},
+        figures=_eval_figures(evaluation),
         lowshot=_lowshot_top1(evaluation),
     )
     return RunRow("untrained encoder", {}, 1, [seed], note="reference: `tools/evaluate.py RUN --encoder untrained`")
@@ -157,22 +147,22 @@ def read_seed(exp_dir: Path, seed: int) -> SeedResult:
     if state == "done" and not metrics.get("complete"):
         state = "stopped"
     final = metrics.get("final", {})
-    knn = evaluation.get("knn_top1") if evaluation.get("knn_top1") is not None else final.get("knn_top1")
+    figures = _eval_figures(evaluation)
+    for key, value in _training_figures(metrics).items():
+        if figures.get(key) is None:
+            figures[key] = value
     return SeedResult(
         seed=seed,
         status=state,
         error=status.get("error", ""),
         epochs_done=len(metrics.get("epochs", [])),
-        knn=knn,
-        linear=evaluation.get("linear_top1"),
-        ami=_ami(metrics, evaluation),
+        figures=figures,
         acc_proto=final.get("acc_proto"),
         best_acc_proto=final.get("best_acc_proto"),
         skipped=int(final.get("skipped_steps") or 0),
         sec_per_epoch=final.get("seconds_per_epoch"),
         peak_rss_mib=final.get("peak_rss_mib"),
         cuda_peak_mib=final.get("cuda_max_allocated_mib"),
-        protocols={key: _eval_figure(evaluation, col[1]) for key, col in EVAL_COLUMNS.items()},
         lowshot=_lowshot_top1(evaluation),
     )
 
@@ -208,15 +198,9 @@ def _row_cells(row: RunRow, ref_sec: float | None) -> dict[str, object]:
         "run": row.name,
         "seeds_done": len(row.done()),
         "seeds_planned": row.planned,
-        "knn_mean": _mean(v("knn")),
-        "knn_std": _std(v("knn")),
-        "linear_mean": _mean(v("linear")),
-        "linear_std": _std(v("linear")),
-        "ami_mean": _mean(v("ami")),
-        "ami_std": _std(v("ami")),
         **{
-            f"{key}_{stat}": f([s.protocols.get(key) for s in row.done() if s.protocols.get(key) is not None])
-            for key in EVAL_COLUMNS
+            f"{c.key}_{stat}": f(row.figures(c.key))
+            for c in eval_columns()
             for stat, f in (("mean", _mean), ("std", _std))
         },
         "acc_proto_final": _mean(v("acc_proto")),
@@ -240,22 +224,16 @@ def table(rows: list[RunRow]) -> list[dict[str, object]]:
 
 
 def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> str:
-    has = {k: any(c[k] is not None for c in cells) for k in ("linear_mean", "ami_mean", "cuda_peak_mib")}
-    head = ["run", "seeds", "kNN top-1 (%)"]
-    head += ["linear top-1 (%)"] * has["linear_mean"] + ["AMI"] * has["ami_mean"]
-    shown = [key for key in EVAL_COLUMNS if any(c[f"{key}_mean"] is not None for c in cells)]
-    head += [EVAL_COLUMNS[key][0] for key in shown]
+    has_cuda = any(c["cuda_peak_mib"] is not None for c in cells)
+    shown = [col for col in eval_columns() if col.always or any(c[f"{col.key}_mean"] is not None for c in cells)]
+    head = ["run", "seeds", *(col.header for col in shown)]
     head += ["acc_proto final", "acc_proto best", "skipped steps", "s/epoch (rel.)", "peak RSS (MiB)"]
-    head += ["CUDA peak (MiB)"] * has["cuda_peak_mib"] + ["flags vs base"]
+    head += ["CUDA peak (MiB)"] * has_cuda + ["flags vs base"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for c in cells:
         rel = c["sec_per_epoch_rel"]
-        row = [str(c["run"]), f"{c['seeds_done']}/{c['seeds_planned']}", _fmt(c["knn_mean"], c["knn_std"])]
-        if has["linear_mean"]:
-            row.append(_fmt(c["linear_mean"], c["linear_std"]))
-        if has["ami_mean"]:
-            row.append(_fmt(c["ami_mean"], c["ami_std"], 3))
-        row += [_fmt(c[f"{key}_mean"], c[f"{key}_std"], EVAL_COLUMNS[key][2]) for key in shown]
+        row = [str(c["run"]), f"{c['seeds_done']}/{c['seeds_planned']}"]
+        row += [_fmt(c[f"{col.key}_mean"], c[f"{col.key}_std"], col.digits) for col in shown]
         row += [
             _fmt(c["acc_proto_final"], None, 1),
             _fmt(c["acc_proto_best"], None, 1),
@@ -263,7 +241,7 @@ def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> 
             "–" if rel is None else f"{rel:.2f}",
             _fmt(c["peak_rss_mib"], None, 0),
         ]
-        if has["cuda_peak_mib"]:
+        if has_cuda:
             row.append(_fmt(c["cuda_peak_mib"], None, 0))
         row.append(str(c["note"]) if c["note"] else f"`{c['flags']}`" if c["flags"] else "(base)")
         lines.append("| " + " | ".join(row) + " |")
@@ -417,7 +395,8 @@ def summarize(suite_dir: Path, dest: Path | None = None, metric: str = "knn") ->
                     "best_acc_proto", "skipped_steps", "sec_per_epoch", "peak_rss_mib", "error"])  # fmt: skip
         for r in rows:
             for s in r.seeds:
-                vals = [s.knn, s.linear, s.ami, s.acc_proto, s.best_acc_proto]
+                figs = [s.figures.get(key) for key in ("knn", "linear", "ami")]
+                vals = [*figs, s.acc_proto, s.best_acc_proto]
                 w.writerow([r.name, s.seed, s.status, s.epochs_done, *["" if v is None else v for v in vals],
                             s.skipped, "" if s.sec_per_epoch is None else s.sec_per_epoch,
                             "" if s.peak_rss_mib is None else s.peak_rss_mib, s.error])  # fmt: skip

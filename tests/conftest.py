@@ -6,6 +6,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -45,3 +46,16 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_image_folder(root / "train", per_class=16, seed=0)
     make_image_folder(root / "test", per_class=4, seed=1)
     return root
+
+
+@pytest.fixture
+def toy_protocol() -> Iterator[ModuleType]:
+    """The test-only ``toy`` protocol (``tests/toy_protocol.py``) in the registry for one test, then gone again."""
+    import tests.toy_protocol as toy  # registers it on first import, as any protocol module does
+    from pcl.eval.protocols import PROTOCOLS, register_protocol
+
+    register_protocol(toy.PROTOCOL)  # again, when an earlier test removed it (a no-op otherwise)
+    try:
+        yield toy
+    finally:
+        PROTOCOLS.pop("toy", None)

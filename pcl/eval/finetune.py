@@ -32,20 +32,23 @@ from pcl.eval.linear_official import linear_classifier
 from pcl.eval.linear_probe import topk_accuracy
 from pcl.utils.atomic import write_atomic
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import flag, float_list
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Label fractions (percent) and the SGD recipe; the defaults fine-tune 1 % and 10 % of the bundled data."""
 
-    percents: tuple[float, ...] = (1.0, 10.0)
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 0.01  # backbone
-    head_lr: float = 0.1
+    percents: tuple[float, ...] = flag(
+        (1.0, 10.0), "--finetune", type=float_list, gt=0, le=100, help="percent of the labels; turns it on"
+    )
+    epochs: int = flag(30, "--finetune-epochs", gt=0, help="passes over the label subset")
+    batch_size: int = flag(32, "--finetune-batch-size", gt=0)
+    lr: float = flag(0.01, "--finetune-lr", gt=0, help="backbone lr (cosine schedule)")
+    head_lr: float = flag(0.1, "--finetune-head-lr", gt=0, help="linear head lr")
     momentum: float = 0.9
-    weight_decay: float = 0.0
-    seed: int = 0
+    weight_decay: float = flag(0.0, "--finetune-wd", ge=0, help="weight decay")
+    seed: int = 0  # the evaluation's --seed
 
 
 @dataclass

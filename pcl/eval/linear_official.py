@@ -10,27 +10,49 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision import transforms
 from tqdm import tqdm
 
+from pcl.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 from pcl.eval.linear_probe import ProbeResult, topk_accuracy
+from pcl.utils.flags import flag, int_list
 
 
 @dataclass
 class OfficialConfig:
     """The official recipe's defaults (``eval_cls_imagenet.py``; MoCo's ``main_lincls.py`` uses lr 30)."""
 
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 5.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: list[int] = field(default_factory=lambda: [60, 80])
+    epochs: int = flag(100, "--linear-epochs", gt=0, help="official: epochs")
+    batch_size: int = flag(256, "--linear-batch-size", gt=0, help="official: batch size")
+    lr: float = flag(5.0, "--linear-lr", gt=0, help="official: lr (5 for PCL v2, 30 for MoCo)")
+    momentum: float = flag(0.9, "--linear-momentum", ge=0, lt=1, help="official: SGD momentum")
+    weight_decay: float = flag(0.0, "--linear-wd", ge=0, help="official: weight decay")
+    schedule: list[int] = flag(
+        MISSING,
+        "--linear-schedule",
+        default_factory=lambda: [60, 80],
+        type=int_list,
+        ge=0,
+        help="official: lr x0.1 at these epochs",
+    )
+
+
+def linear_train_transform(image_size: int) -> transforms.Compose:
+    """The official linear-probe training view: RandomResizedCrop (scale 0.08-1) + horizontal flip."""
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(image_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def linear_classifier(feat_dim: int, num_classes: int) -> nn.Linear:

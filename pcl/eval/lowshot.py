@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pcl.utils.errors import PCLError
+from pcl.utils.flags import flag, float_list, int_list
 
 OFFICIAL_COST = 0.5
 DEFAULT_COSTS = (0.01, 0.1, 0.5, 1.0, 10.0)
@@ -32,10 +33,12 @@ MAX_FOLDS = 5
 class LowShotConfig:
     """Which k, how many draws, which costs (cross-validated when k >= 2) and the draws' base seed."""
 
-    ks: tuple[int, ...] = DEFAULT_KS
-    draws: int = 5
-    costs: tuple[float, ...] = DEFAULT_COSTS
-    seed: int = 0
+    ks: tuple[int, ...] = flag(DEFAULT_KS, "--lowshot", type=int_list, gt=0, help="k images per class; turns it on")
+    draws: int = flag(5, "--lowshot-draws", gt=0, help="seeded draws per k (mean +- std)")
+    costs: tuple[float, ...] = flag(
+        DEFAULT_COSTS, "--lowshot-costs", type=float_list, gt=0, help="SVM costs, cross-validated in the k-shot sample"
+    )
+    seed: int = 0  # the evaluation's --seed
 
 
 def lowshot_draw(labels: np.ndarray, k: int, draw: int, seed: int = 0) -> np.ndarray:

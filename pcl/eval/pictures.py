@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +32,14 @@ from pcl.data.decode import load_rgb
 from pcl.data.sources import resolve_data
 from pcl.estep.clustering import ClusterResult, Granularity
 from pcl.estep.feature_store import FeatureStore
-from pcl.eval.evaluation import _last_cluster_result, _run_paths, resolve_device
 from pcl.eval.pretrained import Pretrained, from_checkpoint, from_exported
+from pcl.eval.run_source import last_cluster_result, run_paths
 from pcl.methods.pcl import PCL
 from pcl.model.features import extract
 from pcl.run.checkpoint import load_checkpoint
 from pcl.run.run_dir import RunDir
 from pcl.utils.atomic import write_atomic
+from pcl.utils.distributed import pick_device
 from pcl.utils.errors import PCLError
 
 PICTURES = ("map", "gallery", "retrieval")
@@ -149,8 +151,8 @@ def _query_features(pre: Pretrained, paths: list[Path], dev: torch.device) -> to
         return pre.backbone.to(dev)(x).float()
 
 
-def make_pictures(a: PicturesConfig) -> dict:
-    """Write the asked (default: every possible) pictures to ``a.out``; returns ``pictures.json``'s content."""
+def _check(a: PicturesConfig) -> None:
+    """The settings that need no file: picture names, choices, query files."""
     for name in a.pictures:
         if name not in PICTURES:
             raise PCLError(f"unknown picture {name!r}; choose from {', '.join(PICTURES)}")
@@ -161,31 +163,57 @@ def make_pictures(a: PicturesConfig) -> dict:
     for p in a.query_paths:
         if not p.is_file():
             raise PCLError(f"--query {p} does not exist")
-    run, ckpt_path, ckpt, cfg = None, None, None, None
-    if a.run is not None:
-        if not a.run.exists():
-            raise PCLError(f"{a.run} does not exist")
-        run, ckpt_path = _run_paths(a.run)
-        if a.checkpoint is not None:
-            ckpt_path = a.checkpoint
-            if not ckpt_path.is_file():
-                raise PCLError(f"--checkpoint {ckpt_path} does not exist")
-        ckpt = load_checkpoint(ckpt_path)
-        if not isinstance(ckpt, dict):
-            raise PCLError(f"{ckpt_path} is not a PCL training checkpoint")
-        cfg = stored_config(ckpt, ckpt_path)
-    elif a.exported is None:
-        raise PCLError("give a run directory (or a checkpoint file), or --exported with --data")
-    elif a.data is None:
-        raise PCLError("--exported without a run directory needs --data")
-    pre = _backbone(a, ckpt_path, cfg)
-    data = a.data if a.data is not None else cfg.data.root  # type: ignore[union-attr]
-    images = train_images(data, pre.image_size, cfg.data.labels if cfg is not None and a.data is None else "auto")
-    n = len(images.dataset)
-    result = _last_cluster_result(run, ckpt) if ckpt is not None else None
-    if result is not None and result.levels[0].im2cluster.numel() != n:
-        raise PCLError(f"the run's clusters cover {result.levels[0].im2cluster.numel()} images but {data} has {n}")
-    wanted = a.pictures or PICTURES
+
+
+def _open_run(a: PicturesConfig) -> tuple[RunDir | None, Path | None, dict | None, Config | None]:
+    """The run, its checkpoint file, the checkpoint and its stored configuration (all None for ``--exported``
+    without a run)."""
+    if a.run is None:
+        if a.exported is None:
+            raise PCLError("give a run directory (or a checkpoint file), or --exported with --data")
+        if a.data is None:
+            raise PCLError("--exported without a run directory needs --data")
+        return None, None, None, None
+    if not a.run.exists():
+        raise PCLError(f"{a.run} does not exist")
+    run, ckpt_path = run_paths(a.run)
+    if a.checkpoint is not None:
+        ckpt_path = a.checkpoint
+        if not ckpt_path.is_file():
+            raise PCLError(f"--checkpoint {ckpt_path} does not exist")
+    ckpt = load_checkpoint(ckpt_path)
+    if not isinstance(ckpt, dict):
+        raise PCLError(f"{ckpt_path} is not a PCL training checkpoint")
+    return run, ckpt_path, ckpt, stored_config(ckpt, ckpt_path)
+
+
+@dataclass
+class Scene:
+    """What every picture is drawn from: the settings, the backbone, the run's train images and clusters (the
+    ``level`` of ``--granularity``), and ``info``, the content of ``pictures.json`` being written."""
+
+    a: PicturesConfig
+    pre: Pretrained
+    images: TrainImages
+    data: str | None
+    run: RunDir | None
+    ckpt: dict | None
+    cfg: Config | None
+    result: ClusterResult | None
+    level: Granularity | None
+    device: torch.device
+    info: dict
+
+    @cached_property
+    def features(self) -> np.ndarray:
+        """Backbone features ``(N, D)`` of the train images (eval view), extracted once for map and retrieval."""
+        net = self.pre.backbone.to(self.device).eval()
+        loader = eval_loader(self.images.dataset, self.a.batch_size, self.a.workers)
+        return extract(net, loader, self.device, desc="backbone").cpu().numpy()
+
+
+def _check_clusters(a: PicturesConfig, result: ClusterResult | None, images: TrainImages, data: str | None) -> None:
+    """Refuse the settings that need clusters or labels the run does not have."""
     if "gallery" in a.pictures and result is None:
         raise PCLError(
             f"{a.run or a.exported} has no cluster result (a MoCo v2 run, or stopped before the first "
@@ -197,102 +225,119 @@ def make_pictures(a: PicturesConfig) -> dict:
         raise PCLError(f"--color-by class: {data} has no class labels")
     if a.granularity is not None and result is None:
         raise PCLError("--granularity: the run has no cluster result")
+
+
+def open_scene(a: PicturesConfig) -> Scene:
+    """The shared set-up of every picture: check the settings, load the run and the backbone, find the clusters."""
+    _check(a)
+    run, ckpt_path, ckpt, cfg = _open_run(a)
+    pre = _backbone(a, ckpt_path, cfg)
+    data = a.data if a.data is not None else cfg.data.root  # type: ignore[union-attr]
+    images = train_images(data, pre.image_size, cfg.data.labels if cfg is not None and a.data is None else "auto")
+    n = len(images.dataset)
+    result = last_cluster_result(run, ckpt) if ckpt is not None else None
+    if result is not None and result.levels[0].im2cluster.numel() != n:
+        raise PCLError(f"the run's clusters cover {result.levels[0].im2cluster.numel()} images but {data} has {n}")
+    _check_clusters(a, result, images, data)
     level = _granularity(result, a.granularity) if result is not None else None
-    dev = resolve_device(a.device)
-    a.out.mkdir(parents=True, exist_ok=True)
     info: dict = {"source": pre.source, "data": data, "images": n, "written": [], "notes": []}
     if result is None:
         info["notes"].append("no cluster result (MoCo v2 run or no E-step yet): feature map and retrieval only")
+    return Scene(a, pre, images, data, run, ckpt, cfg, result, level, pick_device(a.device), info)
 
-    feats = None
-    if "map" in wanted or "retrieval" in wanted:
-        net = pre.backbone.to(dev).eval()
-        feats = extract(net, eval_loader(images.dataset, a.batch_size, a.workers), dev, desc="backbone").cpu().numpy()
 
-    if "map" in wanted:
-        assert feats is not None
-        idx = subsample(n, a.max_points, a.seed)
-        xy, method = embed_2d(feats[idx], a.map_method, a.seed)
-        by_class = images.labels is not None and a.colour_by != "cluster"
-        if by_class:
-            ids, names, what = images.labels[idx], images.classes, "class"
-        elif level is not None:
-            ids, names, what = level.im2cluster.numpy()[idx], None, f"cluster (k={level.k})"
-        else:
-            ids, names, what = None, None, "no labels, no clusters"
-        title = f"{METHOD_NAMES[method]} of backbone features, {len(idx)} of {n} images, coloured by {what}"
-        fig = render.feature_map(xy, ids, names, title, what)
-        info["written"].append(str(render.save(fig, a.out / "feature_map.png")))
-        info["map"] = {"method": method, "points": len(idx), "colour_by": what}
+def draw_map(scene: Scene) -> None:
+    """``feature_map.png``: the 2-D map of a seeded subsample, coloured by class, else by cluster."""
+    a, images, level = scene.a, scene.images, scene.level
+    n = len(images.dataset)
+    idx = subsample(n, a.max_points, a.seed)
+    xy, method = embed_2d(scene.features[idx], a.map_method, a.seed)
+    if images.labels is not None and a.colour_by != "cluster":
+        ids, names, what = images.labels[idx], images.classes, "class"
+    elif level is not None:
+        ids, names, what = level.im2cluster.numpy()[idx], None, f"cluster (k={level.k})"
+    else:
+        ids, names, what = None, None, "no labels, no clusters"
+    title = f"{METHOD_NAMES[method]} of backbone features, {len(idx)} of {n} images, coloured by {what}"
+    fig = render.feature_map(xy, ids, names, title, what)
+    scene.info["written"].append(str(render.save(fig, a.out / "feature_map.png")))
+    scene.info["map"] = {"method": method, "points": len(idx), "colour_by": what}
 
-    if "gallery" in wanted and level is not None:
-        assert ckpt is not None and cfg is not None and result is not None
-        chunks, where = _cluster_chunks(ckpt, cfg, run, result.epoch, images, dev, a)
-        rows = gallery_rows(
-            chunks,
-            level.im2cluster.numpy(),
-            level.centroids.numpy(),
-            level.density.numpy(),
-            a.clusters,
-            a.members,
-            a.gallery_sort,
-        )
-        order = "largest" if a.gallery_sort == "size" else "most concentrated (smallest φ)"
-        title = f"E-step of epoch {result.epoch}, k={level.k}: {len(rows)} {order} clusters, members nearest first"
-        fig = render.gallery(rows, render.dataset_thumbs(images.dataset), a.members, title)
-        info["written"].append(str(render.save(fig, a.out / "cluster_gallery.png")))
-        info["gallery"] = {
-            "epoch": result.epoch,
-            "k": level.k,
-            "sort": a.gallery_sort,
-            "features": where,
-            "rows": [
-                {
-                    "cluster": r.cluster,
-                    "size": r.size,
-                    "phi": r.phi,
-                    "members": r.members.tolist(),
-                    "distances": r.distances.tolist(),
-                }
-                for r in rows
-            ],
-        }
-        info["notes"].append(f"gallery members ranked with the {where}")
 
-    if "retrieval" in wanted:
-        assert feats is not None
-        if a.query_paths:
-            qfeats = _query_features(pre, a.query_paths, dev).cpu().numpy()
-            by_path = {str(Path(p).resolve()): i for i, p in enumerate(images.paths)}
-            exclude = np.array([by_path.get(str(p.resolve()), -1) for p in a.query_paths])
-            shown = exclude
-        else:
-            exclude = pick_queries(n, a.queries, a.seed)
-            qfeats, shown = feats[exclude], exclude
-        nbrs, sims = retrieve(feats, qfeats, a.top, exclude)
-        thumbs = render.dataset_thumbs(images.dataset)
-        extra = {-1 - j: render.file_thumb(p, pre.image_size) for j, p in enumerate(a.query_paths)}
-        shown = np.array([i if i >= 0 else -1 - j for j, i in enumerate(shown)])
+def draw_gallery(scene: Scene) -> None:
+    """``cluster_gallery.png``: the largest (or most concentrated) clusters, members nearest the prototype first."""
+    a, level, result = scene.a, scene.level, scene.result
+    if level is None or result is None:
+        return
+    assert scene.ckpt is not None and scene.cfg is not None
+    chunks, where = _cluster_chunks(scene.ckpt, scene.cfg, scene.run, result.epoch, scene.images, scene.device, a)
+    centroids, density = level.centroids.numpy(), level.density.numpy()
+    rows = gallery_rows(chunks, level.im2cluster.numpy(), centroids, density, a.clusters, a.members, a.gallery_sort)
+    order = "largest" if a.gallery_sort == "size" else "most concentrated (smallest φ)"
+    title = f"E-step of epoch {result.epoch}, k={level.k}: {len(rows)} {order} clusters, members nearest first"
+    fig = render.gallery(rows, render.dataset_thumbs(scene.images.dataset), a.members, title)
+    scene.info["written"].append(str(render.save(fig, a.out / "cluster_gallery.png")))
+    scene.info["gallery"] = {
+        "epoch": result.epoch,
+        "k": level.k,
+        "sort": a.gallery_sort,
+        "features": where,
+        "rows": [
+            {"cluster": r.cluster, "size": r.size, "phi": r.phi, "members": r.members.tolist(),
+             "distances": r.distances.tolist()}
+            for r in rows
+        ],
+    }  # fmt: skip
+    scene.info["notes"].append(f"gallery members ranked with the {where}")
 
-        def thumb(i: int) -> np.ndarray:
-            return extra[i] if i < 0 else thumbs(i)
 
-        names = None
-        if images.labels is not None:
-            labels, classes = images.labels, images.classes
+def draw_retrieval(scene: Scene) -> None:
+    """``retrieval.png``: seeded (or given) queries and their nearest train images in backbone feature space."""
+    a, images, feats = scene.a, scene.images, scene.features
+    n = len(images.dataset)
+    if a.query_paths:
+        qfeats = _query_features(scene.pre, a.query_paths, scene.device).cpu().numpy()
+        by_path = {str(Path(p).resolve()): i for i, p in enumerate(images.paths)}
+        exclude = np.array([by_path.get(str(p.resolve()), -1) for p in a.query_paths])
+        shown = exclude
+    else:
+        exclude = pick_queries(n, a.queries, a.seed)
+        qfeats, shown = feats[exclude], exclude
+    nbrs, sims = retrieve(feats, qfeats, a.top, exclude)
+    thumbs = render.dataset_thumbs(images.dataset)
+    extra = {-1 - j: render.file_thumb(p, scene.pre.image_size) for j, p in enumerate(a.query_paths)}
+    shown = np.array([i if i >= 0 else -1 - j for j, i in enumerate(shown)])
 
-            def names(i: int) -> str:
-                return "?" if i < 0 else classes[labels[i]]
+    def thumb(i: int) -> np.ndarray:
+        return extra[i] if i < 0 else thumbs(i)
 
-        title = f"Nearest neighbours (cosine, backbone features) among {n} train images"
-        fig = render.retrieval(shown, nbrs, sims, thumb, title, names)
-        info["written"].append(str(render.save(fig, a.out / "retrieval.png")))
-        info["retrieval"] = {
-            "queries": [str(p) for p in a.query_paths] or [int(q) for q in shown],
-            "neighbours": nbrs.tolist(),
-            "similarities": sims.tolist(),
-        }
+    names = None
+    if images.labels is not None:
+        labels, classes = images.labels, images.classes
 
-    text = json.dumps(info, indent=2).encode()
+        def names(i: int) -> str:
+            return "?" if i < 0 else classes[labels[i]]
+
+    title = f"Nearest neighbours (cosine, backbone features) among {n} train images"
+    fig = render.retrieval(shown, nbrs, sims, thumb, title, names)
+    scene.info["written"].append(str(render.save(fig, a.out / "retrieval.png")))
+    scene.info["retrieval"] = {
+        "queries": [str(p) for p in a.query_paths] or [int(q) for q in shown],
+        "neighbours": nbrs.tolist(),
+        "similarities": sims.tolist(),
+    }
+
+
+DRAW = {"map": draw_map, "gallery": draw_gallery, "retrieval": draw_retrieval}  # in PICTURES order
+
+
+def make_pictures(a: PicturesConfig) -> dict:
+    """Write the asked (default: every possible) pictures to ``a.out``; returns ``pictures.json``'s content."""
+    scene = open_scene(a)
+    a.out.mkdir(parents=True, exist_ok=True)
+    for name in PICTURES:
+        if name in (a.pictures or PICTURES):
+            DRAW[name](scene)
+    text = json.dumps(scene.info, indent=2).encode()
     write_atomic(a.out / "pictures.json", lambda f: f.write(text), "pictures summary")
-    return info
+    return scene.info

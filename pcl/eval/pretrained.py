@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from pcl.config import stored_config
-from pcl.data.sources import LABEL_MODES
 from pcl.model.backbone import BackboneSpec, build_backbone
 from pcl.run.checkpoint import load_checkpoint
 from pcl.utils.errors import PCLError
@@ -39,6 +38,7 @@ class Pretrained:
     epoch: int | None = None
     checkpoint: dict | None = field(default=None, repr=False)
     ident: str = ""  # identifies the weights for the feature cache: file path, size and mtime, or arch + seed
+    kind: str = "query"  # what the weights are: query | key (a checkpoint's encoders) | exported | untrained
 
     def settings(self) -> dict:
         """JSON-ready description of the source and architecture."""
@@ -94,7 +94,7 @@ def from_checkpoint(path: Path, encoder: str = "query") -> Pretrained:
     epoch = ckpt.get("epoch")
     what = "" if encoder == "query" else f", {encoder} encoder"
     ident = _file_ident(path) + ("" if encoder == "query" else f":{encoder}")
-    return Pretrained(net, dim, arch, stem, size, f"{path} (epoch {epoch}{what})", epoch, ckpt, ident)
+    return Pretrained(net, dim, arch, stem, size, f"{path} (epoch {epoch}{what})", epoch, ckpt, ident, encoder)
 
 
 def from_exported(path: Path, arch: str, stem: str | None, image_size: int) -> Pretrained:
@@ -106,7 +106,7 @@ def from_exported(path: Path, arch: str, stem: str | None, image_size: int) -> P
     except pickle.UnpicklingError:  # objects other than tensors, e.g. a training checkpoint's config
         raise PCLError(
             f"{path} is not a backbone state_dict (tools/export_backbone.py output); "
-            "for a training checkpoint use --checkpoint"
+            "give a training checkpoint as RUN (the file or its run directory)"
         ) from None
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -118,7 +118,8 @@ def from_exported(path: Path, arch: str, stem: str | None, image_size: int) -> P
         conv1 = state.get("conv1.weight")
         stem = "small" if conv1 is not None and conv1.shape[-1] == 3 else "imagenet"
     net, dim = _build(arch, stem, state, str(path))
-    return Pretrained(net, dim, arch, stem, image_size, f"{path} (exported)", ident=f"{_file_ident(path)}:{stem}")
+    ident = f"{_file_ident(path)}:{stem}"
+    return Pretrained(net, dim, arch, stem, image_size, f"{path} (exported)", ident=ident, kind="exported")
 
 
 def untrained(arch: str, stem: str, image_size: int, seed: int) -> Pretrained:
@@ -126,35 +127,34 @@ def untrained(arch: str, stem: str, image_size: int, seed: int) -> Pretrained:
     torch.manual_seed(seed)
     net, dim = _build(arch, stem, None, "")
     ident = f"untrained:{arch}:{stem}:{seed}"
-    return Pretrained(net, dim, arch, stem, image_size, f"untrained {arch} (seed {seed})", ident=ident)
+    what = f"untrained {arch} (seed {seed})"
+    return Pretrained(net, dim, arch, stem, image_size, what, ident=ident, kind="untrained")
 
 
 # ---------------------------------------------------------------------- command-line flags of the tools
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
-    """``--checkpoint | --untrained | --exported`` and the architecture flags for the latter two."""
+    """The backbone to evaluate: ``RUN`` (a run directory or a checkpoint file) | ``--untrained`` | ``--exported
+    FILE``, and the architecture flags of the latter two."""
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", "--pretrained", type=Path, help="PCL training checkpoint")
-    src.add_argument("--untrained", action="store_true", help="random initialisation (seeded by --seed)")
-    src.add_argument("--exported", type=Path, help="backbone state_dict written by tools/export_backbone.py")
-    p.add_argument("-a", "--arch", default="resnet18", help="for --untrained / --exported")
+    src.add_argument("run", type=Path, nargs="?", help="run directory (its checkpoints/last.pth) or a checkpoint file")
+    src.add_argument("--untrained", action="store_true", help="no run: --arch at random initialisation (--seed)")
+    src.add_argument("--exported", type=Path, help="no run: a backbone state_dict of tools/export_backbone.py")
+    p.add_argument("-a", "--arch", default=None, help="for --untrained / --exported (default resnet18)")
     p.add_argument("--stem", default=None, choices=("imagenet", "small"), help="for --untrained / --exported")
-    p.add_argument("--image-size", type=ranged(int, gt=0, le=4096), default=32, help="for --untrained / --exported")
-    p.add_argument("--seed", type=ranged(int, ge=0, le=2**31 - 1), default=0)
+    p.add_argument(
+        "--image-size", type=ranged(int, gt=0, le=4096), default=None, help="for --untrained / --exported (default 32)"
+    )
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    """``DATA`` and its ``--labels`` / ``--val``, as ``main_pcl.py`` reads them (any ``pcl.data.sources`` form)."""
-    p.add_argument("data", nargs="?", default=None, help="images, any form main_pcl.py takes (default: bundled subset)")
-    p.add_argument("--labels", default="auto", choices=LABEL_MODES, help="where labels come from, as main_pcl.py's")
-    p.add_argument("--val", default=None, help="labelled test set, any DATA form (default: DATA's val/ or test/)")
-
-
-def load_source(a: argparse.Namespace) -> Pretrained:
-    """The backbone named by the flags of :func:`add_source_args`."""
-    if a.checkpoint is not None:
-        return from_checkpoint(a.checkpoint)
+def load_source(a: argparse.Namespace, seed: int = 0) -> Path | Pretrained:
+    """The run (its path) or the backbone named by the flags of :func:`add_source_args`."""
+    if a.run is not None:
+        if any(v is not None for v in (a.arch, a.stem, a.image_size)):
+            raise PCLError("--arch / --stem / --image-size apply to --untrained and --exported (a run stores its own)")
+        return a.run
+    arch, size = a.arch or "resnet18", a.image_size or 32
     if a.exported is not None:
-        return from_exported(a.exported, a.arch, a.stem, a.image_size)
-    return untrained(a.arch, a.stem or "imagenet", a.image_size, a.seed)
+        return from_exported(a.exported, arch, a.stem, size)
+    return untrained(arch, a.stem or "imagenet", size, seed)

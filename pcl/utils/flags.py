@@ -35,6 +35,17 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def float_list(text: str) -> list[float]:
+    """argparse type of comma lists of numbers such as ``--wd-grid 1e-4,1e-2`` (at least one)."""
+    try:
+        items = [x.strip() for x in text.split(",")]
+        if "" in items:  # "", "1,,2" or "1,": a missing value
+            raise ValueError
+        return [float(x) for x in items]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
@@ -70,7 +81,7 @@ class Flag:
     @property
     def numeric(self) -> bool:
         """True for flags whose values are numbers (ranges apply to each)."""
-        return self.type in (int, float, int_list)
+        return self.type in (int, float, int_list, float_list)
 
     def add_to(self, parser: argparse._ActionsContainer, default: Any) -> argparse.Action:
         """Add this flag with ``default`` (the field's) to ``parser`` or an argument group."""
@@ -96,7 +107,7 @@ class Flag:
 
     def check(self, value: Any) -> None:
         """Raise a one-line ``PCLError`` naming the flag when ``value`` is not one of its choices, or it (or an
-        item of a list) is out of range."""
+        item of a list / tuple) is out of range."""
         if value is None:
             return
         if self.choices is not None and value not in self.choices:
@@ -104,7 +115,7 @@ class Flag:
             raise PCLError(f"{self.name} must be one of {listed}, got {value!r}")
         if not self.numeric:
             return
-        for v in value if isinstance(value, list) else [value]:
+        for v in value if isinstance(value, list | tuple) else [value]:
             ok = not (self.finite and not math.isfinite(v))
             ok = ok and (self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
             ok = ok and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt)
@@ -179,6 +190,6 @@ class Ranged:
 
 
 def ranged(kind: Callable[[str], Any], **bounds: Any) -> Ranged:
-    """A tool flag's ``type``: ``kind`` (int, float, int_list) within ``bounds`` (``ge``/``gt``/``le``/``lt``,
-    ``finite``), e.g. ``p.add_argument("--k", type=ranged(int, gt=0))``."""
+    """A tool flag's ``type``: ``kind`` (int, float, int_list, float_list) within ``bounds`` (``ge``/``gt``/``le``/
+    ``lt``, ``finite``), e.g. ``p.add_argument("--k", type=ranged(int, gt=0))``."""
     return Ranged(Flag(names=("value",), type=kind, **bounds))

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import statistics
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from PIL import Image
@@ -217,7 +218,7 @@ def test_seconds_per_epoch_is_the_median_over_seeds() -> None:
     """One seed run on a loaded machine (10x slower) must not decide the relative cost column."""
 
     def row(name: str, secs: list[float]) -> RunRow:
-        seeds = [SeedResult(seed=i, status="done", knn=30.0, sec_per_epoch=t) for i, t in enumerate(secs)]
+        seeds = [SeedResult(seed=i, status="done", figures={"knn": 30.0}, sec_per_epoch=t) for i, t in enumerate(secs)]
         return RunRow(name, {}, len(secs), seeds)
 
     cells = table([row("moco", [160.0, 16.0, 16.0]), row("pcl", [18.0, 18.0, 20.0])])
@@ -307,7 +308,10 @@ def test_summary_shows_the_evaluation_protocols_with_mean_and_std(tmp_path: Path
         s = read_seed(exp, seed)
         s.status = "done"
         seeds.append(s)
-    assert seeds[0].protocols == {
+    assert seeds[0].figures == {
+        "knn": 50.0,
+        "linear": None,
+        "ami": None,
         "lowshot_k1": 20.0,
         "lowshot_k16": 40.0,
         "finetune_1": 21.0,
@@ -379,3 +383,34 @@ def test_lowshot_plot_has_one_line_per_run_and_a_band_over_seeds(tmp_path: Path)
     png = plot_lowshot(rows, tmp_path / "lowshot.png", "t")
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size == (640, 400)
+
+
+def test_a_toy_protocol_becomes_a_column_of_the_suite_summary(
+    suite_run: tuple[Path, Path], toy_protocol: ModuleType, tmp_path: Path
+) -> None:
+    """A protocol registered from a test-only module (``tests/toy_protocol.py``) evaluates a suite's run into its
+    own eval.json and becomes a summary column (Markdown header, CSV key): no edit of the summary code."""
+    from pcl.eval.eval_config import EvalConfig
+    from pcl.eval.evaluation import evaluate_run
+    from pcl.eval.protocols import PROTOCOLS
+    from pcl.eval.registry import choose
+
+    _, out = suite_run
+    suite_dir = out / "tiny"
+    exp = suite_dir / "pcl" / "seed0"
+    target = RunDir(exp).eval
+    protocols = choose("knn", toy=toy_protocol.ToySettings(2.0))
+    try:
+        res = evaluate_run(exp, EvalConfig(device="cpu", workers=0, batch_size=16, show=False, protocols=protocols))
+        assert res["settings"]["written"] == str(target)  # the run's own eval.json
+        md = summarize(suite_dir, tmp_path / "res").read_text().splitlines()
+        head = next(ln for ln in md if ln.startswith("| run |")).split(" | ")
+        row = next(ln for ln in md if ln.startswith("| pcl |")).split(" | ")
+        assert row[head.index("toy mean norm")] == f"{res['toy']['mean_norm']:.3f}"  # one seed evaluated: no std
+        rows = {r["run"]: r for r in csv.DictReader((tmp_path / "res" / "results.csv").read_text().splitlines())}
+        assert float(rows["pcl"]["toy_norm_mean"]) == pytest.approx(res["toy"]["mean_norm"])
+        assert rows["moco"]["toy_norm_mean"] == "" and rows["pcl"]["toy_norm_std"] == ""
+        PROTOCOLS.pop("toy")  # unregistered: the column goes with it
+        assert "toy" not in summarize(suite_dir, tmp_path / "res").read_text()
+    finally:
+        target.unlink(missing_ok=True)

@@ -69,7 +69,8 @@ def test_every_numeric_tool_flag_declares_a_range_and_refuses_non_finite(
             try:
                 value = action.type(text)
             except argparse.ArgumentTypeError as e:
-                assert str(e).startswith(("must be", "invalid")), (action.option_strings, text, str(e))
+                # "expected comma-separated ...": a comma-list flag (int_list, float_list) given a non-number
+                assert str(e).startswith(("must be", "invalid", "expected")), (action.option_strings, text, str(e))
                 assert "\n" not in str(e)
                 continue
             assert text not in ("nan", "inf", "-inf", "-1"), (name, action.option_strings, text)

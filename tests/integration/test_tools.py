@@ -101,14 +101,15 @@ def test_knn_eval_reads_new_and_old_checkpoints(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     knn_eval = load_tool("knn_eval")
-    lines = []
+    printed = []
     for key in ("config", "args"):
         ckpt = _checkpoint(tmp_path / f"{key}.pth", key)
-        monkeypatch.setattr(sys, "argv", ["knn_eval.py", str(tiny_data), "--checkpoint", str(ckpt), "-j", "0"])
+        monkeypatch.setattr(sys, "argv", ["knn_eval.py", str(ckpt), "--data", str(tiny_data), "-j", "0"])
         assert knn_eval.main() == 0
-        lines.append(capsys.readouterr().out.strip().splitlines()[-1])
-    assert all(line.startswith("kNN top-1 ") and "(epoch 3)" in line for line in lines)
-    assert lines[0].split("%")[0] == lines[1].split("%")[0]  # the same weights, the same figure
+        printed.append(capsys.readouterr().out.strip().splitlines())
+    for source, table in printed:  # the source line, then the kNN row only
+        assert "(epoch 3)" in source and table.startswith("kNN top-1 ")
+    assert printed[0][1] == printed[1][1]  # the same weights, the same figure
 
 
 def test_checkpoint_without_config_is_one_error_line(
@@ -118,7 +119,7 @@ def test_checkpoint_without_config_is_one_error_line(
     torch.save({"conv1.weight": torch.zeros(1)}, exported)  # what tools/export_backbone.py writes
     for tool, argv in (
         ("export_backbone", [str(exported), str(tmp_path / "out.pth")]),
-        ("knn_eval", ["--checkpoint", str(exported)]),
+        ("knn_eval", [str(exported)]),
     ):
         monkeypatch.setattr(sys, "argv", [f"{tool}.py", *argv])
         assert load_tool(tool).main() == 2
@@ -141,19 +142,20 @@ def test_knn_and_linear_eval_take_a_val_set_of_their_own(
     (swapped / b).rename(swapped / a)
     (swapped / "tmp").rename(swapped / b)
     for name, extra in (("own", []), ("copy", ["--val", str(copy)]), ("swapped", ["--val", str(swapped)])):
-        argv = ["knn_eval.py", str(tiny_data), "--checkpoint", str(ckpt), "-j", "0", *extra]
+        argv = ["knn_eval.py", str(ckpt), "--data", str(tiny_data), "-j", "0", *extra]
         monkeypatch.setattr(sys, "argv", argv)
         assert load_tool("knn_eval").main() == 0
         figures[name] = capsys.readouterr().out.strip().splitlines()[-1].split("%")[0]
     assert figures["own"] == figures["copy"] != figures["swapped"]
     out = tmp_path / "lin.json"
-    argv = ["linear_eval.py", str(tiny_data), "--checkpoint", str(ckpt), "-j", "0", "--val", str(swapped)]
+    argv = ["linear_eval.py", str(ckpt), "--data", str(tiny_data), "-j", "0", "--val", str(swapped)]
     monkeypatch.setattr(sys, "argv", [*argv, "--max-iter", "5", "--wd-grid", "0.1", "--out", str(out)])
     assert load_tool("linear_eval").main() == 0
-    assert json.loads(out.read_text())["settings"]["val"] == str(swapped)
+    written = json.loads(out.read_text())
+    assert written["settings"]["val"] == str(swapped) and written["settings"]["data_identity"]["count"] == 48
     capsys.readouterr()
     for tool in ("knn_eval", "linear_eval"):
-        monkeypatch.setattr(sys, "argv", [f"{tool}.py", str(tiny_data), "--checkpoint", str(ckpt), "--val", "/nope"])
+        monkeypatch.setattr(sys, "argv", [f"{tool}.py", str(ckpt), "--data", str(tiny_data), "--val", "/nope"])
         assert load_tool(tool).main() == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and "/nope" in err[0], err

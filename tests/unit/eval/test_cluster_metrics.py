@@ -21,8 +21,14 @@ from pcl.analysis.cluster_metrics import (
     label_scores,
 )
 from pcl.config import parse_config
+from pcl.data.sources import resolve_data
 from pcl.estep.clustering import ClusterResult, Granularity
-from pcl.eval.evaluation import _last_cluster_result, evaluate_run
+from pcl.eval.eval_config import EvalConfig
+from pcl.eval.evaluation import evaluate_run
+from pcl.eval.protocols.kmeans import KmeansSettings
+from pcl.eval.protocols.linear import LinearSettings
+from pcl.eval.registry import choose
+from pcl.eval.run_source import last_cluster_result
 from pcl.run.run_dir import RunDir
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
@@ -126,7 +132,9 @@ def test_evaluate_run_agrees_with_the_training_logs(labelled_run: tuple[Path, di
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny problem on a loaded 2-core machine (see test_linear_eval)
     try:
-        res = evaluate_run(exp, batch_size=16, workers=0, wds=(1e-3, 1e-1), max_iter=30, device="cpu", show=False)
+        protocols = choose("knn", "clusters", linear=LinearSettings(wd_grid=(1e-3, 1e-1), max_iter=30))
+        cfg = EvalConfig(batch_size=16, workers=0, device="cpu", show=False, protocols=protocols)
+        res = evaluate_run(exp, cfg)
     finally:
         torch.set_num_threads(threads)
     written = json.loads((exp / "eval.json").read_text())
@@ -146,14 +154,15 @@ def test_an_older_checkpoint_uses_its_own_clusters_and_keeps_eval_json(
     labelled_run: tuple[Path, dict], tmp_path: Path
 ) -> None:
     exp, _ = labelled_run
-    res = evaluate_run(exp / "checkpoints" / "checkpoint_0002.pth", knn=False, linear=False, show=False)
+    older = exp / "checkpoints" / "checkpoint_0002.pth"
+    res = evaluate_run(older, EvalConfig(show=False, protocols=choose("clusters")))
     assert res["settings"]["written"] is None and set(res["cluster"]) == {"3", "5"}
     run = RunDir(tmp_path)
     for epoch in (1, 4):  # clusters of the E-steps at the start of epochs 1 and 4
         level = Granularity(2, torch.tensor([0, 1]), torch.eye(2), torch.ones(2))
         run.clusters.mkdir(exist_ok=True)
         torch.save(ClusterResult(epoch, [level]).state_dict(), run.clusters_file(epoch))
-    found = _last_cluster_result(run, {"epoch": 3, "cluster_result": None})  # 3 epochs done: epoch 4 is later
+    found = last_cluster_result(run, {"epoch": 3, "cluster_result": None})  # 3 epochs done: epoch 4 is later
     assert found is not None and found.epoch == 1
 
 
@@ -183,15 +192,15 @@ def test_evaluate_kmeans_on_any_run_and_bad_values(
 ) -> None:
     exp, _ = labelled_run
     out = tmp_path / "e.json"
-    kw = {"knn": False, "linear": False, "clusters": False, "batch_size": 16, "workers": 0, "show": False}
-    res = evaluate_run(exp, kmeans=(3, 5), out=out, **kw)
+    kw = {"batch_size": 16, "workers": 0, "show": False, "protocols": choose(kmeans=KmeansSettings(ks=(3, 5)))}
+    res = evaluate_run(exp, EvalConfig(out=out, **kw))
     assert set(res["kmeans"]) == {"3", "5"} and res["cluster"] == {}
     for s in res["kmeans"].values():  # 3 balanced classes: any assignment has purity >= 1/3
         assert -0.1 <= s["ami"] <= 1.0 and 1 / 3 - 1e-9 <= s["purity"] <= 1.0
-    assert evaluate_run(exp, kmeans=(3, 5), **kw)["kmeans"] == res["kmeans"]  # seeded: repeatable
+    assert evaluate_run(exp, EvalConfig(**kw))["kmeans"] == res["kmeans"]  # seeded: repeatable
     assert json.loads(out.read_text())["settings"]["kmeans"]["seed"] == 0
     tool = load_tool("evaluate")
-    for bad, needle in (("3,x", "comma list of integers"), ("1000", "k = 1000")):
+    for bad, needle in (("3,x", "expected comma-separated integers"), ("1000", "k = 1000")):
         assert tool.main([str(exp), "--kmeans", bad, "--out", str(tmp_path / "x.json"), "--workers", "0"]) == 2
         err = capsys.readouterr().err.strip().splitlines()  # feature progress bars may come first
         assert [ln for ln in err if ln.startswith("error: ")] == err[-1:] and needle in err[-1], err
@@ -202,7 +211,7 @@ def _own_eval(exp: Path) -> tuple[RunDir, bytes]:
     """The run and its own ``eval.json`` bytes (written first when missing), to check later that it is kept."""
     run = RunDir(exp)
     if not run.eval.is_file():
-        evaluate_run(exp, knn=False, linear=False, show=False)
+        evaluate_run(exp, EvalConfig(show=False, protocols=choose("clusters")))
     return run, run.eval.read_bytes()
 
 
@@ -215,11 +224,13 @@ def test_evaluate_on_other_data_neither_scores_the_runs_clusters_nor_overwrites_
     other = tmp_path / "other"
     make_image_folder(other / "train", per_class=16, seed=5)
     make_image_folder(other / "test", per_class=4, seed=6)
-    res = evaluate_run(exp, data=str(other), linear=False, batch_size=16, workers=0, show=False)
+    cfg = EvalConfig(data=str(other), batch_size=16, workers=0, show=False, protocols=choose("knn", "clusters"))
+    res = evaluate_run(exp, cfg)
     assert res["cluster"] == {} and "not" in res["settings"]["cluster_skipped"]
     assert res["knn_top1"] is not None and res["settings"]["written"] is None
     assert run.eval.read_bytes() == before  # the run's own eval.json is kept
-    assert res["settings"]["data_identity"]["n_files"] == 48
+    assert res["settings"]["data_identity"] == resolve_data(str(other)).identity()  # sources.ImageSet.identity
+    assert res["settings"]["data_identity"]["count"] == 48
     tool = load_tool("evaluate")
     assert tool.main([str(exp), "--data", str(other), "--protocols", "clusters", "--workers", "0"]) == 0
     out = capsys.readouterr().out
@@ -229,7 +240,7 @@ def test_evaluate_on_other_data_neither_scores_the_runs_clusters_nor_overwrites_
     assert tool.main([str(exp), "--data", str(other), "--protocols", "clusters", "--out", str(target)]) == 0
     assert json.loads(target.read_text())["cluster"] == {}
     # the run's own data given explicitly (another spelling of the same folder) is still the run's own
-    own = evaluate_run(exp, data=f"{tiny_data}/train/..", knn=False, linear=False, show=False)
+    own = evaluate_run(exp, EvalConfig(data=f"{tiny_data}/train/..", show=False, protocols=choose("clusters")))
     assert set(own["cluster"]) == {"3", "5"}
 
 
@@ -260,7 +271,15 @@ def test_evaluate_runs_all_five_protocols_in_one_table(
     subset = Path(res["finetune"]["25"]["subset_file"])
     assert subset.parent == tmp_path / "finetune" and len(subset.read_text().splitlines()) == 12
     assert res["settings"]["lowshot"]["draws"] == 2 and res["settings"]["finetune"]["epochs"] == 2
-    for bad, needle in (("--protocols=knn,svm", "unknown protocol svm"), ("--lowshot=17", "k = 17 needs 1 <= k <= 16")):
+    bad_values = [
+        ("--protocols=knn,svm", "unknown protocol svm"),
+        ("--lowshot=17", "k = 17 needs 1 <= k <= 16"),
+        ("--wd-grid=1e-2,nan", "argument --wd-grid: must be >= 0, got nan"),  # every item of a list is checked
+        ("--wd-grid=1e-2,-1", "argument --wd-grid: must be >= 0, got -1.0"),
+        ("--lowshot-costs=0.1,inf", "argument --lowshot-costs: must be a finite positive number, got inf"),
+        ("--lowshot=1,0", "argument --lowshot: must be positive, got 0"),
+    ]
+    for bad, needle in bad_values:
         assert tool.main([str(exp), bad, "--out", str(tmp_path / "x.json"), "--workers", "0", "--no-linear"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: ") and needle in err[-1], err
@@ -270,8 +289,9 @@ def test_evaluate_runs_all_five_protocols_in_one_table(
 def test_evaluate_the_key_and_the_untrained_encoder_beside_the_runs_own_eval(
     labelled_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from pcl.eval.evaluation import frozen_features, knn_accuracy
+    from pcl.eval.frozen import frozen_features
     from pcl.eval.pretrained import PREFIXES, from_checkpoint, untrained
+    from pcl.eval.protocols.knn import knn_accuracy
 
     exp, _ = labelled_run
     run, before = _own_eval(exp)
@@ -286,10 +306,10 @@ def test_evaluate_the_key_and_the_untrained_encoder_beside_the_runs_own_eval(
         for n in key.backbone.state_dict()
         if n.endswith("weight")
     )
-    kw = {"linear": False, "batch_size": 16, "workers": 0, "show": False, "device": "cpu"}
+    kw = {"batch_size": 16, "workers": 0, "show": False, "device": "cpu", "protocols": choose("knn", "clusters")}
     cpu = torch.device("cpu")
     for encoder, pre in (("key", key), ("untrained", untrained(key.arch, key.stem, key.image_size, seed=0))):
-        res = evaluate_run(exp, encoder=encoder, **kw)
+        res = evaluate_run(exp, EvalConfig(encoder=encoder, **kw))
         expected = knn_accuracy(frozen_features(pre, res["settings"]["data"], cpu, 16, 0, show=False))
         assert res["knn_top1"] == pytest.approx(expected, abs=1e-9)
         assert res["settings"]["encoder"] == encoder and res["settings"]["knn"]["features"].startswith(encoder)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pcl.data.datasets import IndexedImageFolder, eval_transform
-from pcl.eval.evaluation import linear_train_transform
 from pcl.eval.finetune import FinetuneConfig, balanced_subset, cosine_lr, finetune, read_subset, write_subset
+from pcl.eval.linear_official import linear_train_transform
 from pcl.eval.pretrained import untrained
 from pcl.utils.errors import PCLError
 

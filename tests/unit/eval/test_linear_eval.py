@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pcl.config import Config, to_dict
-from pcl.eval.evaluation import frozen_features
+from pcl.eval.frozen import frozen_features
 from pcl.eval.linear_official import OfficialConfig, step_lr, train_official
 from pcl.eval.linear_probe import holdout_split, linear_probe, topk_accuracy
 from pcl.eval.pretrained import untrained
@@ -105,24 +105,35 @@ def test_checkpoint_untrained_and_exported_agree(
     exported = tmp_path / "backbone.pth"
     monkeypatch.setattr(sys, "argv", ["export_backbone.py", str(ckpt), str(exported)])
     load_tool("export_backbone").main()  # in-process: a second interpreter would re-import torch
-    lin = load_tool("linear_eval")
-    common = [str(tiny_data), *FAST, "--device", "cpu"]
-    a = lin.run([*common, "--checkpoint", str(ckpt), "--out", str(tmp_path / "a.json")])
-    b = lin.run([*common, "--untrained", "--image-size", "16", "--seed", "0"])
-    c = lin.run([*common, "--exported", str(exported), "--image-size", "16"])
-    for r in (b, c):
+    lin = load_tool("linear_eval")  # tools/evaluate.py --protocols linear
+    common = ["--data", str(tiny_data), *FAST, "--device", "cpu"]
+    sources = {
+        "checkpoint": [str(ckpt)],
+        "untrained": ["--untrained", "--image-size", "16", "--seed", "0"],
+        "exported": ["--exported", str(exported), "--image-size", "16"],
+    }
+    results = {}
+    for name, source in sources.items():
+        assert lin.main([*source, *common, "--out", str(tmp_path / f"{name}.json")]) == 0
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    a = results["checkpoint"]
+    assert a["knn_top1"] is None and a["settings"]["linear"]["protocol"] == "features"  # the linear protocol only
+    for r in (results["untrained"], results["exported"]):
         assert (r["linear_top1"], r["linear_top5"]) == (a["linear_top1"], a["linear_top5"])
-        assert r["settings"]["val_top1"] == a["settings"]["val_top1"]
-    assert json.loads((tmp_path / "a.json").read_text())["linear_top1"] == a["linear_top1"]
+        assert r["settings"]["linear"]["val_top1"] == a["settings"]["linear"]["val_top1"]
+    assert [results[n]["settings"]["encoder"] for n in sources] == ["query", "untrained", "exported"]
     assert 0.0 <= a["linear_top1"] <= 100.0 and a["linear_top5"] == 100.0  # 3 classes: top-5 covers all
 
 
-def test_official_protocol_runs_end_to_end(tiny_data: Path, capsys: pytest.CaptureFixture) -> None:
+def test_official_protocol_runs_end_to_end(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     lin = load_tool("linear_eval")
-    argv = [str(tiny_data), "--untrained", "--image-size", "16", "--protocol", "official", "--epochs", "2"]
-    assert lin.main([*argv, "-b", "16", "--lr", "1", "--schedule", "1", "--workers", "0", "--device", "cpu"]) == 0
+    argv = ["--untrained", "--image-size", "16", "--data", str(tiny_data), "--linear-protocol", "official"]
+    argv += ["--linear-epochs", "2", "--linear-batch-size", "16", "--linear-lr", "1", "--linear-schedule", "1"]
+    assert lin.main([*argv, "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "o.json")]) == 0
     out = capsys.readouterr().out
-    assert "linear top-1: " in out and "linear top-5: " in out and "official protocol" in out
+    assert "linear top-1 (official protocol)" in out and "linear top-5 (official protocol)" in out
+    settings = json.loads((tmp_path / "o.json").read_text())["settings"]["linear"]
+    assert settings["protocol"] == "official" and settings["epochs"] == 2 and settings["schedule"] == [1]
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", None])
@@ -135,7 +146,7 @@ def test_unreadable_checkpoint_is_one_error_line(
     else:
         bad.write_bytes(content)
     for tool in ("linear_eval", "knn_eval"):
-        assert load_tool(tool).main([str(tiny_data), "--checkpoint", str(bad), "--workers", "0"]) == 2
+        assert load_tool(tool).main([str(bad), "--data", str(tiny_data), "--workers", "0"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and str(bad) in err[0]
     assert load_tool("evaluate").main([str(bad)]) == 2

@@ -51,6 +51,6 @@ def test_a_training_checkpoint_given_as_exported_backbone_is_one_line(tmp_path: 
     with pytest.raises(PCLError) as e:
         from_exported(path, "resnet18", None, 32)
     assert str(e.value) == (
-        f"{path} is not a backbone state_dict (tools/export_backbone.py output); for a training checkpoint use "
-        "--checkpoint"
+        f"{path} is not a backbone state_dict (tools/export_backbone.py output); give a training checkpoint as RUN "
+        "(the file or its run directory)"
     )
