@@ -48,7 +48,7 @@ from pcl.train.monitor import MonitorConfig
 from pcl.train.optim import OptimConfig
 from pcl.utils.cli import ErrorParser
 from pcl.utils.errors import PCLError
-from pcl.utils.flags import check_fields, field_flag, flag, flag_group, flag_of
+from pcl.utils.flags import Flag, check_fields, field_flag, flag, flag_group, flag_of
 
 
 @dataclass
@@ -133,6 +133,11 @@ def _dest(f: dataclasses.Field, prefix: str) -> str:
     """The argparse dest (flat key) of field ``f``: its flag's, else ``prefix + name``."""
     spec = flag_of(f)
     return spec.dest if spec is not None else prefix + f.name
+
+
+def declared_flags() -> dict[str, Flag]:
+    """Every flag of the command line by name (``--arch``, ``data``), as its field declares it."""
+    return {flag_of(f).name: flag_of(f) for _, f, _ in _fields(Config)}
 
 
 def build_parser() -> argparse.ArgumentParser:

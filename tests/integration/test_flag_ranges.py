@@ -12,9 +12,9 @@ import argparse
 import pytest
 
 import pcl.cli
-from pcl.config import GROUPS, DataConfig, build_parser
+from pcl.config import build_parser, declared_flags
 from pcl.utils.errors import PCLError
-from pcl.utils.flags import Flag, field_flag, int_list
+from pcl.utils.flags import Flag, int_list
 
 HUGE = {int: str(10**18), float: "1e30"}
 VALUES = ["nan", "inf", "-inf", "0", "-1", "huge"]
@@ -23,13 +23,7 @@ REACHED = "reached the exp-dir step"
 
 def declared() -> dict[str, Flag]:
     """Flag name -> its declaration, for every field in the parser."""
-    out = {"data": field_flag(DataConfig, "root")}
-    for _, members in GROUPS:
-        for cls, names in members:
-            for name in names.split():
-                spec = field_flag(cls, name)
-                out[spec.name] = spec
-    return out
+    return declared_flags()
 
 
 def numeric_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
