@@ -21,11 +21,10 @@ from torch import nn
 from pcl.config import Config, parse_config, resolve, stored_config, to_dict, to_json, validate, validate_data
 from pcl.data.datasets import (
     IndexedImages,
-    TwoCrops,
+    MultiView,
     eval_loader,
     eval_transform,
     train_loader,
-    train_transform,
     verify_images,
 )
 from pcl.data.gpu_aug import GpuAugLoader
@@ -53,7 +52,8 @@ def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
     d, mon, batch, seed = cfg.data, cfg.monitor, cfg.train.batch_size, cfg.train.seed
     source = resolve_data(d.root, d.labels, d.val)
     check_knn_data(source, mon.knn_freq > 0, d.val is not None)
-    train_set = IndexedImages(source.train, TwoCrops(train_transform(d.aug)))
+    spec = d.aug.view_spec()
+    train_set = IndexedImages(source.train, MultiView.from_spec(spec, d.aug))
     size = d.aug.image_size
     knn_off = source.knn_off_reason()
     eval_set = IndexedImages(source.eval, eval_transform(size)) if source.eval is not None and not knn_off else None
@@ -77,7 +77,7 @@ def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
     estep_set = train_set.with_transform(eval_transform(size))
     per_rank = batch // info.world
     loaders = Loaders(
-        train=GpuAugLoader(train_set.cache.as_tensor(), d.aug, per_rank, seed, info.device, info.rank, info.world)
+        train=GpuAugLoader(train_set.cache.as_tensor(), d.aug, per_rank, seed, info.device, info.rank, info.world, spec)
         if d.gpu_aug
         else train_loader(train_set, per_rank, d.workers, seed, info.rank, info.world),
         estep=eval_loader(estep_set, d.eval_batch_size, d.workers, info.rank, info.world),
