@@ -29,7 +29,7 @@ from pathlib import Path
 from launch import HELD, child_env, read_json, run_local, slots, visible_gpus, write_json
 from status import status_table
 from submit import submit
-from suite import Job, command_line, load_suite, machine_info, plan
+from suite import Job, check_jobs, command_line, load_suite, machine_info, plan
 from summary import UNTRAINED, summarize
 
 from pcl.run.lock import is_locked
@@ -139,6 +139,13 @@ def _resources(args: argparse.Namespace) -> Resources:
     )  # fmt: skip
 
 
+def _world(args: argparse.Namespace) -> int:
+    """Processes of one run: torchrun's GPUs here, or the SLURM tasks of one array task."""
+    if args.launcher == "local":
+        return max(1, args.gpus_per_run)
+    return args.nodes * max(1, args.gpus_per_node)
+
+
 def _key(job: Job) -> str:
     return f"{job.run.name}/seed{job.seed}"
 
@@ -202,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = [*extra, "--save-every-minutes", str(args.save_every_minutes)]
         jobs = plan(suite, args.out, seeds, args.data, extra)
         jobs.sort(key=lambda j: j.seed)  # seed-major: a half-finished suite already compares every run
+        check_jobs(jobs, suite.path.name, _world(args))
         suite_dir = args.out.absolute() / suite.name
         if args.dry_run:
             for job in jobs:

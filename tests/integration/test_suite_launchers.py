@@ -59,6 +59,8 @@ def test_a_config_file_in_base_is_found_next_to_the_suite(
     (tmp_path / "suites").mkdir()
     suite = tmp_path / "suites" / "c.toml"
     suite.write_text('[base]\nconfig = "cfg/run.toml"\n[[runs]]\nname = "a"\n')
+    (tmp_path / "suites" / "cfg").mkdir()
+    (tmp_path / "suites" / "cfg" / "run.toml").write_text("[optim]\nlr = 0.01\n")
     assert runner.main([str(suite), "DATA", "--out", str(tmp_path / "out"), "--dry-run"]) == 0
     assert f"--config {tmp_path / 'suites' / 'cfg' / 'run.toml'} --seed 0" in capsys.readouterr().out
 
