@@ -23,15 +23,17 @@ import argparse
 import os
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 
-from launch import HELD, child_env, read_json, run_local, slots, visible_gpus, write_json
+from launch import HELD, child_env, die_with_runner, read_json, run_local, slots, visible_gpus, write_json
 from status import status_table
 from submit import submit
 from suite import Job, check_jobs, command_line, load_suite, machine_info, plan
 from summary import UNTRAINED, summarize
 
+from pcl.run.exp_dir import usable_dir
 from pcl.run.lock import is_locked
 from pcl.utils.cli import ErrorParser, report_error
 from pcl.utils.errors import PCLError
@@ -72,6 +74,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     g.add_argument(
         "--threads-per-run", type=ranged(int, gt=0), default=None, help="CPU runs: torch threads (default cores/jobs)"
     )
+    g.add_argument(
+        "--detach",
+        action="store_true",
+        help="training processes outlive the runner (default: when it dies they checkpoint and stop); a rerun "
+        "waits for the ones still training",
+    )
     g = p.add_argument_group("on a cluster (--launcher slurm | local-submitit)")
     g.add_argument("--launcher", default="local", choices=LAUNCHERS)
     g.add_argument("--nodes", type=ranged(int, gt=0), default=1)
@@ -111,7 +119,7 @@ def _evaluate(job: Job) -> None:
         return
     with open(rd.eval_log, "w") as log:
         cmd = [sys.executable, str(tool), str(job.exp_dir), "--protocols", EVAL_PROTOCOLS]
-        subprocess.call(cmd, stdout=log, stderr=log, env=child_env())
+        subprocess.call(die_with_runner(cmd), stdout=log, stderr=log, env=child_env())
 
 
 def _evaluate_untrained(jobs: list[Job], suite_dir: Path) -> None:
@@ -128,7 +136,7 @@ def _evaluate_untrained(jobs: list[Job], suite_dir: Path) -> None:
     protocols = ",".join(p for p in EVAL_PROTOCOLS.split(",") if p != "clusters")
     with open(target.parent / "eval.log", "w") as log:
         cmd = [sys.executable, str(tool), str(done[0].exp_dir), "--encoder", UNTRAINED, "--protocols", protocols]
-        subprocess.call([*cmd, "--out", str(target)], stdout=log, stderr=log, env=child_env())
+        subprocess.call(die_with_runner([*cmd, "--out", str(target)]), stdout=log, stderr=log, env=child_env())
 
 
 def _resources(args: argparse.Namespace) -> Resources:
@@ -164,6 +172,16 @@ def _submit(jobs: list[Job], suite_dir: Path, args: argparse.Namespace, argv: li
     return 0
 
 
+_SAY = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Print one whole line (the jobs' threads report at once: no two lines may share one)."""
+    with _SAY:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def _run_here(jobs: list[Job], args: argparse.Namespace) -> tuple[int, int]:
     """Train the jobs on this machine; returns (failed, held by another runner)."""
     todo = []
@@ -180,9 +198,9 @@ def _run_here(jobs: list[Job], args: argparse.Namespace) -> tuple[int, int]:
         shares = slots(args.jobs, 0, cores, [])
 
     def report(i: int, line: str) -> None:
-        print(f"{todo[i][0]}: {line}", flush=True)
+        say(f"{todo[i][0]}: {line}")
 
-    statuses = run_local([(job.exp_dir, job.argv) for _, job in todo], shares, report)
+    statuses = run_local([(job.exp_dir, job.argv) for _, job in todo], shares, report, detach=args.detach)
     if args.eval:
         for job in jobs:
             if job.run_dir.is_finished():
@@ -220,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         failed = held = 0
         if not args.summary_only:
-            suite_dir.mkdir(parents=True, exist_ok=True)
+            usable_dir(suite_dir, "--out")
             info = {
                 "suite": suite.name,
                 "description": suite.description,
@@ -240,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         md = summarize(suite_dir, metric=args.metric)
         print(f"results: {md}")
         if args.results is not None:
-            print(f"results: {summarize(suite_dir, args.results, metric=args.metric)}")
+            print(f"results: {summarize(suite_dir, args.results, metric=args.metric, flag='--results')}")
         print(md.read_text())
         if held:
             print(f"{held} run(s) were held by another runner and left to it")
