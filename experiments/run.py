@@ -33,9 +33,10 @@ from submit import submit
 from suite import Job, check_jobs, command_line, load_suite, machine_info, plan
 from summary import UNTRAINED, summarize
 
+from pcl.data.sources import check_data_path
 from pcl.run.exp_dir import usable_dir
 from pcl.run.lock import is_locked
-from pcl.utils.cli import ErrorParser, report_error
+from pcl.utils.cli import ErrorParser, folder_arg, report_error
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
 from pcl.utils.slurm import Resources
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args, extra = parse(argv)
+        folder_arg(args.out, "--out")
+        folder_arg(args.results, "--results")
         suite = load_suite(args.suite)
         seeds = args.seeds or suite.seeds
         if args.runs:
@@ -229,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs.sort(key=lambda j: j.seed)  # seed-major: a half-finished suite already compares every run
         check_jobs(jobs, suite.path.name, _world(args))
         suite_dir = args.out.absolute() / suite.name
+        if args.data is not None and not (args.dry_run or args.status or args.summary_only):
+            check_data_path(args.data)  # every run would fail on it
         if args.dry_run:
             for job in jobs:
                 print(command_line(job.argv))

@@ -317,14 +317,21 @@ def image_set(path: str | Path, labels: str = "auto") -> ImageSet:
     """One set of images from a folder (class folders or unlabeled) or a ``.txt`` / ``.csv`` file list."""
     if labels not in LABEL_MODES:
         raise PCLError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
+    p = check_data_path(path)
+    if p.is_file():
+        return _list_set(p, labels)
+    return _folder_set(p, labels)
+
+
+def check_data_path(path: str | Path) -> Path:
+    """``path`` (``~`` expanded) when it can be a data argument: an existing folder or ``.txt`` / ``.csv`` list;
+    else the one-line ``PCLError`` :func:`resolve_data` gives (a cheap check, nothing is scanned)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise PCLError(f"data path {p} does not exist")
-    if p.is_file():
-        if p.suffix.lower() not in LIST_SUFFIXES:
-            raise PCLError(f"data path {p} is a file but not a .txt or .csv file list")
-        return _list_set(p, labels)
-    return _folder_set(p, labels)
+    if p.is_file() and p.suffix.lower() not in LIST_SUFFIXES:
+        raise PCLError(f"data path {p} is a file but not a .txt or .csv file list")
+    return p
 
 
 def _aligned(train: ImageSet, ev: ImageSet, name: str) -> tuple[ImageSet, str | None]:

@@ -176,11 +176,23 @@ def test_summarize_a_path_that_is_no_suite_folder_creates_nothing(
     assert "is not a suite record" in one_error_line(capsys.readouterr().err)
 
 
-def test_run_out_that_is_a_file_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_paths_of_the_wrong_kind_are_one_error_line_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     suite = write_suite(tmp_path / "s.toml", '[[runs]]\nname = "pcl"\n')
-    (tmp_path / "out").write_text("x")
-    assert runner.main([str(suite), "--out", str(tmp_path / "out")]) == 2
-    assert "--out" in one_error_line(capsys.readouterr().err)
+    (tmp_path / "file").write_text("x")
+    out = str(tmp_path / "out")
+    cases = [
+        ([str(suite), "--out", str(tmp_path / "file")], "--out"),
+        ([str(suite), "--out", out, "--results", str(tmp_path / "file")], "--results"),
+        ([str(suite), str(tmp_path / "file"), "--out", out], "is a file but not a .txt or .csv file list"),
+        ([str(suite), str(tmp_path / "gone"), "--out", out], "does not exist"),
+        ([str(tmp_path), "--out", out], "is a folder: give a suite file"),
+    ]
+    for argv, needle in cases:
+        assert runner.main(argv) == 2
+        assert needle in one_error_line(capsys.readouterr().err), argv
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------------- whole lines
