@@ -36,7 +36,7 @@ from pathlib import Path
 import pcl
 from pcl.run.lock import LOCK_NAME, ExpDirLock, LockBusy, is_locked, lock_owner
 from pcl.run.run_dir import RunDir
-from pcl.utils.atomic import write_atomic, write_error
+from pcl.utils.atomic import failure_reason, write_atomic, write_error
 from pcl.utils.cli import pythonpath_env
 from pcl.utils.errors import PCLError
 
@@ -150,7 +150,7 @@ def holding(rd: RunDir) -> Iterator[bool]:
     try:
         rd.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise write_error(e, rd.root / ".", "the run folder") from None
+        raise PCLError(f"cannot create the run folder {rd.root}: {failure_reason(e, rd.runner_lock)}") from None
     try:
         lock = ExpDirLock(rd.root, rd.runner_lock.name).acquire()
     except LockBusy:

@@ -124,7 +124,7 @@ def test_run_results_to_a_full_disk_is_one_error_line(
 
 
 def test_a_run_lock_on_a_full_disk_is_one_error_line_not_held(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def no_space(*args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -136,20 +136,20 @@ def test_a_run_lock_on_a_full_disk_is_one_error_line_not_held(
     ExpDirLock(tmp_path).acquire().release()  # nothing is held after the failure
     suite = write_suite(tmp_path / "s.toml", '[[runs]]\nname = "pcl"\n')
     monkeypatch.setattr(os, "pwrite", no_space)
-    assert runner.main([str(suite), str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 2
+    assert runner.main([str(suite), str(tiny_data), "--out", str(tmp_path / "out")]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert ".runner.lock: No space left on device" in line
     assert not RunDir(tmp_path / "out" / "s" / "pcl" / "seed0").train_log.exists()  # nothing started
 
 
 def test_out_on_a_full_disk_is_one_error_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     suite = write_suite(tmp_path / "s.toml", '[[runs]]\nname = "pcl"\n')
     out = tmp_path / "out"
     out.mkdir()
     full_disk(monkeypatch, out, budget=0)
-    assert runner.main([str(suite), str(tmp_path / "data"), "--out", str(out)]) == 2
+    assert runner.main([str(suite), str(tiny_data), "--out", str(out)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: --out {out / 's'} is not usable: No space left on device (the disk holding")
 
