@@ -12,6 +12,9 @@ Resumable: finished runs (complete metrics and a readable final checkpoint) are 
 continues from its last checkpoint, a failed one is recorded (its error line in the summary) and the suite goes
 on; the exit status is 1 when any run failed, with the count in the last line. Runs start seed by seed (every
 run of seed 0 first). Two runners on one suite never train the same run: each takes only runs nobody holds.
+A runner's training processes get SIGTERM (checkpoint, stop) when it dies, even by SIGKILL, unless ``--detach``;
+a rerun waits for a run still trained by a process no runner owns, then goes on. The suite file and every run's
+flags are checked before anything runs (``--dry-run`` included).
 ``--launcher slurm`` submits every pending run as one task of a job array and returns; rerun with ``--status``
 to follow it, and without it to summarize. Results: ``OUT/SUITE/results.md`` (+ ``.csv``, PNG curves);
 ``--results DIR`` also writes them to DIR (e.g. ``experiments/results/SUITE`` to commit them).
