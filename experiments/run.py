@@ -12,6 +12,9 @@ Resumable: finished runs (complete metrics and a readable final checkpoint) are 
 continues from its last checkpoint, a failed one is recorded (its error line in the summary) and the suite goes
 on; the exit status is 1 when any run failed, with the count in the last line. Runs start seed by seed (every
 run of seed 0 first). Two runners on one suite never train the same run: each takes only runs nobody holds.
+A runner's training processes get SIGTERM (checkpoint, stop) when it dies, even by SIGKILL, unless ``--detach``;
+a rerun waits for a run still trained by a process no runner owns, then goes on. The suite file and every run's
+flags are checked before anything runs (``--dry-run`` included).
 ``--launcher slurm`` submits every pending run as one task of a job array and returns; rerun with ``--status``
 to follow it, and without it to summarize. Results: ``OUT/SUITE/results.md`` (+ ``.csv``, PNG curves);
 ``--results DIR`` also writes them to DIR (e.g. ``experiments/results/SUITE`` to commit them).
@@ -23,18 +26,21 @@ import argparse
 import os
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 
-from launch import HELD, child_env, read_json, run_local, slots, visible_gpus, write_json
+from launch import HELD, child_env, die_with_runner, read_json, run_local, slots, visible_gpus, write_json
 from status import status_table
 from submit import submit
-from suite import Job, command_line, load_suite, machine_info, plan
+from suite import Job, check_jobs, command_line, load_suite, machine_info, plan
 from summary import UNTRAINED, summarize
 
+from pcl.data.sources import check_data_path
 from pcl.eval.protocols import PROTOCOLS
+from pcl.run.exp_dir import usable_dir
 from pcl.run.lock import is_locked
-from pcl.utils.cli import ErrorParser, report_error
+from pcl.utils.cli import ErrorParser, folder_arg, report_error
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
 from pcl.utils.slurm import Resources
@@ -72,6 +78,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     g.add_argument(
         "--threads-per-run", type=ranged(int, gt=0), default=None, help="CPU runs: torch threads (default cores/jobs)"
+    )
+    g.add_argument(
+        "--detach",
+        action="store_true",
+        help="training processes outlive the runner (default: when it dies they checkpoint and stop); a rerun "
+        "waits for the ones still training",
     )
     g = p.add_argument_group("on a cluster (--launcher slurm | local-submitit)")
     g.add_argument("--launcher", default="local", choices=LAUNCHERS)
@@ -112,7 +124,7 @@ def _evaluate(job: Job) -> None:
         return
     with open(rd.eval_log, "w") as log:
         cmd = [sys.executable, str(tool), str(job.exp_dir), "--protocols", EVAL_PROTOCOLS]
-        subprocess.call(cmd, stdout=log, stderr=log, env=child_env())
+        subprocess.call(die_with_runner(cmd), stdout=log, stderr=log, env=child_env())
 
 
 def _evaluate_untrained(jobs: list[Job], suite_dir: Path) -> None:
@@ -130,7 +142,7 @@ def _evaluate_untrained(jobs: list[Job], suite_dir: Path) -> None:
     protocols = ",".join(p for p in EVAL_PROTOCOLS.split(",") if not PROTOCOLS[p].trained_only)
     with open(target.parent / "eval.log", "w") as log:
         cmd = [sys.executable, str(tool), str(done[0].exp_dir), "--encoder", UNTRAINED, "--protocols", protocols]
-        subprocess.call([*cmd, "--out", str(target)], stdout=log, stderr=log, env=child_env())
+        subprocess.call(die_with_runner([*cmd, "--out", str(target)]), stdout=log, stderr=log, env=child_env())
 
 
 def _resources(args: argparse.Namespace) -> Resources:
@@ -139,6 +151,13 @@ def _resources(args: argparse.Namespace) -> Resources:
         partition=args.partition, time=args.time, account=args.account, qos=args.qos, constraint=args.constraint,
         max_requeues=args.max_requeues, signal_delay_s=args.signal_delay_s, parallel=args.array_parallelism,
     )  # fmt: skip
+
+
+def _world(args: argparse.Namespace) -> int:
+    """Processes of one run: torchrun's GPUs here, or the SLURM tasks of one array task."""
+    if args.launcher == "local":
+        return max(1, args.gpus_per_run)
+    return args.nodes * max(1, args.gpus_per_node)
 
 
 def _key(job: Job) -> str:
@@ -159,6 +178,16 @@ def _submit(jobs: list[Job], suite_dir: Path, args: argparse.Namespace, argv: li
     return 0
 
 
+_SAY = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Print one whole line (the jobs' threads report at once: no two lines may share one)."""
+    with _SAY:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def _run_here(jobs: list[Job], args: argparse.Namespace) -> tuple[int, int]:
     """Train the jobs on this machine; returns (failed, held by another runner)."""
     todo = []
@@ -175,9 +204,9 @@ def _run_here(jobs: list[Job], args: argparse.Namespace) -> tuple[int, int]:
         shares = slots(args.jobs, 0, cores, [])
 
     def report(i: int, line: str) -> None:
-        print(f"{todo[i][0]}: {line}", flush=True)
+        say(f"{todo[i][0]}: {line}")
 
-    statuses = run_local([(job.exp_dir, job.argv) for _, job in todo], shares, report)
+    statuses = run_local([(job.exp_dir, job.argv) for _, job in todo], shares, report, detach=args.detach)
     if args.eval:
         for job in jobs:
             if job.run_dir.is_finished():
@@ -192,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args, extra = parse(argv)
+        folder_arg(args.out, "--out")
+        folder_arg(args.results, "--results")
         suite = load_suite(args.suite)
         seeds = args.seeds or suite.seeds
         if args.runs:
@@ -204,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             extra = [*extra, "--save-every-minutes", str(args.save_every_minutes)]
         jobs = plan(suite, args.out, seeds, args.data, extra)
         jobs.sort(key=lambda j: j.seed)  # seed-major: a half-finished suite already compares every run
+        check_jobs(jobs, suite.path.name, _world(args))
         suite_dir = args.out.absolute() / suite.name
+        if args.data is not None and not (args.dry_run or args.status or args.summary_only):
+            check_data_path(args.data)  # every run would fail on it
         if args.dry_run:
             for job in jobs:
                 print(command_line(job.argv))
@@ -214,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         failed = held = 0
         if not args.summary_only:
-            suite_dir.mkdir(parents=True, exist_ok=True)
+            usable_dir(suite_dir, "--out")
             info = {
                 "suite": suite.name,
                 "description": suite.description,
@@ -234,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         md = summarize(suite_dir, metric=args.metric)
         print(f"results: {md}")
         if args.results is not None:
-            print(f"results: {summarize(suite_dir, args.results, metric=args.metric)}")
+            print(f"results: {summarize(suite_dir, args.results, metric=args.metric, flag='--results')}")
         print(md.read_text())
         if held:
             print(f"{held} run(s) were held by another runner and left to it")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from launch import HELD, child_env, holding, outcome, read_json, write_json
+from launch import HELD, child_env, holding, outcome, read_json, wait_for_trainer, write_json
 
 from pcl.run.run_dir import RunDir
 from pcl.utils.slurm import Resources, make_executor
@@ -65,6 +65,9 @@ class SuiteTask:
         with holding(rd) as mine:
             if not mine:
                 return HELD
+            wait_for_trainer(rd, lambda line: print(f"{self.exp_dir}: {line}", flush=True))
+            if rd.is_finished():
+                return "finished"
             started, log_from = time.time(), rd.train_log.stat().st_size if rd.train_log.is_file() else 0
             with output_to(rd.train_log):
                 print(f"$ job {env.job_id}: python -m pcl {' '.join(self.argv)}", flush=True)

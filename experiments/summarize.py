@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("suite_dir", type=Path, help="OUT/SUITE folder written by experiments/run.py")
     p.add_argument("--dest", type=Path, default=None, help="where to write (default: suite_dir)")
     p.add_argument("--metric", default="knn", help="sweep plots: knn, linear, ami, acc_proto_final or acc_proto_best")
-    args = p.parse_args(argv)
     try:
+        args = p.parse_args(argv)
         md = summarize(args.suite_dir, args.dest, metric=args.metric)
     except PCLError as e:
         return report_error(e)

@@ -12,6 +12,7 @@ metric (default the final kNN top-1) against the first swept flag.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -22,9 +23,11 @@ from suite import flags_to_argv
 
 from pcl.eval.protocols import PROTOCOLS
 from pcl.eval.registry import SummaryColumn
-from pcl.run.curves import plot_curves
+from pcl.run.curves import plot_curves, save_figure
+from pcl.run.exp_dir import usable_dir
 from pcl.run.metrics import read_run_record
 from pcl.run.run_dir import RunDir
+from pcl.utils.atomic import write_bytes_atomic
 from pcl.utils.errors import PCLError
 
 if TYPE_CHECKING:
@@ -167,14 +170,32 @@ def read_seed(exp_dir: Path, seed: int) -> SeedResult:
     )
 
 
-def collect(suite_dir: Path) -> tuple[dict, list[RunRow]]:
-    """The runner's ``suite.json`` and one row per run, in suite order."""
+def _suite_record(suite_dir: Path) -> dict:
+    """``suite_dir/suite.json``; a one-line ``PCLError`` for a path that is no suite folder (missing, a file,
+    one run's folder) or a record that is not the runner's."""
+    if suite_dir.exists() and not suite_dir.is_dir():
+        raise PCLError(f"{suite_dir} is a file, not a suite folder (OUT/SUITE, written by experiments/run.py)")
     info = _read_json(suite_dir / "suite.json")
     if not info:
+        if RunDir(suite_dir).metrics.is_file() or RunDir(suite_dir).checkpoints.is_dir():
+            suite = suite_dir.parent.parent if suite_dir.name.startswith("seed") else suite_dir.parent
+            raise PCLError(f"{suite_dir} is one run's folder, not a suite folder: give OUT/SUITE, e.g. {suite}")
         raise PCLError(f"{suite_dir} has no suite.json; run the suite with experiments/run.py first")
+    runs, seeds = info.get("runs"), info.get("seeds")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and "name" in r for r in runs) or not (
+        isinstance(seeds, int) and seeds > 0
+    ):
+        raise PCLError(f"{suite_dir / 'suite.json'} is not a suite record of experiments/run.py (runs, seeds)")
+    return info
+
+
+def collect(suite_dir: Path) -> tuple[dict, list[RunRow]]:
+    """The runner's ``suite.json`` and one row per run, in suite order."""
+    info = _suite_record(suite_dir)
     rows = []
     for run in info["runs"]:
-        row = RunRow(run["name"], run["flags"], info["seeds"], sweep=run.get("sweep"), swept=run.get("swept") or {})
+        row = RunRow(run["name"], run.get("flags") or {}, info["seeds"], sweep=run.get("sweep"),
+                     swept=run.get("swept") or {})  # fmt: skip
         for seed in range(info["seeds"]):
             row.seeds.append(read_seed(suite_dir / run["name"] / f"seed{seed}", seed))
         rows.append(row)
@@ -311,7 +332,7 @@ def plot_sweep(name: str, rows: list[RunRow], cells: list[dict[str, object]], me
     if lines:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out)
+    save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -354,7 +375,7 @@ def plot_lowshot(rows: list[RunRow], out: Path, title: str) -> Path:
     draw_lowshot(ax, rows)
     ax.set_title(f"{title} (line: mean over seeds, band: min to max)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out)
+    save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -376,30 +397,36 @@ def _sweep_sections(rows: list[RunRow], cells: list[dict[str, object]], metric: 
     return "\n".join(out) + ("\n" if out else "")
 
 
-def summarize(suite_dir: Path, dest: Path | None = None, metric: str = "knn") -> Path:
+def _csv_bytes(header: list[str], rows: list[list[object]]) -> bytes:
+    """A CSV file's bytes (``None`` cells empty)."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows([["" if v is None else v for v in r] for r in rows])
+    return buf.getvalue().encode()
+
+
+def summarize(suite_dir: Path, dest: Path | None = None, metric: str = "knn", flag: str = "--dest") -> Path:
     """Write ``results.md``, ``results.csv``, ``results_seeds.csv``, the curve PNGs and one plot per sweep (of
-    ``metric``) to ``dest`` (default: ``suite_dir``); returns the Markdown path."""
+    ``metric``) to ``dest`` (default: ``suite_dir``; ``flag`` names it in errors); returns the Markdown path.
+
+    Every file is written atomically (the whole new file or the old one; a full disk is one ``PCLError``
+    line); nothing is created before ``suite_dir`` is known to be a suite folder."""
     if metric not in METRICS:
         raise PCLError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    dest = dest or suite_dir
-    dest.mkdir(parents=True, exist_ok=True)
     info, rows = collect(suite_dir)
+    dest = dest or suite_dir
+    usable_dir(dest, flag)
     cells = table(rows)
-    with open(dest / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(cells[0]))
-        w.writeheader()
-        w.writerows({k: ("" if v is None else v) for k, v in c.items()} for c in cells)
-    with open(dest / "results_seeds.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["run", "seed", "status", "epochs_done", "knn_top1", "linear_top1", "ami", "acc_proto",
-                    "best_acc_proto", "skipped_steps", "sec_per_epoch", "peak_rss_mib", "error"])  # fmt: skip
-        for r in rows:
-            for s in r.seeds:
-                figs = [s.figures.get(key) for key in ("knn", "linear", "ami")]
-                vals = [*figs, s.acc_proto, s.best_acc_proto]
-                w.writerow([r.name, s.seed, s.status, s.epochs_done, *["" if v is None else v for v in vals],
-                            s.skipped, "" if s.sec_per_epoch is None else s.sec_per_epoch,
-                            "" if s.peak_rss_mib is None else s.peak_rss_mib, s.error])  # fmt: skip
+    write_bytes_atomic(dest / "results.csv", _csv_bytes(list(cells[0]), [list(c.values()) for c in cells]), "results")
+    head = ["run", "seed", "status", "epochs_done", "knn_top1", "linear_top1", "ami", "acc_proto", "best_acc_proto",
+            "skipped_steps", "sec_per_epoch", "peak_rss_mib", "error"]  # fmt: skip
+    per_seed = [
+        [r.name, s.seed, s.status, s.epochs_done, *[s.figures.get(key) for key in ("knn", "linear", "ami")],
+         s.acc_proto, s.best_acc_proto, s.skipped, s.sec_per_epoch, s.peak_rss_mib, s.error]
+        for r in rows for s in r.seeds
+    ]  # fmt: skip
+    write_bytes_atomic(dest / "results_seeds.csv", _csv_bytes(head, per_seed), "results")
     groups = {r.name: [suite_dir / r.name / f"seed{s.seed}" for s in r.seeds if s.epochs_done] for r in rows}
     groups = {k: v for k, v in groups.items() if v}
     plots = []
@@ -409,7 +436,8 @@ def summarize(suite_dir: Path, dest: Path | None = None, metric: str = "knn") ->
     if any(s.lowshot for r in rows for s in r.done()):
         plots.append(plot_lowshot(rows, dest / "lowshot.png", f"{info['suite']}: low-shot linear SVM"))
     md = dest / "results.md"
-    md.write_text(_markdown(info, cells, plots) + _sweep_sections(rows, cells, metric, dest) + _kept_notes(md))
+    text = _markdown(info, cells, plots) + _sweep_sections(rows, cells, metric, dest) + _kept_notes(md)
+    write_bytes_atomic(md, text.encode(), "results")
     return md
 
 

@@ -256,13 +256,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
     source = f"--config {path}"
     try:
         text = path.read_text()
-        d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        d = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)  # TOML, whatever the suffix
     except FileNotFoundError:
         raise PCLError(f"{source}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise PCLError(f"{source}: cannot read it ({e})") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise PCLError(f"{source}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})") from None
+        raise PCLError(f"{source}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} ({e})") from None
     values = _flatten(Config, _checked(Config, upgrade_layout(d) if isinstance(d, dict) else d, source))
     exp_dir, feature_dir = values.get("exp_dir"), values.get("feature_dir")
     if exp_dir is not None and feature_dir is not None and Path(feature_dir) == RunDir(Path(exp_dir)).features:

@@ -51,7 +51,7 @@ from pcl.estep.clustering import ClusterResult, KMeansConfig
 from pcl.estep.estep import EStepConfig, cluster_store
 from pcl.estep.feature_store import FeatureStore, ShardWriter
 from pcl.train.engine import Trainer
-from pcl.utils.cli import ErrorParser, report_error
+from pcl.utils.cli import ErrorParser, folder_arg, report_error
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
@@ -365,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     if tools not in sys.path:
         sys.path.append(tools)
     try:
+        folder_arg(a.work_dir, "--work-dir")
+        if a.work_dir is not None:
+            Path(a.work_dir).mkdir(parents=True, exist_ok=True)
         if a.kmeans_only and a.from_run is not None:
             for row in run_kmeans_bench(a.from_run):
                 print(json.dumps(row), flush=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.cli import ErrorParser, entry_point, folder_arg
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
 
@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args)
         return 0
+    folder_arg(args.work_dir, "--work-dir")
     modes = ["streamed", "reference"] if args.compare else ["reference" if args.reference else "streamed"]
     try:
         rows = {m: measure(args, m) for m in modes}

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from pcl.data.sources import resolve_data
-from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.cli import ErrorParser, entry_point, folder_arg
 from pcl.utils.flags import ranged
 
 
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 @entry_point()
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    folder_arg(a.keep, "--keep")
     tmp = None
     try:
         root = a.root

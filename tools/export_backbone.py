@@ -17,21 +17,33 @@ import torch
 from pcl.config import stored_config
 from pcl.eval.pretrained import backbone_state_dict
 from pcl.run.checkpoint import load_checkpoint
+from pcl.utils.atomic import write_atomic
 from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.errors import PCLError
 
 
 @entry_point()
 def main() -> int:
-    """Write the backbone ``state_dict``; 2 with one ``error:`` line for a file that is no PCL checkpoint."""
+    """Write the backbone ``state_dict`` (atomically); 2 with one ``error:`` line for a file that is no PCL
+    checkpoint or an output path that cannot be written."""
     p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("output", type=Path)
     a = p.parse_args()
+    if a.output.is_dir():
+        raise PCLError(f"output {a.output} is a folder: give the file to write, e.g. {a.output / 'backbone.pth'}")
     ckpt = load_checkpoint(a.checkpoint)
     model_cfg = stored_config(ckpt, a.checkpoint).model
+    if not isinstance(ckpt.get("model"), dict):
+        raise PCLError(f"{a.checkpoint} holds no model state: give a training checkpoint (RUN/checkpoints/last.pth)")
     sd = backbone_state_dict(ckpt)
-    a.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(sd, a.output)
+    if not sd:
+        raise PCLError(f"{a.checkpoint} holds no query-encoder backbone (no encoder_q.backbone.* tensors)")
+    try:
+        a.output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PCLError(f"cannot create the folder of {a.output}: {e.strerror or e}") from None
+    write_atomic(a.output, lambda f: torch.save(sd, f), "backbone")
     arch, stem = model_cfg.arch, model_cfg.stem
     print(f"wrote {a.output}: {len(sd)} tensors of a torchvision {arch} (epoch {ckpt['epoch']})")
     print(f"load: m = torchvision.models.{arch}(); ", end="")

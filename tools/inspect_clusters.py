@@ -1,8 +1,11 @@
-"""Inspect a saved E-step cluster result (``--save-clusters`` output, ``ClusterResult.state_dict()``).
+"""Inspect a saved E-step cluster result: a ``--save-clusters`` file (``ClusterResult.state_dict()``), a
+training checkpoint (its ``cluster_result``) or a run folder (its newest ``clusters/epoch_XXXX.pth``, else
+``checkpoints/last.pth``).
 
 Usage:
     python tools/inspect_clusters.py experiments/run/clusters/epoch_0009.pth \
         --labels-from data/.cache/cifar10_subset/train --out-dir /tmp/inspect
+    python tools/inspect_clusters.py runs/default/checkpoints/last.pth      # the last E-step of a run
 
 Per granularity: a summary line (k, non-empty clusters, cluster sizes, concentration phi) and a PNG with
 the cluster-size histogram and the phi distribution. With ``--labels-from`` (the ImageFolder train folder
@@ -13,25 +16,74 @@ class labels, and a PNG grid of member images of the largest clusters. Prints th
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from pcl.run.curves import save_figure
 from pcl.utils.cli import ErrorParser, entry_point
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
 
 
-def load_levels(path: Path) -> list[dict]:
-    """The ``levels`` of a saved ``ClusterResult`` state dict (or of a checkpoint's ``cluster_result``)."""
+def cluster_file(path: Path) -> Path:
+    """The file to read for ``path``: itself, or for a run folder its newest ``--save-clusters`` file, else its
+    ``checkpoints/last.pth``; one ``PCLError`` line for anything else."""
+    from pcl.run.run_dir import RunDir
+
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise PCLError(f"{path} does not exist: give a clusters/epoch_XXXX.pth file, a checkpoint or a run folder")
+    rd = RunDir(path)
+    saved = sorted(rd.clusters.glob("epoch_*.pth")) if rd.clusters.is_dir() else []
+    if saved:
+        return saved[-1]
+    if rd.last.is_file():
+        return rd.last
+    raise PCLError(
+        f"{path} is a folder but not a run folder (no clusters/epoch_XXXX.pth, no checkpoints/last.pth): give a "
+        "cluster result, a checkpoint or a run folder"
+    )
+
+
+def _load(path: Path) -> object:
+    """``torch.load`` of a cluster file (tensors only) or of a training checkpoint (which also holds RNG states
+    and the configuration); one ``PCLError`` line when it is not a torch file."""
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "levels" not in state and isinstance(state.get("cluster_result"), dict):
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise PCLError(f"{path} is not a (complete) torch.save file: give a cluster result, a checkpoint or a run")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # a training checkpoint: read below, as training reads it
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PCLError(f"{path} cannot be read as a cluster result or checkpoint: {first}") from None
+    from pcl.run.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)  # a training checkpoint: it also holds numpy RNG states and the configuration
+
+
+def load_levels(path: Path) -> list[dict]:
+    """The ``levels`` of a saved ``ClusterResult`` state dict (or of a checkpoint's ``cluster_result``)."""
+    state = _load(path)
+    if isinstance(state, dict) and "levels" not in state and "cluster_result" in state:
+        if state["cluster_result"] is None:
+            raise PCLError(
+                f"{path} holds no cluster result: it was written before the first E-step (epoch {state.get('epoch')}"
+                " < --warmup-epochs); give a later checkpoint or a --save-clusters file (RUN/clusters/epoch_XXXX.pth)"
+            )
         state = state["cluster_result"]
-    if not isinstance(state, dict) or "levels" not in state:
-        raise PCLError(f"{path} is not a saved cluster result (no 'levels')")
+    if not isinstance(state, dict) or not isinstance(state.get("levels"), list):
+        raise PCLError(
+            f"{path} is not a cluster result (no 'levels'): give a --save-clusters file (RUN/clusters/epoch_XXXX.pth),"
+            " a training checkpoint (RUN/checkpoints/last.pth) or a run folder"
+        )
     return [
         {
             "k": int(lv["k"]),
@@ -69,7 +121,8 @@ def plot_stats(im2cluster: np.ndarray, density: np.ndarray, k: int, out: Path) -
     b.hist(density, bins=50)
     b.set(title=f"concentration phi (mean {density.mean():.3g})", xlabel="phi", ylabel="clusters")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.set_dpi(100)
+    save_figure(fig, out)
     plt.close(fig)
 
 
@@ -106,14 +159,17 @@ def plot_grid(
                 ax.imshow(img.convert("RGB").resize((image_size, image_size)))
         row[0].set_title(f"cluster {c}: n={sizes[c]}, mostly {majority}", loc="left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.set_dpi(100)
+    save_figure(fig, out)
     plt.close(fig)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The tool's command line."""
     p = ErrorParser(description=__doc__.splitlines()[0])
-    p.add_argument("clusters", type=Path, help="a saved ClusterResult state dict (.pth)")
+    p.add_argument(
+        "clusters", type=Path, help="a --save-clusters file (clusters/epoch_XXXX.pth), a checkpoint or a run folder"
+    )
     p.add_argument("--labels-from", type=Path, help="the data the clusters were computed on (a DATA form)")
     p.add_argument("--out-dir", type=Path, help="where to write the PNGs (default: next to the input file)")
     p.add_argument(
@@ -131,18 +187,20 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")
     args = parse_args(argv)
-    if not args.clusters.is_file():
-        raise PCLError(f"no such file: {args.clusters}")
-    levels = load_levels(args.clusters)
-    out_dir = args.out_dir or args.clusters.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    source = cluster_file(args.clusters)
+    levels = load_levels(source)
+    if source != args.clusters:
+        print(f"reading {source}")
+    out_dir = args.out_dir or source.parent
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PCLError(f"--out-dir {out_dir} is a file: give a folder for the PNGs")
     dataset = None
     if args.labels_from is not None:
         from pcl.data.datasets import IndexedImages
         from pcl.data.sources import resolve_data
 
         dataset = IndexedImages(resolve_data(args.labels_from).train)
-    stem = args.clusters.stem
+    stem = source.stem
     for lv in levels:
         k, im2cluster, density = lv["k"], lv["im2cluster"], lv["density"]
         s = summary(im2cluster, density, k)

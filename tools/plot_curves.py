@@ -27,9 +27,14 @@ def main(argv: list[str] | None = None) -> int:
         raise PCLError(f"--labels has {len(labels)} names for {len(args.exp_dirs)} folders")
     for d in args.exp_dirs:
         if not d.is_dir():
-            raise PCLError(f"{d} is not a folder")
+            what = "does not exist" if not d.exists() else "is a file"
+            raise PCLError(f"{d} {what}: give run folders (each with metrics.json or tb/), e.g. runs/default")
+    tags = [t.strip() for t in args.tags.split(",") if t.strip()]
+    if not tags:
+        raise PCLError(f"--tags names no tag (got {args.tags!r}); give a comma list, e.g. epoch/acc_inst,eval/knn_top1")
+    if args.out.is_dir():
+        raise PCLError(f"--out {args.out} is a folder: give the PNG file to write, e.g. {args.out / 'curves.png'}")
     groups = {label: seed_dirs(d) for label, d in zip(labels, args.exp_dirs, strict=True)}
-    tags = [t for t in args.tags.split(",") if t]
     for path in plot_curves(groups, tags, args.out):
         print(f"wrote {path}")
     return 0

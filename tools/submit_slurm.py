@@ -17,7 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from pcl.run.exp_dir import usable_dir
 from pcl.utils.cli import ErrorParser, entry_point
+from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
 from pcl.utils.slurm import Resources, make_executor
 
@@ -111,11 +113,24 @@ def resources(a: argparse.Namespace) -> Resources:
     )  # fmt: skip
 
 
+def check_main_args(main_args: list[str], world: int) -> None:
+    """The training flags, parsed and checked as ``main_pcl.py`` does for ``world`` processes, before anything
+    is submitted (a typo is one ``error:`` line here, not a failed job in the queue)."""
+    from pcl.config import parse_config, validate
+
+    try:
+        validate(parse_config(main_args), world)
+    except PCLError as e:
+        raise PCLError(f"main_pcl.py arguments: {str(e).strip().splitlines()[-1]}") from None
+
+
 def submit(argv: list[str] | None = None) -> object:
     """Parse, submit, print the job id and log folder; returns the submitit job."""
     a = build_parser().parse_args(argv)
     main_args = a.main_args[1:] if a.main_args[:1] == ["--"] else a.main_args
+    check_main_args(main_args, a.nodes * max(1, a.gpus_per_node))
     job_dir = a.job_dir or exp_dir_of(main_args) / "slurm"
+    usable_dir(job_dir, "--job-dir" if a.job_dir else "the job folder (<exp-dir>/slurm)")
     if __name__ != "__main__":  # imported (e.g. by a test): ship PCLJob by value, the job cannot import tools/
         import cloudpickle
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pcl.analysis.embedding import GALLERY_SORTS
 from pcl.eval.pictures import COLOUR_BY, PICTURES, PicturesConfig, make_pictures
-from pcl.utils.cli import ErrorParser
+from pcl.utils.cli import ErrorParser, folder_arg
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
 
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, draw, print the written files; ``error:`` line and exit 2 on bad input."""
     try:
         a = build_parser().parse_args(argv)
+        folder_arg(a.out, "--out")
         if a.exported is None and any(v is not None for v in (a.arch, a.stem, a.image_size)):
             raise PCLError("--arch / --stem / --image-size apply to --exported only")
         info = make_pictures(PicturesConfig(**vars(a)))

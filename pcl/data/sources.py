@@ -15,6 +15,11 @@ list       ``LIST.txt`` (a path per line), ``LIST.csv``            the CSV's ``p
 List paths are relative to the list's folder. ``--labels folders`` takes labels from class folders (for a list:
 each file's parent folder). Hidden entries are never data (``folder_scan.is_hidden``). ``--val PATH`` (any form)
 replaces the eval split; its labels are matched to the training classes by name.
+
+Every image is counted once: the same file reached twice (a second link to a class folder, a file symlink
+beside its target, a list naming one file on two lines, by resolved path) is an error naming both, and so is a
+CSV giving one file two labels. Entries named like images that are not regular files (a named pipe) are skipped
+with one warning line; a list naming one is an error.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pcl.data.folder_scan import IMAGE_EXTENSIONS, align_to_train, scan_images, visible_entries
+from pcl.data.folder_scan import (
+    IMAGE_EXTENSIONS,
+    ScanState,
+    align_to_train,
+    non_regular,
+    scan_images,
+    visible_entries,
+)
 from pcl.utils.errors import PCLError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the bundled data ships with the repository
@@ -72,6 +84,7 @@ class ImageSet:
     form: str
     where: Path
     how: str
+    skipped: tuple[str, ...] = ()  # image-named entries left out because they are not regular files
 
     @property
     def labeled(self) -> bool:
@@ -96,10 +109,23 @@ class ImageSet:
         return {"count": len(self.paths), "sha256": h.hexdigest(), "form": self.form}
 
     def describe(self) -> str:
-        """``12,345 images, unlabeled (no class folders in ROOT)`` or ``48 images in 3 classes (...)``."""
+        """``12,345 images, unlabeled (no class folders in ROOT)`` or ``48 images in 3 classes (...)``; one class
+        says what it turns off."""
+        if self.labeled and len(self.classes) == 1:
+            return f"{len(self):,} images in 1 class ({self.how}; with 1 class, cluster metrics and kNN are off)"
         if self.labeled:
             return f"{len(self):,} images in {len(self.classes)} classes ({self.how})"
         return f"{len(self):,} images, unlabeled ({self.how})"
+
+    def skipped_warning(self) -> str | None:
+        """One line about the image-named entries that were left out (not regular files), or None."""
+        if not self.skipped:
+            return None
+        n = len(self.skipped)
+        return (
+            f"warning: {n} entr{'y' if n == 1 else 'ies'} named like an image but not a regular file "
+            f"{'was' if n == 1 else 'were'} skipped under {self.where} (e.g. {self.skipped[0]})"
+        )
 
 
 @dataclass(frozen=True)
@@ -120,6 +146,8 @@ class DataSource:
         """Why the kNN monitor cannot run on this data (None: it can)."""
         if not self.train.labeled:
             return "the training data has no labels"
+        if len(self.train.classes) < 2:
+            return "the training data has 1 class"
         if self.eval is None:
             return f"no eval set ({self.eval_note})"
         if not self.eval.labeled:
@@ -147,10 +175,11 @@ def _folder_set(root: Path, labels: str, form: str = "classes") -> ImageSet:
             how = f"images directly in {root}"
         else:
             how = f"no class folders in {root}" if not dirs else f"one folder in {root}, not classes"
-        paths = scan_images(str(root))
+        state = ScanState()
+        paths = scan_images(str(root), state=state)
         if not paths:
             raise _no_images(root)
-        return ImageSet(paths, None, [], "unlabeled", root, how)
+        return ImageSet(paths, None, [], "unlabeled", root, how, tuple(state.skipped))
     if files:
         raise PCLError(
             f"--labels folders: {root} holds {len(files)} images outside class folders (e.g. {files[0]}); "
@@ -162,8 +191,9 @@ def _folder_set(root: Path, labels: str, form: str = "classes") -> ImageSet:
     paths: list[str] = []
     targets: list[int] = []
     empty = []
+    state = ScanState()  # one for every class folder: a folder or image reached from two classes is found
     for i, d in enumerate(dirs):
-        found = scan_images(d)
+        found = scan_images(d, state=state)
         if not found:
             empty.append(classes[i])
         paths.extend(found)
@@ -174,7 +204,8 @@ def _folder_set(root: Path, labels: str, form: str = "classes") -> ImageSet:
         raise _no_images(
             root, f": the class folders {', '.join(empty[:5])} hold no images (use --labels none for unlabeled data)"
         )
-    return ImageSet(paths, targets, classes, form, root, f"{len(classes)} class folders in {root}")
+    how = f"{len(classes)} class folder{'s' * (len(classes) != 1)} in {root}"
+    return ImageSet(paths, targets, classes, form, root, how, tuple(state.skipped))
 
 
 def _class_names(names: list[str]) -> list[str]:
@@ -222,6 +253,38 @@ def _read_list(path: Path) -> list[tuple[int, str, str | None]]:
     return rows
 
 
+def _once(
+    path: Path, rows: list[tuple[int, str, str | None]], paths: list[str]
+) -> tuple[list[tuple[int, str, str | None]], list[str]]:
+    """``rows`` and their ``paths`` when each file appears once (by resolved path); else a ``PCLError``: a file
+    under two labels names both lines and labels, a repeated file the count and the first pair of lines."""
+    first: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []
+    dirs: dict[str, str] = {}
+    for j, p in enumerate(paths):
+        if os.path.islink(p):
+            real = os.path.realpath(p)
+        else:  # one realpath per folder, not per file
+            head, tail = os.path.split(p)
+            real = os.path.join(dirs.setdefault(head, os.path.realpath(head)), tail)
+        i = first.setdefault(real, j)
+        if i == j:
+            continue
+        if rows[i][2] != rows[j][2]:
+            raise PCLError(
+                f"file list {path} gives {paths[j]} two labels: {rows[i][2]!r} on line {rows[i][0]} and "
+                f"{rows[j][2]!r} on line {rows[j][0]}; an image has one label"
+            )
+        repeats.append((i, j))
+    if repeats:
+        i, j = repeats[0]
+        raise PCLError(
+            f"file list {path} names {len(repeats)} file(s) more than once, e.g. {paths[j]} on lines {rows[i][0]} "
+            f"and {rows[j][0]}: every image must appear once (remove the repeated lines)"
+        )
+    return rows, paths
+
+
 def _list_set(path: Path, labels: str) -> ImageSet:
     """Images named by a ``.txt`` / ``.csv`` list (paths relative to its folder)."""
     rows = _read_list(path)
@@ -230,9 +293,14 @@ def _list_set(path: Path, labels: str) -> ImageSet:
     base = path.parent
     paths = [os.path.normpath(os.path.join(base, os.path.expanduser(p))) for _, p, _ in rows]
     missing = [(i, p) for (i, _, _), p in zip(rows, paths, strict=True) if not os.path.isfile(p)]
+    odd = [(i, p, why) for i, p in missing if (why := non_regular(p)) is not None]
+    if odd:
+        line, first, why = odd[0]
+        raise PCLError(f"file list {path} line {line} names {first}, which is {why}, not an image file")
     if missing:
         line, first = missing[0]
         raise PCLError(f"file list {path} names {len(missing)} missing files, e.g. {first} (line {line})")
+    rows, paths = _once(path, rows, paths)
     names: list[str] | None = None
     if labels == "folders":
         names = [os.path.basename(os.path.dirname(p)) for p in paths]
@@ -249,14 +317,21 @@ def image_set(path: str | Path, labels: str = "auto") -> ImageSet:
     """One set of images from a folder (class folders or unlabeled) or a ``.txt`` / ``.csv`` file list."""
     if labels not in LABEL_MODES:
         raise PCLError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
+    p = check_data_path(path)
+    if p.is_file():
+        return _list_set(p, labels)
+    return _folder_set(p, labels)
+
+
+def check_data_path(path: str | Path) -> Path:
+    """``path`` (``~`` expanded) when it can be a data argument: an existing folder or ``.txt`` / ``.csv`` list;
+    else the one-line ``PCLError`` :func:`resolve_data` gives (a cheap check, nothing is scanned)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise PCLError(f"data path {p} does not exist")
-    if p.is_file():
-        if p.suffix.lower() not in LIST_SUFFIXES:
-            raise PCLError(f"data path {p} is a file but not a .txt or .csv file list")
-        return _list_set(p, labels)
-    return _folder_set(p, labels)
+    if p.is_file() and p.suffix.lower() not in LIST_SUFFIXES:
+        raise PCLError(f"data path {p} is a file but not a .txt or .csv file list")
+    return p
 
 
 def _aligned(train: ImageSet, ev: ImageSet, name: str) -> tuple[ImageSet, str | None]:
@@ -299,6 +374,8 @@ def resolve_data(data: str | Path | None, labels: str = "auto", val: str | Path 
     warning = None
     if ev is not None:
         ev, warning = _aligned(train, ev, name)
+    skipped = [w for w in (train.skipped_warning(), ev.skipped_warning() if ev is not None else None) if w]
+    warning = "\n".join([*([warning] if warning else []), *skipped]) or None
     return DataSource(train, ev, None if ev is not None else note, warning)
 
 

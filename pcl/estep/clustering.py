@@ -107,7 +107,10 @@ def concentration(
         counts: ``(k,)`` members per cluster Z.  dist_sums: ``(k,)`` sum of ``||v - c||_2`` over members.
     Returns:
         ``(k,)`` float32: ``mean dist / log(Z + alpha)``; clusters with Z <= 1 get the max; clamped to
-        the 10th-90th percentile; rescaled so that the mean is ``temperature``.
+        the 10th-90th percentile; rescaled so that the mean is ``temperature``. Always finite and positive: in a
+        degenerate E-step (collapsed features, every member on its centroid) a phi of 0, which would divide the
+        ProtoNCE logits by zero, is raised to the smallest positive phi, and with none positive every cluster
+        gets ``temperature`` (see :func:`degenerate`). Otherwise the official values, unchanged.
     """
     counts = counts.double()
     phi = torch.zeros_like(counts)
@@ -117,7 +120,27 @@ def concentration(
     phi[~big] = dmax
     lo, hi = np.percentile(phi.cpu().numpy(), [10, 90])
     phi = phi.clamp(float(lo), float(hi))
+    usable = torch.isfinite(phi) & (phi > 0)
+    if not bool(usable.any()):
+        return torch.full_like(phi, temperature, dtype=torch.float32)
+    if not bool(usable.all()):
+        phi = torch.where(usable, phi, phi[usable].min())
     return (temperature * phi / phi.mean()).float()
+
+
+def degenerate(counts: torch.Tensor, dist_sums: torch.Tensor) -> str | None:
+    """Why :func:`concentration` cannot use the official values for these ``(k,)`` statistics (None: it can):
+    no cluster with more than one member, or members at distance 0 from their centroid (collapsed features)."""
+    big = counts > 1
+    if not bool(big.any()):
+        return "no cluster has more than one member"
+    spread = dist_sums[big]
+    if not bool(torch.isfinite(spread).all()):
+        return "non-finite distances to the centroids"
+    if not bool((spread > 0).all()):
+        zero = int((spread <= 0).sum())
+        return f"{zero} of {int(big.sum())} clusters have every member on their centroid (collapsed features?)"
+    return None
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pcl.estep.clustering import (
     KMeansConfig,
     assign,
     concentration,
+    degenerate,
     phi_raw_mean,
     train_kmeans,
 )
@@ -207,6 +208,9 @@ def _assign_all(
             "objective": float(sq_total[j] / num_total),
         }
         density = concentration(counts[j], sums[j], temperature)
+        why = degenerate(counts[j], sums[j])
+        if why is not None and info.is_main:  # phi stays finite; say why it carries little information
+            print(f"warning: E-step k={k}: {why}; concentrations kept finite and positive (mean {temperature})")
         norms = centroids[j].norm(dim=1)
         c = torch.nn.functional.normalize(centroids[j], dim=1)
         out.append(Granularity(k, im2cluster[j], c, density.to(dev), stats, norms))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +73,8 @@ def load_checkpoint(path: Path) -> dict:
         raise PCLError(f"checkpoint {path} is a directory; expected {expected}")
     if not path.is_file():
         raise PCLError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive: a truncated file or another format
+        raise PCLError(f"checkpoint {path} cannot be read: not a (complete) file written by torch.save")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:

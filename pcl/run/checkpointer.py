@@ -29,7 +29,7 @@ from torch import nn
 
 from pcl.run.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pcl.run.resume_check import apply_hyperparams, snapshot_hyperparams
-from pcl.run.run_dir import RunDir
+from pcl.run.run_dir import RunDir, checkpoint_position
 from pcl.utils import distributed as pdist
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
@@ -236,7 +236,20 @@ class Checkpointer:
             if numbered is not None and not numbered.exists() and ckpt["epoch"] > 0:
                 save_checkpoint(ckpt, numbered)  # lost by a kill between the two writes (older versions)
                 print(f"recreated {numbered}")
+            self._restore_last(Path(path), (int(ckpt["epoch"]), int(position or 0)))
         return out
+
+    def _restore_last(self, path: Path, position: tuple[int, int]) -> None:
+        """After resuming from a kept checkpoint of this run that is ahead of ``last.pth`` (or with ``last.pth``
+        unreadable), make ``last.pth`` its copy again, so that the run folder says where the run stands (a run
+        resumed from its final checkpoint is finished). An older kept checkpoint asked for by path is left alone."""
+        last = self.run_dir.last
+        if path.parent != self.run_dir.checkpoints or path.name == last.name or not path.is_file():
+            return
+        current = checkpoint_position(last)
+        if current is None or current < position:
+            copy_checkpoint(path, last)
+            print(f"restored {last} from {path.name}")
 
 
 def load_resumable(path: Path, run_dir: RunDir | None = None) -> tuple[Path, dict]:
@@ -248,7 +261,7 @@ def load_resumable(path: Path, run_dir: RunDir | None = None) -> tuple[Path, dic
     except PCLError as e:
         if run_dir is None:
             raise
-        for other in sorted(run_dir.checkpoints.glob("checkpoint_*.pth"), reverse=True):
+        for other in reversed(run_dir.kept_checkpoints()):
             if other == path:
                 continue
             try:

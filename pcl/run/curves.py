@@ -7,14 +7,20 @@ one line (their mean) with the min–max range shaded.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pcl.run.metrics import read_run_record
 from pcl.run.run_dir import RunDir
+from pcl.utils.atomic import write_bytes_atomic
 from pcl.utils.errors import PCLError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Curve = dict[int, float]  # epoch -> value
 
@@ -39,6 +45,21 @@ def load_curves(exp_dir: Path) -> dict[str, Curve]:
         tags = [t for t in acc.Tags()["scalars"] if t.split("/")[0] in ("epoch", "eval", "cluster", "time", "memory")]
         return {t: {e.step: e.value for e in acc.Scalars(t)} for t in tags}
     raise PCLError(f"{exp_dir} has neither metrics.json nor tb/ event files")
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """``fig`` as a PNG at ``path``, written atomically (the whole image or the old file; a full disk or a folder
+    at ``path`` is one ``PCLError`` line)."""
+    if path.is_dir():
+        raise PCLError(f"{path} is a folder: give the file name of the PNG to write")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PCLError(f"cannot create the folder of {path}: {e.strerror or e}") from None
+    write_bytes_atomic(path, buf.getvalue(), "figure")
+    return path
 
 
 def seed_dirs(path: Path) -> list[Path]:
@@ -103,8 +124,9 @@ def plot_curves(
             ax.text(0.5, 0.5, f"no {tag} in these runs", ha="center", va="center", transform=ax.transAxes)
         fig.tight_layout()
         path = out if len(tags) == 1 else out.with_name(f"{out.stem}_{tag.replace('/', '_')}{out.suffix or '.png'}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        plt.close(fig)
+        try:
+            save_figure(fig, path)
+        finally:
+            plt.close(fig)
         written.append(path)
     return written

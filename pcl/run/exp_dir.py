@@ -6,6 +6,7 @@ problem stops every rank with the same one-line error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -13,22 +14,25 @@ from pathlib import Path
 from pcl.run.lock import ExpDirLock
 from pcl.run.run_dir import RunDir
 from pcl.utils import distributed as pdist
-from pcl.utils.atomic import remove_stale_temporaries
+from pcl.utils.atomic import failure_reason, remove_stale_temporaries
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
 
 
 def usable_dir(path: Path, flag: str) -> None:
-    """Create ``path`` if needed and prove it is a writable directory; else one-line ``PCLError``."""
+    """Create ``path`` if needed and prove it is a writable directory; else one-line ``PCLError`` (a full disk
+    named as such)."""
     if path.exists() and not path.is_dir():
         raise PCLError(f"{flag} {path} exists and is not a directory")
+    probe = path / f".write-test-{os.getpid()}"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as e:
-        raise PCLError(f"{flag} {path} is not usable: {e.strerror or e}") from None
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        raise PCLError(f"{flag} {path} is not usable: {failure_reason(e, probe)}") from None
 
 
 def existing_checkpoints(run_dir: RunDir) -> list[Path]:

@@ -17,6 +17,7 @@ import socket
 import time
 from pathlib import Path
 
+from pcl.utils.atomic import write_error
 from pcl.utils.errors import PCLError
 
 LOCK_NAME = ".lock"
@@ -65,6 +66,15 @@ def _describe(info: dict) -> str:
     return f"pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
 
 
+class LockBusy(PCLError):
+    """The lock is held by another live process (the message names it)."""
+
+
+def lock_owner(path: Path) -> dict | None:
+    """The owner record (``pid``, ``host``, ``started``) of ``path`` while a live process holds it, else None."""
+    return (_read(path) or {"pid": "?"}) if is_locked(path) else None
+
+
 def is_locked(path: Path) -> bool:
     """True while a live process holds the ``flock`` of ``path`` (checked without taking it; no file, no lock)."""
     try:
@@ -95,12 +105,17 @@ class ExpDirLock:
         self.stale: dict | None = None  # the previous owner's record when a stale lock was taken over
 
     def acquire(self) -> ExpDirLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock; ``LockBusy`` when a live process holds it, a one-line ``PCLError`` naming the disk
+        when the lock file cannot be written (a full disk)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_error(e, self.path, "the lock file") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise PCLError(self._busy(_read(self.path))) from None
+            raise LockBusy(self._busy(_read(self.path))) from None
         except OSError as e:
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 os.close(fd)
@@ -109,9 +124,13 @@ class ExpDirLock:
         previous = _read(self.path)
         if previous.get("pid") not in (None, os.getpid()):
             self.stale = previous
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_owner()).encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(_owner()).encode(), 0)
+            os.fsync(fd)
+        except OSError as e:
+            os.close(fd)  # the flock goes with it
+            raise write_error(e, self.path, "the lock file") from None
         self._fd = fd
         _HELD.add(fd)
         return self
@@ -125,7 +144,7 @@ class ExpDirLock:
             return
         if info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1))):
             return
-        raise PCLError(self._busy(info))
+        raise LockBusy(self._busy(info))
 
     def _busy(self, info: dict) -> str:
         return (

@@ -80,6 +80,13 @@ class MetricsLog:
         except (OSError, ValueError):
             return  # unreadable: start the record afresh, the checkpoint is what matters
         self.epochs = [e for e in stored.get("epochs", []) if e.get("epoch", math.inf) < completed_epochs]
+        if self.epochs and self.epochs[-1]["epoch"] == completed_epochs - 1:
+            # the checkpoint of completed_epochs exists (it is being resumed): its epoch's record is final, also
+            # when the run was killed between that checkpoint and the record's rewrite (``complete`` then true
+            # for a run resumed from its final checkpoint, which trains nothing more)
+            self.checkpointed = True
+            if not stored.get("complete") and self.epochs[-1]["epoch"] + 1 >= self.epochs_total:
+                self.write()
 
     def add(
         self, epoch: int, scalars: dict[str, float], extra: dict[str, float] | None = None, checkpointed: bool = True

@@ -113,13 +113,44 @@ class RunDir:
         except Exception:  # missing, truncated or foreign files: not finished
             return False
 
+    def kept_checkpoints(self) -> list[Path]:
+        """The ``checkpoint_XXXX.pth`` files, oldest epoch first (numerically: ``checkpoint_10000`` follows
+        ``checkpoint_9999``)."""
+        if not self.checkpoints.is_dir():
+            return []
+
+        def number(p: Path) -> int:
+            tail = p.stem.removeprefix("checkpoint_")
+            return int(tail) if tail.isdigit() else -1
+
+        return sorted((p for p in self.checkpoints.glob("checkpoint_*.pth") if number(p) >= 0), key=number)
+
     def resume_path(self, resume: str | None) -> Path | None:
-        """``--resume``: ``auto`` -> :attr:`last` if it exists, else the newest kept checkpoint, else ``None``
-        (fresh start); a path -> that path. (An unreadable ``last.pth`` falls back when it is read:
-        :func:`pcl.run.checkpointer.load_resumable`.)"""
+        """``--resume``: ``auto`` -> the newest complete checkpoint: :attr:`last`, or the newest kept one when
+        it holds more (a kill between writing ``checkpoint_XXXX.pth`` and copying it to ``last.pth``); the
+        newest kept one when ``last.pth`` is missing; ``None`` with none (fresh start). A path -> that path.
+        (An unreadable ``last.pth`` falls back when it is read: :func:`pcl.run.checkpointer.load_resumable`.)"""
         if not resume:
             return None
-        if resume == "auto":
-            kept = sorted(self.checkpoints.glob("checkpoint_*.pth")) if self.checkpoints.is_dir() else []
-            return self.last if self.last.is_file() else (kept[-1] if kept else None)
-        return Path(resume)
+        if resume != "auto":
+            return Path(resume)
+        kept = self.kept_checkpoints()
+        if not self.last.is_file():
+            return kept[-1] if kept else None
+        if kept:
+            last, newest = checkpoint_position(self.last), checkpoint_position(kept[-1])
+            if last is not None and newest is not None and newest > last:
+                return kept[-1]
+        return self.last
+
+
+def checkpoint_position(path: Path) -> tuple[int, int] | None:
+    """``(completed epochs, steps into the next one)`` of a training checkpoint, read without its tensors
+    (memory-mapped); None when it cannot be read."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return int(state["epoch"]), int(state.get("step_in_epoch") or 0)
+    except Exception:  # missing, truncated or foreign: no position
+        return None

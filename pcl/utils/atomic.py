@@ -1,4 +1,5 @@
-"""Atomic file writes shared by checkpoints and feature shards: temporary file, fsync, rename."""
+"""Atomic file writes shared by checkpoints, feature shards, run records and suite results: temporary file,
+fsync, rename; a failed write (a full disk above all) is one ``PCLError`` line naming the disk."""
 
 from __future__ import annotations
 
@@ -46,12 +47,23 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None], what: str, hint:
         if _interrupted(e):
             raise KeyboardInterrupt from None
         if isinstance(e, OSError | RuntimeError):
-            reason = _reason(e, path)
-            raise PCLError(f"could not write {what} {path}: {reason}{hint}") from None
+            raise write_error(e, path, what, hint) from None
         raise
 
 
-def _reason(e: BaseException, path: Path) -> str:
+def write_bytes_atomic(path: Path, data: bytes, what: str) -> None:
+    """``data`` as the whole of ``path`` (or the old file on failure): :func:`write_atomic` of one buffer."""
+    write_atomic(path, lambda f: f.write(data), what)
+
+
+def write_error(e: BaseException, path: Path, what: str, hint: str = "") -> PCLError:
+    """The one-line error of a failed write of ``what`` to ``path`` ("could not write ...: No space left on
+    device (the disk holding ... is full)"), for writers that cannot go through :func:`write_atomic` (a lock
+    file, a folder)."""
+    return PCLError(f"could not write {what} {path}: {failure_reason(e, path)}{hint}")
+
+
+def failure_reason(e: BaseException, path: Path) -> str:
     """The OS-level reason of a write failure (torch hides the ``OSError`` in the exception chain); a full disk
     (``ENOSPC``, or numpy's "8192 requested and 6112 written") is named as such, with the folder."""
     full = f"No space left on device (the disk holding {path.parent} is full)"

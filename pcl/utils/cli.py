@@ -51,6 +51,12 @@ def entry_point(*extra: type[BaseException]) -> Callable[[Callable[P, int]], Cal
     return wrap
 
 
+def folder_arg(path: Path | str | None, flag: str) -> None:
+    """A flag that names a folder (created if missing) must not name a file: one ``PCLError`` line."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise PCLError(f"{flag} {path} is a file, not a folder")
+
+
 def pythonpath_env(root: Path | str) -> dict[str, str]:
     """``os.environ`` with ``root`` first on ``PYTHONPATH``: a subprocess imports this checkout's ``pcl``."""
     path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)

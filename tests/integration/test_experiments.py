@@ -19,7 +19,7 @@ from pcl.run.curves import aggregate, load_curves
 from pcl.run.metrics import MetricsLog
 from pcl.run.run_dir import RunDir
 from pcl.utils.errors import PCLError
-from tests.helpers import ROOT, TINY_ARGS, load_experiments, tool_env, write_suite
+from tests.helpers import ROOT, TINY_ARGS, load_experiments, write_suite
 
 runner = load_experiments()
 from launch import last_error_line  # noqa: E402 - experiments/ is on the path now
@@ -255,38 +255,6 @@ def test_official_defaults_cluster_after_warmup_and_moco_note(
     for bad in ("-1", "nan"):
         assert cli.main([str(tiny_data), *TINY_ARGS, "--proto-weight", bad, "--exp-dir", str(tmp_path)]) == 2
     assert "--proto-weight must be" in capsys.readouterr().err
-
-
-def test_runner_killed_mid_run_resumes(tmp_path: Path, tiny_data: Path) -> None:
-    """SIGKILL the runner and its training process after the first epoch; the rerun continues that run."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    suite = write_suite(tmp_path / "kill.toml", '[[runs]]\nname = "pcl"\nflags = { epochs = 3 }\n', seeds=1)
-    out = tmp_path / "out"
-    metrics = out / "kill" / "pcl" / "seed0" / "metrics.json"
-    env = tool_env()
-    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), str(suite), str(tiny_data), "--out", str(out)]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:
-            if RunDir(metrics.parent).last.is_file():  # epoch 0 and its checkpoint are written
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the run finished before it could be killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed = json.loads(metrics.read_text())
-    assert not killed["complete"] and 1 <= len(killed["epochs"]) < 3
-    assert runner.main([str(suite), str(tiny_data), "--out", str(out)]) == 0
-    done = json.loads(metrics.read_text())
-    assert done["complete"] and [e["epoch"] for e in done["epochs"]] == [0, 1, 2]
-    assert "resumed from" in (out / "kill" / "pcl" / "seed0" / "train.log").read_text()
 
 
 def test_summary_shows_the_evaluation_protocols_with_mean_and_std(tmp_path: Path) -> None:

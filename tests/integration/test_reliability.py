@@ -439,3 +439,37 @@ def test_second_signal_ends_the_process_at_once(tiny_data: Path, tmp_path: Path)
     assert proc.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), err
     assert "Traceback" not in err
     assert torch.load(last, weights_only=False)["epoch"] < 50
+
+
+# ---------------------------------------------------------------- issue 27: the newest complete checkpoint
+def test_a_kill_before_the_copy_to_last_does_not_redo_the_epoch(
+    tiny_data: Path, exp_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Defect 9: killed after ``checkpoint_0002.pth`` (the final epoch) and before its copy to ``last.pth``
+    (still epoch 1), ``--resume auto`` continues from the newer numbered file: nothing is trained again,
+    ``last.pth`` becomes its copy and the run is finished."""
+    import pcl.run.checkpointer as ckpt_mod
+    from pcl.run.run_dir import RunDir
+
+    copy = ckpt_mod.copy_checkpoint
+
+    def killed_before_the_copy(src: Path, dst: Path) -> None:
+        if dst.name == "last.pth":
+            raise KeyboardInterrupt  # stands for SIGKILL: nothing after the numbered checkpoint happens
+        copy(src, dst)
+
+    monkeypatch.setattr(ckpt_mod, "copy_checkpoint", killed_before_the_copy)
+    assert run(tiny_data, exp_copy, "--resume", "auto") == 130
+    rd = RunDir(exp_copy)
+    assert torch.load(rd.checkpoint(2), weights_only=False)["epoch"] == 2
+    assert torch.load(rd.last, weights_only=False)["epoch"] == 1 and not rd.is_finished()
+    monkeypatch.setattr(ckpt_mod, "copy_checkpoint", copy)
+    capsys.readouterr()
+    assert run(tiny_data, exp_copy, "--resume", "auto") == 0
+    out = capsys.readouterr().out
+    assert f"resumed from {rd.checkpoint(2)}: 2 epochs done" in out and f"restored {rd.last}" in out
+    assert "epoch 1:" not in out  # epoch 1 was not trained again
+    assert rd.last.read_bytes() == rd.checkpoint(2).read_bytes() and rd.is_finished()
+    record = json.loads(rd.metrics.read_text())
+    assert record["complete"] and [e["epoch"] for e in record["epochs"]] == [0, 1]
+    assert len(scalars(exp_copy)["train/loss"]) == 2 * 48 // 8  # every step logged once

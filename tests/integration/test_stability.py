@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,30 @@ def test_a_healthy_run_raises_no_collapse_warning(
     assert all(v > 1.5 for _, v in tags["health/effective_rank"])
     epoch = json.loads((tmp_path / "metrics.json").read_text())["epochs"][0]
     assert {"health/epoch_std_ratio", "health/epoch_effective_rank", "health/epoch_infonce_gap"} <= set(epoch)
+
+
+def test_a_resume_from_a_collapse_stop_with_a_remedy_runs_its_estep_and_finishes(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 27, defect 8: a collapsed encoder (constant head) reaches the E-step of epoch 1 with identical
+    features; its concentrations stay finite (they were NaN: every checkpoint after it was refused, exit 2), the
+    collapse stops the run in epoch 1 (exit 3), and the resume with a remedy trains ProtoNCE to the end."""
+    from pcl.train.health import COLLAPSE_EXIT
+
+    _constant_head(monkeypatch)
+    argv = [str(tiny_data), *TINY_ARGS, "--optimizer", "sgd", "--exp-dir", str(tmp_path)]
+    assert cli.main([*argv, "--lr", "1e-9", "--stop-on-collapse"]) == COLLAPSE_EXIT
+    out, err = capsys.readouterr()
+    assert "warning: E-step k=3: 1 of 1 clusters have every member on their centroid" in out
+    stopped = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
+    assert (stopped["epoch"], stopped["step_in_epoch"]) == (1, 1) and not non_finite_entries(stopped)
+    for level in stopped["cluster_result"]["levels"]:
+        assert abs(float(level["density"].double().mean()) - 0.2) < 1e-6 and bool((level["density"] > 0).all())
+    assert cli.main([*argv, "--lr", "1e-3", "--resume", "auto"]) == 0  # the remedy: another --lr
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" not in err
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=False)
+    assert ckpt["epoch"] == 2 and not non_finite_entries(ckpt)
+    proto = dict(scalars(tmp_path)["train/loss_proto"])
+    assert sorted(proto) == list(range(6, 12)) and all(math.isfinite(v) for v in proto.values())
+    assert dict(scalars(tmp_path)["train/skipped_steps"])[11] == 0

@@ -53,12 +53,12 @@ def test_a_2x2_sweep_expands_to_4_named_runs_with_their_flags(
     assert not (tmp_path / "out").exists()
 
 
-def test_a_config_file_in_base_is_found_next_to_the_suite(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_config_file_in_base_is_found_next_to_the_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "suites").mkdir()
     suite = tmp_path / "suites" / "c.toml"
     suite.write_text('[base]\nconfig = "cfg/run.toml"\n[[runs]]\nname = "a"\n')
+    (tmp_path / "suites" / "cfg").mkdir()
+    (tmp_path / "suites" / "cfg" / "run.toml").write_text("[optim]\nlr = 0.01\n")
     assert runner.main([str(suite), "DATA", "--out", str(tmp_path / "out"), "--dry-run"]) == 0
     assert f"--config {tmp_path / 'suites' / 'cfg' / 'run.toml'} --seed 0" in capsys.readouterr().out
 
@@ -104,7 +104,10 @@ def test_gpus_per_run_without_gpus_is_one_error_line(
 ) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     suite = write_suite(tmp_path / "g.toml", TWO_RUNS)
-    assert runner.main([str(suite), "DATA", "--out", str(tmp_path / "o"), "--jobs", "8", "--gpus-per-run", "1"]) == 2
+    assert (
+        runner.main([str(suite), str(tmp_path), "--out", str(tmp_path / "o"), "--jobs", "8", "--gpus-per-run", "1"])
+        == 2
+    )
     assert capsys.readouterr().err.strip() == "error: --jobs 8 --gpus-per-run 1 needs 8 GPUs, this machine shows 0"
 
 

@@ -212,3 +212,14 @@ def test_a_config_file_value_passes_the_checks_of_its_flag(tmp_path: Path) -> No
         path.write_text(text)
         with pytest.raises(PCLError, match=expected):
             validate(parse_config(["--config", str(path)]))
+
+
+@pytest.mark.parametrize("suffix", [".TOML", ".yaml", ".cfg"])
+def test_a_toml_config_file_is_toml_whatever_its_suffix(tmp_path: Path, suffix: str) -> None:
+    """Issue 27, defect 9: a ``.TOML`` or ``.yaml`` file holding TOML was parsed as JSON ("not valid JSON")."""
+    path = tmp_path / f"c{suffix}"
+    path.write_text('[model]\narch = "resnet34"\n')
+    assert parse_config(["--config", str(path)]).model.arch == "resnet34"
+    path.write_text("[model\n")
+    with pytest.raises(PCLError, match="not valid TOML"):
+        parse_config(["--config", str(path)])

@@ -252,3 +252,75 @@ def test_8bit_images_decode_as_pil_does(tiny_data: Path, tmp_path: Path) -> None
     grey = str(tmp_path / "grey.png")
     Image.open(p).convert("L").save(grey)
     assert (np.asarray(load_rgb(grey)) == np.asarray(Image.open(grey).convert("RGB"))).all()
+
+
+# ---------------------------------------------------------------- every image once (issue 27, defects 3 and 9)
+def test_a_second_link_to_a_class_folder_is_an_error_naming_it(tiny_data: Path, tmp_path: Path) -> None:
+    data = Path(shutil.copytree(tiny_data / "train", tmp_path / "train"))
+    (data / "class0copy").symlink_to("class0", target_is_directory=True)
+    with pytest.raises(PCLError, match=r"directory symlink .*class0copy leads back to .*class0 "):
+        resolve_data(str(data))
+
+
+def test_a_file_symlink_beside_its_target_is_an_error(tiny_data: Path, tmp_path: Path) -> None:
+    data = Path(shutil.copytree(tiny_data / "train", tmp_path / "train"))
+    (data / "class1" / "dup.jpg").symlink_to(data / "class0" / "0003.jpg")
+    with pytest.raises(PCLError, match=r"class1/dup.jpg and .*class0/0003.jpg are the same image"):
+        resolve_data(str(data))
+    (data / "class1" / "dup.jpg").unlink()
+    (data / "class1" / "own.jpg").symlink_to(tmp_path / "elsewhere.jpg")  # a link to an image nowhere else: fine
+    shutil.copy(data / "class0" / "0003.jpg", tmp_path / "elsewhere.jpg")
+    assert len(resolve_data(str(data)).train) == 49
+
+
+def test_a_list_naming_a_file_twice_is_an_error(tiny_data: Path, tmp_path: Path) -> None:
+    files = sorted(str(p) for p in (tiny_data / "train").rglob("*.jpg"))[:4]
+    lst = tmp_path / "l.txt"
+    lst.write_text("\n".join([*files, files[1], files[2]]) + "\n")
+    with pytest.raises(PCLError, match=r"names 2 file\(s\) more than once, e.g. .*0001.jpg on lines 2 and 5"):
+        resolve_data(str(lst))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "alias.jpg").symlink_to(files[0])  # the same file by another path
+    lst.write_text(f"{files[0]}\nsub/alias.jpg\n")
+    with pytest.raises(PCLError, match="more than once"):
+        resolve_data(str(lst))
+
+
+def test_a_csv_giving_one_file_two_labels_is_an_error(tiny_data: Path, tmp_path: Path) -> None:
+    a, b = sorted(str(p) for p in (tiny_data / "train").rglob("*.jpg"))[:2]
+    lst = tmp_path / "l.csv"
+    lst.write_text(f"path,label\n{a},cat\n{b},dog\n{a},dog\n")
+    with pytest.raises(PCLError, match=r"gives .*0000.jpg two labels: 'cat' on line 2 and 'dog' on line 4"):
+        resolve_data(str(lst))
+
+
+def test_a_named_pipe_named_like_an_image_is_skipped_with_one_warning(tiny_data: Path, tmp_path: Path) -> None:
+    import os
+
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    os.mkfifo(data / "train" / "class1" / "pipe.jpg")
+    source = resolve_data(str(data))
+    assert len(source.train) == 48 and not any(p.endswith("pipe.jpg") for p in source.train.paths)
+    assert source.warning.splitlines() == [
+        f"warning: 1 entry named like an image but not a regular file was skipped under {data / 'train'} "
+        f"(e.g. {data / 'train' / 'class1' / 'pipe.jpg'} (a named pipe))"
+    ]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(data / "train" / "class0" / "0000.jpg", flat / "a.jpg")
+    os.mkfifo(flat / "b.jpg")
+    assert resolve_data(str(flat)).train.paths == [str(flat / "a.jpg")]
+    lst = tmp_path / "p.txt"
+    lst.write_text(f"{flat / 'b.jpg'}\n")
+    with pytest.raises(PCLError, match=r"line 1 names .*b\.jpg, which is a named pipe, not an image file"):
+        resolve_data(str(lst))
+
+
+def test_one_class_says_what_it_turns_off(tiny_data: Path, tmp_path: Path) -> None:
+    a, b = sorted(str(p) for p in (tiny_data / "train" / "class0").glob("*.jpg"))[:2]
+    lst = tmp_path / "one.csv"
+    lst.write_text(f"{a},cat\n{b},cat\n")
+    source = resolve_data(str(lst))
+    assert source.train.describe() == f"2 images in 1 class (list {lst}; with 1 class, cluster metrics and kNN are off)"
+    assert source.knn_off_reason() == "the training data has 1 class"
+    assert "1 classes" not in source.describe()

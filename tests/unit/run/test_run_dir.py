@@ -68,3 +68,26 @@ def test_resume_auto_without_last_takes_the_newest_kept_checkpoint(tmp_path: Pat
     for e in (2, 10):
         rd.checkpoint(e).write_bytes(b"x")
     assert rd.resume_path("auto") == rd.checkpoint(10)
+
+
+def test_resume_auto_takes_the_newest_complete_checkpoint(tmp_path: Path) -> None:
+    """A kill between ``checkpoint_0002.pth`` and its copy to ``last.pth`` leaves ``last.pth`` an epoch behind:
+    the numbered one is newer; a mid-epoch ``last.pth`` is ahead of the numbered one of its epoch."""
+    import torch
+
+    rd = RunDir(tmp_path)
+    rd.checkpoints.mkdir()
+    torch.save({"epoch": 1, "step_in_epoch": 0}, rd.last)
+    for e in (1, 2):
+        torch.save({"epoch": e, "step_in_epoch": 0}, rd.checkpoint(e))
+    assert rd.resume_path("auto") == rd.checkpoint(2)
+    torch.save({"epoch": 2, "step_in_epoch": 3}, rd.last)
+    assert rd.resume_path("auto") == rd.last
+    torch.save({"epoch": 2}, rd.last)  # the same epoch (an older checkpoint without step_in_epoch): last.pth
+    assert rd.resume_path("auto") == rd.last
+    rd.last.write_bytes(b"garbage")  # unreadable: load_resumable falls back and says so
+    assert rd.resume_path("auto") == rd.last
+    torch.save({"epoch": 9999, "step_in_epoch": 0}, rd.checkpoint(9999))
+    torch.save({"epoch": 10000, "step_in_epoch": 0}, rd.checkpoint(10000))
+    torch.save({"epoch": 3, "step_in_epoch": 0}, rd.last)
+    assert rd.kept_checkpoints()[-1] == rd.checkpoint(10000) and rd.resume_path("auto") == rd.checkpoint(10000)
