@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 "base": suite.base,
                 "runs": [{"name": r.name, "flags": r.flags, "sweep": r.sweep, "swept": r.swept} for r in suite.runs],
                 "seeds": seeds,
+                "columns": list(suite.columns),
                 "extra": extra,
                 "command": "python experiments/run.py " + shlex.join(argv),
                 "machine": machine_info(),

@@ -53,7 +53,7 @@ from pcl.utils.errors import PCLError
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 FlagValue = str | int | float | bool
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
-TOP_KEYS = ("description", "seeds", "base", "runs", "sweeps")
+TOP_KEYS = ("description", "seeds", "base", "runs", "sweeps", "columns")
 RUN_KEYS = ("name", "flags")
 RUNNER_FLAGS = ("exp-dir", "seed", "resume")  # set by the runner for every (run, seed)
 SUITE_SUFFIXES = (".toml", ".json", ".yaml", ".yml", ".txt")  # a name ending so is a path, never a suite name
@@ -77,6 +77,7 @@ class Suite:
     base: dict[str, FlagValue]
     runs: list[RunSpec]
     seeds: int = 1
+    columns: tuple[str, ...] = ()  # training scalars (metrics.json keys) the summary shows, e.g. "epoch/loss_uniform"
 
 
 @dataclass
@@ -282,7 +283,10 @@ def load_suite(name_or_path: str) -> Suite:
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise PCLError(f"{path.name}: description must be a string")
-    return Suite(path.stem, path, description, base, runs, seeds)
+    columns = doc.get("columns", [])
+    if not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns):
+        raise PCLError(f'{path.name}: columns must be a list of metrics.json keys, e.g. ["epoch/loss_inst"]')
+    return Suite(path.stem, path, description, base, runs, seeds, tuple(columns))
 
 
 def plan(suite: Suite, out: Path, seeds: int, data: str | None, extra: list[str]) -> list[Job]:

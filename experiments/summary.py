@@ -85,6 +85,18 @@ def eval_columns() -> list[SummaryColumn]:
     return [column for protocol in PROTOCOLS.values() for column in protocol.columns]
 
 
+def training_columns(names: list[str]) -> list[SummaryColumn]:
+    """Columns of training scalars a suite file asks for (``columns = ["epoch/loss_uniform"]``): the value in the
+    last epoch's record of ``metrics.json`` (``read`` gets that record)."""
+    return [SummaryColumn(name.replace("/", "_"), f"{name} (last epoch)", lambda last, n=name: last.get(n), 3)
+            for name in names]  # fmt: skip
+
+
+def summary_columns(info: dict) -> list[SummaryColumn]:
+    """The evaluation protocols' columns, then the training scalars the suite names (``suite.json`` ``columns``)."""
+    return eval_columns() + training_columns(list(info.get("columns") or []))
+
+
 def _eval_figures(evaluation: dict) -> dict[str, float | None]:
     """Every evaluation column's figure of one run's ``eval.json``."""
     return {c.key: c.read(evaluation) for c in eval_columns()}
@@ -142,7 +154,7 @@ def untrained_row(suite_dir: Path) -> RunRow | None:
     return RunRow("untrained encoder", {}, 1, [seed], note="reference: `tools/evaluate.py RUN --encoder untrained`")
 
 
-def read_seed(exp_dir: Path, seed: int) -> SeedResult:
+def read_seed(exp_dir: Path, seed: int, extra: list[SummaryColumn] = ()) -> SeedResult:
     rd = RunDir(exp_dir)
     metrics = read_run_record(rd.metrics) if rd.metrics.is_file() else {}
     status, evaluation = _read_json(rd.status), _read_json(rd.eval)
@@ -154,6 +166,8 @@ def read_seed(exp_dir: Path, seed: int) -> SeedResult:
     for key, value in _training_figures(metrics).items():
         if figures.get(key) is None:
             figures[key] = value
+    last = metrics["epochs"][-1] if metrics.get("epochs") else {}
+    figures.update({c.key: c.read(last) for c in extra})
     return SeedResult(
         seed=seed,
         status=state,
@@ -192,12 +206,12 @@ def _suite_record(suite_dir: Path) -> dict:
 def collect(suite_dir: Path) -> tuple[dict, list[RunRow]]:
     """The runner's ``suite.json`` and one row per run, in suite order."""
     info = _suite_record(suite_dir)
-    rows = []
+    extra, rows = list(info.get("columns") or []), []
     for run in info["runs"]:
         row = RunRow(run["name"], run.get("flags") or {}, info["seeds"], sweep=run.get("sweep"),
                      swept=run.get("swept") or {})  # fmt: skip
         for seed in range(info["seeds"]):
-            row.seeds.append(read_seed(suite_dir / run["name"] / f"seed{seed}", seed))
+            row.seeds.append(read_seed(suite_dir / run["name"] / f"seed{seed}", seed, training_columns(extra)))
         rows.append(row)
     reference = untrained_row(suite_dir)
     return info, rows + ([reference] if reference is not None else [])
@@ -209,7 +223,7 @@ def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
 
 
-def _row_cells(row: RunRow, ref_sec: float | None) -> dict[str, object]:
+def _row_cells(row: RunRow, ref_sec: float | None, columns: list[SummaryColumn]) -> dict[str, object]:
     v = row.values
     sec = _median(v("sec_per_epoch"))  # one seed run on a loaded machine must not skew it
     rss = v("peak_rss_mib")
@@ -221,7 +235,7 @@ def _row_cells(row: RunRow, ref_sec: float | None) -> dict[str, object]:
         "seeds_planned": row.planned,
         **{
             f"{c.key}_{stat}": f(row.figures(c.key))
-            for c in eval_columns()
+            for c in columns
             for stat, f in (("mean", _mean), ("std", _std))
         },
         "acc_proto_final": _mean(v("acc_proto")),
@@ -237,16 +251,17 @@ def _row_cells(row: RunRow, ref_sec: float | None) -> dict[str, object]:
     }
 
 
-def table(rows: list[RunRow]) -> list[dict[str, object]]:
-    """Per-run cells; seconds per epoch relative to the first row that has a figure."""
+def table(rows: list[RunRow], columns: list[SummaryColumn] | None = None) -> list[dict[str, object]]:
+    """Per-run cells (``columns``: default the evaluation columns); seconds per epoch relative to the first row
+    that has a figure."""
     secs = [_median(r.values("sec_per_epoch")) for r in rows]
     ref = next((s for s in secs if s), None)
-    return [_row_cells(r, ref) for r in rows]
+    return [_row_cells(r, ref, eval_columns() if columns is None else columns) for r in rows]
 
 
 def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> str:
     has_cuda = any(c["cuda_peak_mib"] is not None for c in cells)
-    shown = [col for col in eval_columns() if col.always or any(c[f"{col.key}_mean"] is not None for c in cells)]
+    shown = [col for col in summary_columns(info) if col.always or any(c[f"{col.key}_mean"] is not None for c in cells)]
     head = ["run", "seeds", *(col.header for col in shown)]
     head += ["acc_proto final", "acc_proto best", "skipped steps", "s/epoch (rel.)", "peak RSS (MiB)"]
     head += ["CUDA peak (MiB)"] * has_cuda + ["flags vs base"]
@@ -417,7 +432,7 @@ def summarize(suite_dir: Path, dest: Path | None = None, metric: str = "knn", fl
     info, rows = collect(suite_dir)
     dest = dest or suite_dir
     usable_dir(dest, flag)
-    cells = table(rows)
+    cells = table(rows, summary_columns(info))
     write_bytes_atomic(dest / "results.csv", _csv_bytes(list(cells[0]), [list(c.values()) for c in cells]), "results")
     head = ["run", "seed", "status", "epochs_done", "knn_top1", "linear_top1", "ami", "acc_proto", "best_acc_proto",
             "skipped_steps", "sec_per_epoch", "peak_rss_mib", "error"]  # fmt: skip

@@ -32,6 +32,7 @@ from pcl.model.bank import FeatureBank
 from pcl.model.encoder import ModelConfig
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
+from pcl.utils.plugins import import_plugins
 from pcl.utils.timing import NULL_TIMER, PhaseTimer
 
 
@@ -164,7 +165,10 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def method_class(name: str) -> type[Method]:
-    """The registered method ``name``; a one-line ``PCLError`` with the known names otherwise."""
+    """The registered method ``name`` (``$PCL_PLUGINS`` modules imported first when it is not built in); a one-line
+    ``PCLError`` with the known names otherwise."""
+    if name not in METHODS:
+        import_plugins()
     if name not in METHODS:
         raise PCLError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
     return METHODS[name]

@@ -244,9 +244,10 @@ def test_plot_curves_tool(suite_run: tuple[Path, Path], tmp_path: Path, capsys: 
 def test_official_defaults_cluster_after_warmup_and_moco_note(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    t = parse_config(["--warmup-epochs", "20", "--optimizer", "sgd-cos"]).train
-    assert t.epochs == 200 and t.warmup_epochs < t.epochs and t.proto_weight == 1.0
-    assert not t.fixed_concentration
+    cfg = parse_config(["--warmup-epochs", "20", "--optimizer", "sgd-cos"])
+    t, loss = cfg.train, cfg.loss
+    assert t.epochs == 200 and loss.warmup_epochs < t.epochs and loss.proto_weight == 1.0
+    assert not loss.fixed_concentration
     assert cli.main([str(tiny_data), *TINY_ARGS, "--warmup-epochs", "2", "--exp-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "note: --warmup-epochs 2 >= --epochs 2: no E-step will run" in out

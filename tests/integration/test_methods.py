@@ -73,3 +73,36 @@ def test_a_new_loss_term_is_trained_logged_and_guarded_by_name(
     assert run(tiny_data, tmp_path / "nan", "--method", "pcl-uniform", "--max-bad-steps", "2") == 2
     err = capsys.readouterr().err
     assert "non-finite uniformity" in err and "2 consecutive non-finite steps" in err
+
+
+def test_a_new_loss_term_is_a_column_of_a_suite_summary(tiny_data: Path, tmp_path: Path) -> None:
+    """The toy method, loaded in the runner's training processes through ``PCL_PLUGINS`` (no edit of the package),
+    trains in a suite; the suite file's ``columns`` shows its term's last-epoch value, mean over seeds."""
+    import csv
+    import os
+
+    from tests.helpers import load_experiments, write_suite
+
+    runner = load_experiments()
+    suite = write_suite(tmp_path / "toy.toml", '[[runs]]\nname = "uniform"\nflags = { method = "pcl-uniform" }\n')
+    suite.write_text(suite.read_text().replace("seeds = 1\n", 'seeds = 1\ncolumns = ["epoch/loss_uniform"]\n'))
+    os.environ["PCL_PLUGINS"] = "tests.plugins.toy_method"
+    try:
+        assert runner.main([str(suite), str(tiny_data), "--out", str(tmp_path / "out")]) == 0
+    finally:
+        del os.environ["PCL_PLUGINS"]
+    record = json.loads((tmp_path / "out" / "toy" / "uniform" / "seed0" / "metrics.json").read_text())
+    rows = list(csv.DictReader((tmp_path / "out" / "toy" / "results.csv").read_text().splitlines()))
+    assert float(rows[0]["epoch_loss_uniform_mean"]) == pytest.approx(record["epochs"][-1]["epoch/loss_uniform"])
+    assert "epoch/loss_uniform (last epoch)" in (tmp_path / "out" / "toy" / "results.md").read_text()
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_error_line(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("PCL_PLUGINS", "no_such_module_here")
+    assert run(tiny_data, tmp_path, "--method", "mine") == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: PCL_PLUGINS: cannot import 'no_such_module_here': ModuleNotFoundError: No module named "
+        "'no_such_module_here'"
+    )

@@ -18,7 +18,7 @@ GENERATED = {"data/.cache"}
 # a repository path in prose or code: starts at a top-level folder, not preceded by a path character
 REPO_PATH = re.compile(r"(?<![\w/.$<-])((?:pcl|tools|tests|experiments|docs|data)/[\w./{},*-]*)")
 LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
-PCL_NAME = re.compile(r"(?<![\w.])(pcl(?:\.\w+)+)")
+PCL_NAME = re.compile(r"(?<![\w./])(pcl(?:\.\w+)+)")  # not a path such as pcl/methods/pcl.py
 
 
 def expand_braces(path: str) -> list[str]:

@@ -123,7 +123,7 @@ def test_tags_only_after_warmup_and_with_labels(
     one = make_image_folder(tmp_path / "one" / "train", per_class=48, classes=1).parent
     args = [*TINY_ARGS, "--exp-dir", str(tmp_path / "x")]
     assert cli.build_loaders(parse_config([str(one), *args]), DistInfo()).train_labels is None
-    labels = cli.build_loaders(parse_config([str(tiny_data), *args]), DistInfo()).class_labels
+    labels = cli.build_loaders(parse_config([str(tiny_data), *args]), DistInfo()).train_labels
     assert labels is not None and labels.tolist() == sorted(labels.tolist()) and labels.unique().tolist() == [0, 1, 2]
 
 
