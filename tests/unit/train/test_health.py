@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from pcl.train.health import (
     ALTERNATIVE,
+    FULL_GAP_FRACTION,
     GAP_MIN_FRACTION,
     STD_RATIO_MIN,
     WINDOW,
@@ -128,11 +129,11 @@ def test_full_collapse_is_caught_after_window_measurements_without_grace() -> No
 
 
 def test_each_sign_alone_is_no_collapse_and_a_learning_run_stays_silent() -> None:
-    """A small spread with a learning loss, a loss at chance within the grace steps, or a loss just outside the
-    2 % band, never warn."""
+    """A small spread with a learning loss (beyond the full-collapse band), a loss at chance within the grace steps,
+    or a loss just outside the 2 % band, never warn."""
     mon, said = _monitor(PLAN)
     for step in range(200):
-        low_spread = _stats(CHANCE - 2 * GAP_MIN_FRACTION * CHANCE, std_ratio=0.0, rank=1.0)
+        low_spread = _stats(CHANCE - 1.5 * FULL_GAP_FRACTION * CHANCE, std_ratio=0.0, rank=1.0)
         mon.observe_step(step, low_spread if step % 2 else _stats(CHANCE - 1.1 * GAP_MIN_FRACTION * CHANCE, 0.5))
     assert not said and mon.collapsed_in_a_row == 0
     mon, said = _monitor(PLAN)
