@@ -273,7 +273,7 @@ class HealthMonitor:
             text += f"; effective rank {rank:.1f}"
             if self.early_ranks:
                 text += f" (in the first {self.plan.grace} steps: {_mean(self.early_ranks):.1f})"
-            text += f"; per-dimension std {ratio:.3g} x 1/sqrt({self.dim}) (spread ~1, one point < {STD_RATIO_MIN:g})"
+            text += f"; spread std·√d {ratio:.3g} (d = {self.dim}; about 1 spread out, < {STD_RATIO_MIN:g} one point)"
         return text
 
     def diagnosis(self) -> str:

@@ -94,7 +94,7 @@ def test_not_learning_is_caught_when_grace_and_window_are_over_and_said_once() -
     assert f"at step {PLAN.latest - 1} (epoch 0 " in line
     assert "InfoNCE averaged 2.823 over the last 10 steps, 0.010 below its chance level 2.833 (0.4 %" in line
     assert "acc_inst 12.50 % (a uniform guess among its 17 candidates: 5.88 %)" in line
-    assert "effective rank 8.0 (in the first 10 steps: 8.0)" in line and "std 0.5 x 1/sqrt(16)" in line
+    assert "effective rank 8.0 (in the first 10 steps: 8.0)" in line and "spread std·√d 0.5 (d = 16;" in line
     assert "not being learnt (the embeddings keep their spread" in line  # the rank did not fall
 
 
