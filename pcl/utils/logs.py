@@ -37,9 +37,7 @@ def is_terminal(stream: IO[str]) -> bool:
         return False
 
 
-def progress(
-    iterable: Iterable[T], desc: str, total: int | None = None, show: bool = True, **kwargs: Any
-) -> tqdm:
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, show: bool = True, **kwargs: Any) -> tqdm:
     """A progress bar over ``iterable`` on the terminal's stderr; disabled when ``show`` is False or stderr is
     not a terminal (``leave=False``; ``kwargs`` go to tqdm)."""
     stream = terminal()
