@@ -35,12 +35,14 @@ from pcl.run import exp_dir as exp_dir_checks
 from pcl.run.checkpointer import load_resumable
 from pcl.run.resume_check import check_compatible, check_training_checkpoint
 from pcl.train.engine import EngineConfig, Loaders, Trainer
-from pcl.train.health import CollapseStop
+from pcl.train.health import CollapseStop, RunRecipe
 from pcl.train.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
 from pcl.train.signals import STOP, Preempted, slurm_requeue
+from pcl.train.summary import run_summary
 from pcl.utils import distributed as pdist
 from pcl.utils.cli import report_error
 from pcl.utils.errors import PCLError
+from pcl.utils.logs import LogTee
 
 VERIFY_AUTO_LIMIT = 200_000
 
@@ -124,7 +126,8 @@ def build_trainer(cfg: Config, info: pdist.DistInfo) -> Trainer:
         min_lr=o.min_lr,
         milestones=[m * steps for m in o.schedule],
     )
-    engine = EngineConfig(cfg.train, cfg.step, cfg.checkpoint, cfg.monitor, cfg.loss.warmup_epochs)
+    recipe = RunRecipe(o.optimizer, o.lr, o.lr_warmup_epochs, cfg.train.batch_size)
+    engine = EngineConfig(cfg.train, cfg.step, cfg.checkpoint, cfg.monitor, cfg.loss.warmup_epochs, recipe)
     return Trainer(engine, raw, model, optimizer, build_scheduler(optimizer, schedule), loaders, info, to_dict(cfg))
 
 
@@ -141,21 +144,24 @@ def _agree(check: Callable[[], None], info: pdist.DistInfo) -> None:
         raise PCLError(errors[0])
 
 
-def run(cfg: Config) -> Trainer:
+def run(cfg: Config, log: LogTee | None = None) -> Trainer:
     """Set up (and tear down) the process group, build everything, train; returns the trainer.
 
     Before anything is built: the exp-dir is checked and locked and the checkpoint to resume is read and
-    compared with ``cfg`` (docs/training.md).
+    compared with ``cfg`` (docs/training.md). From then on rank 0 appends its output to ``train.log`` in the run
+    folder (``log``: the caller's tee, left running so that its last error line lands there too).
     """
     t, c, run_dir = cfg.train, cfg.checkpoint, cfg.run_dir
     info = pdist.init_distributed(t.device, t.dist_backend)
-    lock, ckpt = None, {}
+    lock, ckpt, tee = None, {}, log or LogTee()
     STOP.install()  # SIGTERM / SIGUSR1 / SIGUSR2: checkpoint after the current step, then exit
     try:
         validate(cfg, info.world)
         for note in method_class(cfg.method).notes(cfg) if info.is_main else []:
             print(f"note: {note}")
         lock = exp_dir_checks.prepare(run_dir, cfg.estep.feature_dir, c.resume, c.overwrite, info)
+        if info.is_main:
+            tee.start(run_dir.train_log)
         resume = run_dir.resume_path(c.resume)
         if resume is not None:
 
@@ -183,6 +189,8 @@ def run(cfg: Config) -> Trainer:
             run_dir.config.write_text(to_json(cfg))
         knn = trainer.fit(stop_after=c.stop_after_epochs)
         if info.is_main:
+            for line in run_summary(trainer):
+                print(line)
             print(f"TensorBoard logs: {run_dir.tb}  (tensorboard --logdir {run_dir.tb})")
             print(f"checkpoints: {run_dir.checkpoints}")
             if knn is not None:
@@ -190,6 +198,8 @@ def run(cfg: Config) -> Trainer:
         return trainer
     finally:
         STOP.uninstall()
+        if log is None:
+            tee.stop()
         if lock is not None:
             lock.release()
         pdist.shutdown()
@@ -218,10 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point. Exit codes: 0 done; 2 bad input or environment (one ``error:`` line);
     3 ``--stop-on-collapse`` found a finite collapse (checkpoint written); 130 Ctrl-C; 128 + N after a graceful
     stop on signal N with a checkpoint written (SIGTERM 143, SIGUSR1 138, SIGUSR2 140)."""
+    with LogTee() as log:  # train.log: every line from the run folder's lock on, the last error line included
+        return _main(argv, log)
+
+
+def _main(argv: list[str] | None, log: LogTee) -> int:
     cfg = None
     try:
         cfg = parse_config(argv)
-        run(cfg)
+        run(cfg, log)
     except PCLError as e:
         return report_error(e)
     except CollapseStop as e:  # --stop-on-collapse

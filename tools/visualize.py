@@ -1,14 +1,17 @@
 """Pictures of what a run learned: feature map, cluster gallery and retrieval grid (PNGs).
 
     python tools/visualize.py runs/default --out runs/default/pictures
+    python tools/visualize.py runs/default --method umap --out /tmp/pics     # needs umap-learn
     python tools/visualize.py runs/default --granularity 50 --gallery-sort concentration --out /tmp/pics
     python tools/visualize.py --exported backbone.pth --data DATA --pictures map,retrieval --out /tmp/pics
     python tools/visualize.py runs/default --query my_photo.jpg --query other.png --out /tmp/pics
 
-Writes OUT/feature_map.png (t-SNE, or UMAP with umap-learn, of the backbone features; coloured by class, or by
-cluster on unlabeled data), OUT/cluster_gallery.png (the last E-step's largest or most concentrated prototypes,
-members nearest first; PCL runs only), OUT/retrieval.png (queries and their nearest neighbours) and
-OUT/pictures.json (settings, gallery rows, neighbours). A MoCo v2 run has no clusters: map and retrieval only.
+Writes OUT/feature_map.png (t-SNE, or UMAP with umap-learn: --method tsne|umap, of the backbone features;
+coloured by class, or on unlabeled data by cluster: the largest ones in the legend, each with its central image),
+OUT/cluster_gallery.png (the last E-step's largest or most concentrated prototypes, members nearest first; PCL
+runs only), OUT/retrieval.png (queries and their nearest neighbours) and OUT/pictures.json (settings, gallery
+rows, neighbours: indices and file paths). A MoCo v2 run has no clusters: map and retrieval only. Epochs are
+0-based, as on the training's "epoch N:" lines.
 """
 
 from __future__ import annotations
@@ -53,7 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--granularity", type=POSITIVE, default=None, help="k of the clusters (default: the finest)")
     p.add_argument("--color-by", dest="colour_by", default=d.colour_by, choices=COLOUR_BY, help="feature map colours")
     p.add_argument("--max-points", type=POSITIVE, default=d.max_points, help="feature-map subsample (seeded)")
-    p.add_argument("--map-method", default=d.map_method, choices=("auto", "tsne", "umap"))
+    p.add_argument(
+        "--method",
+        "--map-method",
+        dest="map_method",
+        default=d.map_method,
+        choices=("auto", "tsne", "umap"),
+        help="feature-map projection (auto: UMAP when umap-learn is installed, else t-SNE)",
+    )
     p.add_argument("--clusters", type=POSITIVE, default=d.clusters, help="gallery rows")
     p.add_argument("--members", type=POSITIVE, default=d.members, help="images per gallery row")
     p.add_argument("--gallery-sort", default=d.gallery_sort, choices=GALLERY_SORTS)

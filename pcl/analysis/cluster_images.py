@@ -41,6 +41,7 @@ def gallery_images(
             n_clusters,
             members,
         )
-        title = f"E-step of epoch {result.epoch}, k={g.k}: {len(rows)} largest clusters, members nearest first"
+        what = f"{len(rows)} largest clusters, members nearest first"
+        title = f"E-step at the start of epoch {result.epoch}, k={g.k}: {what}"
         out[f"clusters/k{g.k}"] = render.to_array(render.gallery(rows, thumbs, members, title))
     return out

@@ -64,6 +64,8 @@ def embed_2d(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.nda
     if n < 3:  # nothing to fit: spread the points on a line
         return np.stack([np.arange(n, dtype=np.float32), np.zeros(n, np.float32)], axis=1), method
     if method == "umap":
+        if not umap_available():
+            raise ValueError("the UMAP map needs umap-learn (pip install umap-learn==0.5.12); tsne needs nothing more")
         import umap
 
         return umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit_transform(x), method
@@ -74,6 +76,29 @@ def embed_2d(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.nda
     perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
     tsne = TSNE(n_components=2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed)
     return tsne.fit_transform(x).astype(np.float32), method
+
+
+def groups_by_size(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` largest groups of ``ids (m,)`` and their sizes, largest first (ties: smaller id first)."""
+    groups, counts = np.unique(np.asarray(ids), return_counts=True)
+    order = np.lexsort((groups, -counts))[:n]
+    return groups[order], counts[order]
+
+
+def medoid(xy: np.ndarray) -> int:
+    """Row of ``xy (m, 2)`` nearest to the points' coordinate-wise median (where a group's thumbnail goes)."""
+    return int(np.argmin(np.linalg.norm(xy - np.median(xy, axis=0), axis=1)))
+
+
+def kmeans_ids(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Cluster ids ``(n,)`` of the L2-normalised rows of ``x (n, D)`` by k-means (scikit-learn, seeded), to
+    colour a map of unlabeled images: ``min(k, n)`` clusters."""
+    from sklearn.cluster import KMeans
+
+    x = np.asarray(x, dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    k = max(1, min(k, x.shape[0]))
+    return KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x).astype(np.int64)
 
 
 def pick_clusters(im2cluster: np.ndarray, density: np.ndarray, n: int, sort: str = "size") -> np.ndarray:

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
-from pcl.analysis.embedding import GalleryRow
+from pcl.analysis.embedding import GalleryRow, groups_by_size, medoid
 from pcl.data.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from pcl.data.decode import load_rgb
 
@@ -27,7 +28,9 @@ TITLE_H = 0.45  # inches of a figure's title band
 CAPTION_H = 0.28  # inches under each retrieval thumbnail
 GAP = 0.25  # inches between the query column and its neighbours
 MAP_SIZE = (9.0, 7.0)  # inches of the feature map
-MAX_LEGEND = 20  # more classes than this: a colour bar-less map without legend
+MAX_LEGEND = 20  # groups (classes, clusters) that each get a colour; with more, the MAX_COLOURS - 1 largest do
+MAX_COLOURS = 10
+THUMB_PX = 40  # pixel size of a group's thumbnail on the feature map
 
 Thumb = Callable[[int], np.ndarray]
 
@@ -84,33 +87,53 @@ def _image_axes(fig: Figure, left: float, bottom: float, size: float, image: np.
 
 
 def feature_map(
-    xy: np.ndarray, colour_ids: np.ndarray | None, names: Sequence[str] | None, title: str, colour_what: str
+    xy: np.ndarray,
+    colour_ids: np.ndarray | None,
+    names: Sequence[str] | None,
+    title: str,
+    colour_what: str,
+    thumb: Thumb | None = None,
+    index: np.ndarray | None = None,
 ) -> Figure:
     """Scatter of ``xy (n, 2)`` coloured by ``colour_ids (n,)`` (class or cluster ids; None: one colour).
 
-    ``names`` (indexed by the ids) label the legend when there are at most ``MAX_LEGEND`` of them.
+    Up to ``MAX_LEGEND`` groups each get a colour and a legend entry (``names[id]``, else ``#id``, with its
+    size); with more, the ``MAX_COLOURS - 1`` largest do and the rest are grey ("other"), so that a reader can
+    tell the colours apart. ``thumb`` (``index -> (H, W, 3) uint8``, ``index (n,)``: each point's image): each
+    coloured group's image nearest its median point is drawn there, framed in the group's colour.
     """
     fig = _figure(*MAP_SIZE)
-    has_legend = colour_ids is not None and names is not None and len(np.unique(colour_ids)) <= MAX_LEGEND
-    ax = fig.add_axes((0.05, 0.05, 0.68 if has_legend else 0.9, 0.86))
-    ax.set_title(title, fontsize=11)
+    ax = fig.add_axes((0.04, 0.04, 0.66 if colour_ids is not None else 0.92, 0.86))
+    ax.set_title(title, fontsize=10, loc="left")
     ax.set_xticks([])
     ax.set_yticks([])
     if colour_ids is None:
         ax.scatter(xy[:, 0], xy[:, 1], s=6, c="tab:blue", linewidths=0)
         return fig
-    ids = np.unique(colour_ids)
-    palette = matplotlib.colormaps["tab10" if len(ids) <= 10 else "tab20" if len(ids) <= 20 else "hsv"]
-    for n, j in enumerate(ids):
-        colour = palette(n if len(ids) <= 20 else n / len(ids))
+    colour_ids = np.asarray(colour_ids)
+    n_groups = len(np.unique(colour_ids))
+    shown, counts = groups_by_size(colour_ids, n_groups if n_groups <= MAX_LEGEND else MAX_COLOURS - 1)
+    rest = ~np.isin(colour_ids, shown)
+    if rest.any():
+        label = f"other: {n_groups - len(shown)} more, {int(rest.sum())} points"
+        ax.scatter(xy[rest, 0], xy[rest, 1], s=5, color="0.78", linewidths=0, label=label)
+    palette = matplotlib.colormaps["tab10" if len(shown) <= 10 else "tab20"]
+    for n, (j, count) in enumerate(zip(shown, counts, strict=True)):
         sel = colour_ids == j
-        label = names[j] if has_legend else None
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=6, color=colour, linewidths=0, label=label)
-    if has_legend:
-        leg = ax.legend(
-            loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9, markerscale=2.5, frameon=False, title=colour_what
-        )
-        leg.get_title().set_fontsize(9)
+        name = names[j] if names is not None else f"#{j}"
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=7, color=palette(n), linewidths=0, label=f"{name} ({count})")
+        if thumb is not None and index is not None:
+            at = np.flatnonzero(sel)[medoid(xy[sel])]
+            image = thumb(int(index[at]))
+            box = OffsetImage(image, zoom=THUMB_PX / max(image.shape[:2]))
+            ab = AnnotationBbox(box, xy[at], frameon=True, pad=0.15, bboxprops={"edgecolor": palette(n), "lw": 2})
+            ax.add_artist(ab)
+    handles, labels = ax.get_legend_handles_labels()
+    if rest.any():  # "other" last
+        handles, labels = handles[1:] + handles[:1], labels[1:] + labels[:1]
+    leg = ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, markerscale=2.5,
+                    frameon=False, title=f"{colour_what} (points)")  # fmt: skip
+    leg.get_title().set_fontsize(9)
     return fig
 
 

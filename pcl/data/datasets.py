@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
-from tqdm import tqdm
 
 from pcl.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugConfig, train_transform
 from pcl.data.decode import load_rgb
@@ -28,6 +27,7 @@ from pcl.data.sources import LABEL_MODES, ImageSet, image_set
 from pcl.data.views import ViewSpec
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import check_fields, flag
+from pcl.utils.logs import progress
 
 
 class IndexedImages(Dataset):
@@ -96,7 +96,7 @@ def verify_images(paths: Sequence[str], workers: int = 8, show: bool = True) -> 
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(check, paths, chunksize=256)
-        for err in tqdm(results, total=len(paths), desc="verify images", disable=not show, leave=False):
+        for err in progress(results, "verify images", len(paths), show):
             if err is not None:
                 raise PCLError(err)
 

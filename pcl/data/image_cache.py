@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from pcl.data.decode import to_rgb
 from pcl.utils.errors import PCLError
+from pcl.utils.logs import progress
 
 HEADER_SAMPLE = 64  # images whose headers estimate the size of a data set for --cache-images auto
 
@@ -61,7 +61,7 @@ class ImageCache:
                 )
             self.buffer = np.empty(int(self.offsets[-1]), dtype=np.uint8)
             jobs = pool.map(self._decode_into, range(len(paths)), paths, chunksize=64)
-            for _ in tqdm(jobs, total=len(paths), desc="decode images to RAM", disable=not show, leave=False):
+            for _ in progress(jobs, "decode images to RAM", len(paths), show):
                 pass
 
     def _decode_into(self, i: int, path: str) -> None:

@@ -18,7 +18,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from pcl.estep.clustering import (
     KMEANS_INITS,
@@ -38,6 +37,7 @@ from pcl.utils import distributed as pdist
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import check_fields, flag, int_list
+from pcl.utils.logs import progress
 from pcl.utils.timing import NULL_TIMER, PhaseTimer
 
 
@@ -187,7 +187,7 @@ def _assign_all(
     counts = [torch.zeros(k, dtype=torch.float64, device=dev) for k in cfg.num_cluster]
     sums = [torch.zeros(k, dtype=torch.float64, device=dev) for k in cfg.num_cluster]
     sq_total = torch.zeros(levels, dtype=torch.float64, device=dev)
-    for idx, feats in tqdm(store.shards(), total=len(store.stems), desc="E-step assign", disable=not show, leave=False):
+    for idx, feats in progress(store.shards(), "E-step assign", len(store.stems), show):
         x = torch.from_numpy(np.array(feats, dtype=np.float32)).to(dev)  # one shard, writable copy
         idx_t = torch.from_numpy(idx).to(dev)
         for j, c in enumerate(centroids):

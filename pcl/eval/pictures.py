@@ -10,7 +10,9 @@ All three show the run's train images (the set its clusters index) under the eva
   E-step: the ranking is then approximate);
 - ``retrieval.png``: seeded (or given) query images and their top-M cosine neighbours in backbone feature space.
 
-``pictures.json`` records the settings, the gallery rows and the retrieval neighbours (dataset indices and paths).
+``pictures.json`` records the settings, the gallery rows and the retrieval neighbours (dataset indices and file
+paths). Epochs are 0-based everywhere, as on the training's ``epoch N:`` lines: the E-step "of epoch e" ran before
+epoch e; a checkpoint holding ``epoch = n`` is the encoder "after epoch n - 1".
 """
 
 from __future__ import annotations
@@ -124,12 +126,16 @@ def _cluster_chunks(
     """The E-step embedding of every train image as ``[(indices, features)]`` and a line saying where from."""
     stores = _kept_store(cfg, run, epoch)
     if stores and sum(len(s) for s in stores) == len(images.dataset):
-        return [c for s in stores for c in s.shards()], f"kept E-step features of epoch {epoch}"
+        return [c for s in stores for c in s.shards()], f"kept E-step features of epoch {epoch}"  # its start
     model = PCL.from_config(cfg, bn_splits=1)
     model.load_state_dict(ckpt["model"])
     model.to(dev).eval()
     feats = extract(model.cluster_features, eval_loader(images.dataset, a.batch_size, a.workers), dev, desc="cluster")
-    note = f"checkpoint epoch {ckpt.get('epoch')} momentum encoder (clusters of epoch {epoch}: ranking approximate)"
+    trained = int(ckpt.get("epoch", 0)) - 1  # the checkpoint's "epoch" counts finished epochs: the last is one less
+    note = (
+        f"momentum encoder after epoch {trained} (the checkpoint), not the E-step's at the start of epoch {epoch}: "
+        "ranking approximate"
+    )
     return [(np.arange(len(feats)), feats.cpu().numpy())], note
 
 
@@ -258,8 +264,10 @@ def draw_map(scene: Scene) -> None:
         ids, names, what = level.im2cluster.numpy()[idx], None, f"cluster (k={level.k})"
     else:
         ids, names, what = None, None, "no labels, no clusters"
-    title = f"{METHOD_NAMES[method]} of backbone features, {len(idx)} of {n} images, coloured by {what}"
-    fig = render.feature_map(xy, ids, names, title, what)
+    after = f" after epoch {int(scene.ckpt['epoch']) - 1}" if scene.ckpt and "epoch" in scene.ckpt else ""
+    title = f"{METHOD_NAMES[method]} of backbone features{after}, {len(idx)} of {n} images, coloured by {what}"
+    thumbs = render.dataset_thumbs(images.dataset) if images.labels is None or a.colour_by == "cluster" else None
+    fig = render.feature_map(xy, ids, names, title, what, thumbs, idx)
     scene.info["written"].append(str(render.save(fig, a.out / "feature_map.png")))
     scene.info["map"] = {"method": method, "points": len(idx), "colour_by": what}
 
@@ -274,8 +282,10 @@ def draw_gallery(scene: Scene) -> None:
     centroids, density = level.centroids.numpy(), level.density.numpy()
     rows = gallery_rows(chunks, level.im2cluster.numpy(), centroids, density, a.clusters, a.members, a.gallery_sort)
     order = "largest" if a.gallery_sort == "size" else "most concentrated (smallest φ)"
-    title = f"E-step of epoch {result.epoch}, k={level.k}: {len(rows)} {order} clusters, members nearest first"
+    what = f"{len(rows)} {order} clusters, members nearest first"
+    title = f"E-step at the start of epoch {result.epoch}, k={level.k}: {what}"
     fig = render.gallery(rows, render.dataset_thumbs(scene.images.dataset), a.members, title)
+    paths = scene.images.paths
     scene.info["written"].append(str(render.save(fig, a.out / "cluster_gallery.png")))
     scene.info["gallery"] = {
         "epoch": result.epoch,
@@ -284,7 +294,7 @@ def draw_gallery(scene: Scene) -> None:
         "features": where,
         "rows": [
             {"cluster": r.cluster, "size": r.size, "phi": r.phi, "members": r.members.tolist(),
-             "distances": r.distances.tolist()}
+             "member_paths": [paths[int(i)] for i in r.members], "distances": r.distances.tolist()}
             for r in rows
         ],
     }  # fmt: skip
@@ -321,9 +331,12 @@ def draw_retrieval(scene: Scene) -> None:
     title = f"Nearest neighbours (cosine, backbone features) among {n} train images"
     fig = render.retrieval(shown, nbrs, sims, thumb, title, names)
     scene.info["written"].append(str(render.save(fig, a.out / "retrieval.png")))
+    paths = images.paths
     scene.info["retrieval"] = {
         "queries": [str(p) for p in a.query_paths] or [int(q) for q in shown],
+        "query_paths": [str(p) for p in a.query_paths] or [paths[int(q)] for q in shown],
         "neighbours": nbrs.tolist(),
+        "neighbour_paths": [[paths[int(i)] for i in row] for row in nbrs],
         "similarities": sims.tolist(),
     }
 

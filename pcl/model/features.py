@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+
+from pcl.utils.logs import progress
 
 
 @torch.no_grad()
@@ -21,7 +22,7 @@ def iter_features(
     show: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(features_fn(images) (B, D) on device, index (B,))`` for each item ``(images, index)`` of ``loader``."""
-    for images, index in tqdm(loader, desc=desc, disable=not show, leave=False):
+    for images, index in progress(loader, desc, show=show):
         with autocast():
             feats = features_fn(images.to(device, non_blocking=True))
         yield feats, index

@@ -18,7 +18,6 @@ One epoch of :meth:`Trainer.fit`::
 from __future__ import annotations
 
 import signal
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from pcl.analysis.cluster_metrics import has_classes
 from pcl.methods.base import EpochContext, Method
@@ -39,8 +37,9 @@ from pcl.run.run_dir import RunDir
 from pcl.run.tb import TBLogger
 from pcl.train.amp import autocast_factory, grad_scaler
 from pcl.train.config import StepConfig, TrainConfig
+from pcl.train.feature_map import FeatureMapMonitor
 from pcl.train.guard import NonFiniteGuard, non_finite_terms
-from pcl.train.health import CollapseStop, HealthMonitor, embedding_signals
+from pcl.train.health import CollapseStop, HealthMonitor, HealthPlan, RunRecipe, embedding_signals
 from pcl.train.meters import EpochMeter, EpochStats, StepStats, pack_step, unpack_step
 from pcl.train.monitor import KnnMonitor, MonitorConfig
 from pcl.train.save_policy import SavePolicy
@@ -48,6 +47,7 @@ from pcl.train.signals import STOP, Preempted
 from pcl.utils import distributed as pdist
 from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import NonFiniteError
+from pcl.utils.logs import progress, say
 from pcl.utils.timing import PhaseTimer
 
 
@@ -60,6 +60,7 @@ class EngineConfig:
     checkpoint: CheckpointConfig
     monitor: MonitorConfig
     warmup_epochs: int = 0  # recorded in metrics.json (the method's own schedule)
+    recipe: RunRecipe | None = None  # optimizer, lr, warmup, batch: what the collapse advice quotes and changes
 
     @property
     def run_dir(self) -> RunDir:
@@ -116,9 +117,12 @@ class Trainer:
         self.position, self.resumed_meter, self.pending_rng = 0, None, None
         self.policy = SavePolicy(cfg.checkpoint.save_every_steps, cfg.checkpoint.save_every_minutes)
         self.guard = NonFiniteGuard(cfg.step.max_bad_steps, show=info.is_main)
-        chance = method.chance_loss()
-        self.health = HealthMonitor(method.embedding_dim, chance_value=chance[1] if chance else None)
+        plan = HealthPlan.for_schedule(self.steps_per_epoch, t.print_freq)
+        warn = (lambda line: say(line, err=True)) if info.is_main else (lambda line: None)
+        self.health = HealthMonitor.for_method(method, plan, cfg.recipe, warn)
         self.monitor = KnnMonitor(cfg.monitor, method, loaders, info, self.autocast, t.epochs)
+        self.feature_map = FeatureMapMonitor(cfg.monitor, method, loaders, info, self.autocast)
+        self.last_epoch: dict[str, float] = {}  # the last finished epoch's scalars (the end-of-run summary)
         self.checkpointer = Checkpointer(
             self.run_dir, method, optimizer, scheduler, self.scaler, info, config, cfg.checkpoint.save_freq, t.epochs
         )
@@ -162,7 +166,7 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping: logged and checked
-        measure = step.embedding is not None and self.state.global_step % self.cfg.train.print_freq == 0
+        measure = step.embedding is not None and self.health.plan.measures(self.state.global_step)
         health = embedding_signals(step.embedding) if measure else None  # health.py
         packed = pack_step(step, grad_norm, health)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -189,14 +193,9 @@ class Trainer:
             scalars.update({f"train/lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)})
         if self.scaler.is_enabled():
             scalars["train/amp_scale"] = self.scaler.get_scale()
-        if not step.bad:
+        if not step.bad:  # the health monitor warns once (stderr) when the run shows a collapse (health.py)
             scalars.update(step.scalars())
-        chance = self.method.chance_loss()
-        if step.health and not step.bad and chance is not None:
-            scalars.update(self.health.observe(*step.health, step.terms[chance[0]]))
-            warning = self.health.warning(self.state.global_step, scalars)
-            if warning and self.info.is_main:
-                tqdm.write(warning, file=sys.stderr)
+            scalars.update(self.health.observe_step(self.state.global_step, step))
         self.tb.scalars(scalars, self.state.global_step)
 
     # ------------------------------------------------------------------ one epoch
@@ -214,7 +213,7 @@ class Trainer:
             set_rng_state(self.pending_rng)
             self.pending_rng = None
         show = self.info.is_main
-        bar = tqdm(batches, f"epoch {epoch}", self.steps_per_epoch, disable=not show, leave=False, initial=done)
+        bar = progress(batches, f"epoch {epoch}", self.steps_per_epoch, show, initial=done)  # terminal only
         for views, index in self.timer.timed_iter(bar, "mstep_data_wait"):
             step = self.step(views, index)
             meter.add(step)
@@ -270,7 +269,7 @@ class Trainer:
         if knn is not None:
             self.tb.scalars({"eval/knn_top1": knn}, epoch - 1)
             self.metrics.update(epoch - 1, {"eval/knn_top1": knn})
-            tqdm.write(f"epoch {epoch - 1}: knn_top1 {knn:.2f} (key encoder, bank from epoch {epoch}'s pass)")
+            say(f"kNN monitor of epoch {epoch - 1}: knn_top1 {knn:.2f} (key encoder, bank from epoch {epoch}'s pass)")
 
     def _epoch_context(self, epoch: int, bank: FeatureBank | None) -> EpochContext:
         """What the method's epoch hook of ``epoch`` may use (labels, pictures and saved results on rank 0 only)."""
@@ -306,11 +305,13 @@ class Trainer:
             scalars = {**stats.scalars(), **self.timer.pop(), **self.health.pop_epoch()}
             if knn_due and knn is not None:
                 scalars["eval/knn_top1"] = knn
+            scalars.update(self.feature_map.log(epoch, self.tb))  # --feature-map-freq: TensorBoard's Images tab
             scalars["time/epoch_total_seconds"] = time.time() - t_epoch  # epoch hook + M-step + kNN monitor
             scalars.update({f"memory/{k}": v for k, v in peak_memory_mib(self.device).items()})
             self._end_epoch(epoch, scalars)
-            if self.info.is_main:
-                tqdm.write(stats.line(epoch, self.method.summary_terms(), knn if "eval/knn_top1" in scalars else None))
+            self.last_epoch = dict(self.epoch_scalars)
+            if self.info.is_main:  # one greppable line per epoch: "epoch N: loss ..."
+                say(stats.line(epoch, self.method.summary_terms(), knn if "eval/knn_top1" in scalars else None))
         self.tb.close()
         return knn
 

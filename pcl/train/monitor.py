@@ -25,7 +25,8 @@ from pcl.utils.flags import check_fields, flag
 
 @dataclass
 class MonitorConfig:
-    """What the loop measures besides the losses: the kNN monitor, cluster metrics and galleries of the E-step."""
+    """What the loop measures besides the losses: the kNN monitor, the feature map, cluster metrics and galleries
+    of the E-step."""
 
     GROUP: ClassVar[str] = "PCL E-step"
 
@@ -40,6 +41,14 @@ class MonitorConfig:
         help="after each E-step, show the N largest clusters of each granularity (8 members nearest the "
         "prototype) in TensorBoard's Images tab (0 = off)",
     )
+    feature_map_freq: int = flag(
+        10,
+        ge=0,
+        group="run",
+        help="every N epochs, a 2-D map (t-SNE; UMAP when umap-learn is installed) of the eval-view backbone "
+        "features of --feature-map-points train images in TensorBoard's Images tab (0 = off; docs/training.md)",
+    )
+    feature_map_points: int = flag(500, gt=1, group="run", help="seeded subsample of the feature map")
     knn_freq: int = flag(  # 0 = never
         1,
         ge=0,

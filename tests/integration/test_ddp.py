@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -74,6 +75,8 @@ def test_losses_finite_and_tensorboard_written_once(ddp_run: Path) -> None:
     assert len(tags["train/loss"]) == 2 * STEPS_PER_EPOCH
     assert all(v == v and abs(v) < 1e4 for _, v in tags["train/loss"] + tags["train/loss_proto"])
     assert tags["train/skipped_steps"][-1][1] == 0
+    log = (ddp_run / "train.log").read_text()  # rank 0's output, each epoch line once
+    assert re.findall(r"^epoch (\d+):", log, flags=re.M) == ["0", "1"] and log.count("summary: epoch 1") == 1
 
 
 def test_distributed_checkpoint_resumes_in_one_process_and_back(

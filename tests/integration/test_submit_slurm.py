@@ -55,3 +55,5 @@ def test_local_executor_survives_a_preemption(tiny_data: Path, tmp_path: Path) -
     assert "resumed from" in out  # the requeued start continued with --resume auto
     final = torch.load(last, weights_only=False)
     assert final["epoch"] == 2 and final["global_step"] == 2 * (48 // 8)
+    log = (exp / "train.log").read_text()  # both starts appended their lines, each epoch's once
+    assert "stopped by SIGUSR2" in log and "resumed from" in log and log.count("epoch 1:") == 1

@@ -65,6 +65,11 @@ def test_labelled_run_writes_three_pictures_and_the_gallery_is_the_nearest_membe
     assert _png_size(out / "cluster_gallery.png") == render.gallery_size(len(gallery["rows"]), 5)
     assert _png_size(out / "retrieval.png") == render.retrieval_size(3, 4)
     assert np.array(info["retrieval"]["neighbours"]).shape == (3, 4)
+    files = sorted(str(p) for p in Path(info["data"]).joinpath("train").rglob("*.jpg"))  # ImageFolder order
+    r = info["retrieval"]
+    assert r["query_paths"] == [files[q] for q in r["queries"]]
+    assert r["neighbour_paths"] == [[files[i] for i in row] for row in r["neighbours"]]
+    assert all(row["member_paths"] == [files[i] for i in row["members"]] for row in gallery["rows"])
     # by hand, on the saved E-step features: each row's members are its cluster's nearest to the prototype
     level = torch.load(RunDir(vis_run).last, weights_only=False)["cluster_result"]["levels"][1]
     im2cluster, centroids = level["im2cluster"].numpy(), level["centroids"].numpy()
@@ -95,6 +100,41 @@ def test_data_without_labels_colours_the_map_by_cluster(vis_run: Path, tiny_data
     assert _png_size(out / "retrieval.png") == render.retrieval_size(3, 4)
 
 
+def test_method_flag_and_an_unlabeled_map_legend_of_the_largest_clusters(
+    vis_run: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--method tsne`` is the map's projection (``--method umap`` without umap-learn: one error line); an
+    unlabeled map coloured by the k = 5 clusters draws every cluster with a legend entry (no 40 hues)."""
+    from pcl.analysis.embedding import umap_available
+
+    out = tmp_path / "pics"
+    assert (
+        visualize(vis_run, "--out", out, "--pictures", "map", "--method", "tsne", "--color-by", "cluster", *SMALL) == 0
+    )
+    info = json.loads((out / "pictures.json").read_text())
+    assert info["map"] == {"method": "tsne", "points": 30, "colour_by": "cluster (k=5)"}
+    if not umap_available():
+        assert visualize(vis_run, "--out", out, "--pictures", "map", "--method", "umap", *SMALL) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "umap-learn" in err[0]
+
+
+def test_map_of_many_groups_colours_the_largest_and_greys_the_rest() -> None:
+    """40 clusters: the 9 largest get a colour, a legend entry with their size and their central image; the other
+    31 are one grey "other" entry."""
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(40), np.arange(40, 0, -1))  # cluster j has 40 - j points
+    xy = rng.normal(size=(len(ids), 2)) + ids[:, None]
+    shown = []
+    fig = render.feature_map(
+        xy, ids, None, "t", "cluster", lambda i: shown.append(i) or np.zeros((8, 8, 3), np.uint8), np.arange(len(ids))
+    )
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == [f"#{j} ({40 - j})" for j in range(9)] + [f"other: 31 more, {int((ids >= 9).sum())} points"]
+    assert sorted(ids[shown]) == list(range(9))  # one thumbnail per coloured cluster, from that cluster
+    assert render.to_array(fig).shape == (700, 900, 3)
+
+
 def test_without_kept_features_the_gallery_ranks_with_the_checkpoint(vis_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -103,7 +143,10 @@ def test_without_kept_features_the_gallery_ranks_with_the_checkpoint(vis_run: Pa
     assert visualize(run, "--out", out, "--pictures", "gallery", "--gallery-sort", "concentration", *SMALL) == 0
     info = json.loads((out / "pictures.json").read_text())
     assert sorted(p.name for p in out.glob("*.png")) == ["cluster_gallery.png"]
-    assert info["gallery"]["features"].startswith("checkpoint epoch 2 momentum encoder")
+    # the checkpoint holds epoch = 2 (two finished): the encoder after epoch 1, as the E-step at the start of
+    # epoch 1 is "epoch 1" in the title: one numbering (0-based, as the training's "epoch N:" lines)
+    assert info["gallery"]["features"].startswith("momentum encoder after epoch 1 (the checkpoint)")
+    assert "not the E-step's at the start of epoch 1" in info["gallery"]["features"]
     level = torch.load(run / "checkpoints" / "last.pth", weights_only=False)["cluster_result"]["levels"][1]
     phis = [row["phi"] for row in info["gallery"]["rows"]]
     assert phis == sorted(phis)  # most concentrated first
