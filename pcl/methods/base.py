@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pcl.data.datasets import DataConfig
 from pcl.estep.estep import EStepConfig
 from pcl.losses.config import LossConfig
 from pcl.model.bank import FeatureBank
@@ -43,6 +44,7 @@ class MethodSettings(Protocol):
     loss: LossConfig
     estep: EStepConfig
     train: Any  # pcl.train.config.TrainConfig (epochs)
+    data: DataConfig  # the views of a batch: data.aug.view_spec()
 
 
 @dataclass

@@ -68,6 +68,13 @@ class MoCo(Method):
     def validate(cls, cfg: MethodSettings) -> None:
         if cls is MoCo and cfg.model.cluster_head != "none":
             raise PCLError(f"--cluster-head {cfg.model.cluster_head} is PCL's: use --method pcl, or drop it")
+        aug = cfg.data.aug
+        if aug.global_crops < 2:
+            raise PCLError(
+                f"--global-crops {aug.global_crops}: {cls.name} needs at least 2 global crops (a query and a key view)"
+            )
+        if aug.global_crops > 2 or aug.local_crops:
+            raise PCLError(f"{cls.name} uses two global crops and no local ones (multi-crop is not in this version)")
 
     # -------------------------------------------------------------- state
     def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
