@@ -12,6 +12,7 @@ from torch import nn
 
 from pcl.model.backbone import ARCHS, BackboneSpec, build_backbone, check_arch, probe_backbone
 from pcl.model.heads import CLUSTER_HEADS, projection_head
+from pcl.utils.errors import PCLError
 from pcl.utils.flags import check_fields, flag
 
 
@@ -55,9 +56,15 @@ class ModelConfig:
     )
 
     def validate(self) -> None:
-        """Raise a one-line ``PCLError`` for a value outside its flag's range or an unknown arch."""
+        """Raise a one-line ``PCLError`` for a value outside its flag's range, an unknown arch or a missing
+        ``--pretrained`` file (before any data is read)."""
         check_arch(self.arch)
         check_fields(self)
+        if self.pretrained is not None and not Path(self.pretrained).is_file():
+            raise PCLError(
+                f"--pretrained {self.pretrained}: no such file; weights are never downloaded (no network): fetch "
+                "them elsewhere (e.g. the model's safetensors file from its hub page) and give the local file"
+            )
 
     def backbone(self, bn_splits: int | None = None, image_size: int = 32) -> BackboneSpec:
         """The backbone these settings name, built for ``image_size`` px (the global crops and eval view:

@@ -103,8 +103,21 @@ class OptimConfig:
         return out
 
 
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters a module of ``model`` asks to keep free of weight decay (timm's
+    ``no_weight_decay()``: a ViT's position embedding, class / register / distillation tokens)."""
+    out: set[str] = set()
+    for prefix, module in model.named_modules():
+        ask = getattr(module, "no_weight_decay", None)
+        if callable(ask):
+            out |= {f"{prefix}.{n}" if prefix else n for n in ask()}
+    return out
+
+
 def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict]:
-    """Trainable parameters in one or two groups; 1-d tensors (BN, biases) get no weight decay if excluded.
+    """Trainable parameters in one or two groups; with ``exclude_bn_bias`` no weight decay for 1-d tensors (batch
+    and layer norms, biases) and for what a module names in ``no_weight_decay()`` (a ViT's position embedding and
+    class token, :func:`no_decay_names`).
 
     timm's LARS adapts only groups with weight decay, so excluding them from decay excludes them from
     the LARS trust ratio too.
@@ -112,8 +125,9 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not exclude_bn_bias:
         return [{"params": [p for _, p in params], "weight_decay": weight_decay, "name": "all"}]
-    decay = [p for _, p in params if p.ndim > 1]
-    no_decay = [p for _, p in params if p.ndim <= 1]
+    tokens = no_decay_names(model)
+    decay = [p for n, p in params if p.ndim > 1 and n not in tokens]
+    no_decay = [p for n, p in params if p.ndim <= 1 or n in tokens]
     return [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
