@@ -91,6 +91,7 @@ LEGACY_MOVES = {
     "train.fixed_concentration": "loss",
     "optim.clip_grad": "step",
     **{f"train.{k}": "step" for k in ("amp", "channels_last", "max_bad_steps", "stop_on_collapse")},
+    "train.accum_steps": "step",  # newer than the split; accepted beside its old-layout neighbours all the same
     **{f"train.{k}": "checkpoint" for k in ("exp_dir", "resume", "stop_after_epochs", "save_freq", "requeue")},
     **{f"train.{k}": "checkpoint" for k in ("save_every_minutes", "save_every_steps", "overwrite")},
     "train.save_clusters": "estep",
