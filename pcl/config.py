@@ -40,6 +40,7 @@ from pcl.data.datasets import DataConfig
 from pcl.estep.estep import EStepConfig
 from pcl.losses.config import LossConfig
 from pcl.methods import METHODS, method_class
+from pcl.model.backbone import ARCHS, BackboneSpec, check_input_sizes, probe_backbone
 from pcl.model.encoder import ModelConfig
 from pcl.run.checkpointer import CheckpointConfig
 from pcl.run.run_dir import RunDir
@@ -90,6 +91,7 @@ LEGACY_MOVES = {
     "train.fixed_concentration": "loss",
     "optim.clip_grad": "step",
     **{f"train.{k}": "step" for k in ("amp", "channels_last", "max_bad_steps", "stop_on_collapse")},
+    "train.accum_steps": "step",  # newer than the split; accepted beside its old-layout neighbours all the same
     **{f"train.{k}": "checkpoint" for k in ("exp_dir", "resume", "stop_after_epochs", "save_freq", "requeue")},
     **{f"train.{k}": "checkpoint" for k in ("save_every_minutes", "save_every_steps", "overwrite")},
     "train.save_clusters": "estep",
@@ -194,10 +196,17 @@ def _flatten(cls: type, d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def backbone_spec(cfg: Config) -> BackboneSpec:
+    """The backbone the configuration trains (built for ``--image-size``)."""
+    return cfg.model.backbone(image_size=cfg.data.aug.image_size)
+
+
 def resolve(cfg: Config) -> Config:
-    """Fill the derived defaults in place (blur, per-optimizer lr / wd / warmup / schedule, feature dir)."""
+    """Fill the derived defaults in place (blur, local crops, per-optimizer and per-backbone-kind lr / wd / warmup /
+    schedule, feature dir)."""
     cfg.data.aug = cfg.data.aug.resolved()
-    cfg.optim = cfg.optim.resolved()
+    vit = cfg.model.arch not in ARCHS and probe_backbone(backbone_spec(cfg)).vit
+    cfg.optim = cfg.optim.resolved(vit, cfg.train.batch_size, cfg.train.epochs)
     if cfg.estep.feature_dir is None:
         cfg.estep.feature_dir = cfg.run_dir.features
     return cfg
@@ -321,15 +330,9 @@ def validate(cfg: Config, world: int = 1) -> None:
     method_class(cfg.method).validate(cfg)
     if t.batch_size % world:
         raise PCLError(f"--batch-size {t.batch_size} (global) is not divisible by the {world} processes")
-    per_rank = t.batch_size // world
-    splits = m.bn_splits if world == 1 else 1
-    if per_rank % splits:
-        raise PCLError(f"--batch-size {t.batch_size} is not divisible by --bn-splits {m.bn_splits}")
-    if per_rank // splits < 2:  # batch norm of one sample has no variance
-        raise PCLError(
-            f"--batch-size {t.batch_size} over {world} process(es) and --bn-splits {splits} gives "
-            f"{per_rank // splits} sample per batch-norm split; batch norm needs at least 2"
-        )
+    spec = backbone_spec(cfg)
+    check_input_sizes(spec, cfg.data.aug.view_spec().sizes)
+    _check_batches(cfg, t.batch_size // world, world, m.arch in ARCHS or probe_backbone(spec).batchnorm)
     if cfg.estep.max_points < max(cfg.estep.num_cluster):
         raise PCLError(
             f"--kmeans-max-points {cfg.estep.max_points} is smaller than --num-cluster {max(cfg.estep.num_cluster)}: "
@@ -339,6 +342,27 @@ def validate(cfg: Config, world: int = 1) -> None:
         raise PCLError(
             f"--batch-size {t.batch_size} is larger than the queue --pcl-r {m.pcl_r}: "
             "one batch of keys would overwrite itself; raise --pcl-r or lower the batch size"
+        )
+
+
+def _check_batches(cfg: Config, per_rank: int, world: int, batchnorm: bool) -> None:
+    """The per-process batch splits into ``--accum-steps`` micro-batches, and each micro-batch into ``--bn-splits``
+    sub-batches of at least 2 samples (only for a backbone with batch norm)."""
+    m, t, accum = cfg.model, cfg.train, cfg.step.accum_steps
+    if per_rank % accum:
+        raise PCLError(
+            f"--batch-size {t.batch_size} over {world} process(es) is not divisible by --accum-steps {accum}"
+        )
+    micro, splits = per_rank // accum, (m.bn_splits if world == 1 else 1) if batchnorm else 1
+    what = f"--batch-size {t.batch_size}" + (f" / --accum-steps {accum}" if accum > 1 else "")
+    if micro % splits:
+        raise PCLError(f"{what} is not divisible by --bn-splits {m.bn_splits}")
+    if micro // splits < 2 and (batchnorm or accum > 1):  # batch norm of one sample has no variance
+        raise PCLError(
+            f"{what} over {world} process(es) and --bn-splits {splits} gives "
+            f"{micro // splits} sample per batch-norm split; batch norm needs at least 2"
+            if batchnorm
+            else f"{what} over {world} process(es) gives {micro} sample per micro-batch; use at least 2"
         )
 
 

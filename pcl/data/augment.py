@@ -27,47 +27,81 @@ from PIL import Image, ImageFilter
 from torch import nn
 from torchvision import transforms
 
-from pcl.data.views import CropGroup, ViewSpec
+from pcl.data.views import GLOBAL, LOCAL, CropGroup, ViewSpec
 from pcl.utils.errors import PCLError
-from pcl.utils.flags import check_fields, flag
+from pcl.utils.flags import check_fields, flag, float_list
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class AugConfig:
-    """Augmentation strength (``--image-size`` ... ``--blur-prob``); MoCo v2's ``--aug-plus`` recipe at 32 px."""
+    """Augmentation strength (``--image-size`` ... ``--blur-prob``); MoCo v2's ``--aug-plus`` recipe at 32 px; the
+    views of a batch (``--global-crops``, ``--local-crops`` ...: multi-crop, :meth:`view_spec`)."""
 
     GROUP: ClassVar[str] = "data and augmentation"
 
     image_size: int = flag(32, gt=0, le=4096)
     aug_plus: bool = flag(True, action=argparse.BooleanOptionalAction, help="MoCo v2 augmentation")
-    crop_min: float = flag(0.2, gt=0, le=1, help="RandomResizedCrop minimum scale")
+    crop_min: float = flag(0.2, gt=0, le=1, help="RandomResizedCrop minimum scale (of the global crops)")
     color_jitter: float = flag(0.4, ge=0, le=2, help="colour-jitter strength")
     color_jitter_prob: float = flag(0.8, ge=0, le=1)
     grayscale_prob: float = flag(0.2, ge=0, le=1)
     blur_prob: float | None = flag(  # None: 0.5, or 0 for images <= 64 px
         None, type=float, ge=0, le=1, help="Gaussian-blur probability (default: 0.5, or 0 for images <= 64 px)"
     )
+    global_crops: int = flag(
+        2, gt=0, le=64, help="global crops per image (--image-size px, scale (--crop-min, 1)): the query and key views"
+    )
+    local_crops: int = flag(0, ge=0, le=64, help="local (multi-crop) crops per image: extra queries (0: off)")
+    local_crop_size: int | None = flag(  # None: 96/224 of --image-size, a multiple of 8
+        None, type=int, gt=0, le=4096, help="side of the local crops, px (default: 96/224 of --image-size: 16 at 32)"
+    )
+    local_crop_scale: list[float] | None = flag(  # None: (min(0.05, crop_min), crop_min)
+        None,
+        type=float_list,
+        gt=0,
+        le=1,
+        help="scale range MIN,MAX of the local crops (default: 0.05 up to the global crops' minimum; SwAV: 0.05,0.14)",
+    )
 
     def validate(self) -> None:
         """Raise a one-line ``PCLError`` for a value outside its flag's range (the hue jitter is strength / 4
-        with ``aug_plus``, strength without, and torchvision accepts at most 0.5)."""
+        with ``aug_plus``, strength without, and torchvision accepts at most 0.5), or a bad view spec."""
         check_fields(self)
         if not self.aug_plus and self.color_jitter > 0.5:
             raise PCLError(
                 f"--color-jitter must be <= 0.5 with --no-aug-plus (it is the hue jitter), got {self.color_jitter}"
             )
+        scale = self.local_crop_scale
+        if scale is not None and (len(scale) != 2 or scale[0] > scale[1]):
+            raise PCLError(f"--local-crop-scale must be two numbers MIN,MAX with MIN <= MAX, got {scale}")
+        self.view_spec().validate()
 
     def resolved(self) -> AugConfig:
-        """This config with the derived default filled in (``blur_prob``)."""
-        if self.blur_prob is not None:
-            return self
-        return replace(self, blur_prob=0.0 if self.image_size <= 64 else 0.5)
+        """This config with the derived defaults filled in (``blur_prob``; with local crops their size and scale)."""
+        out = self if self.blur_prob is not None else replace(self, blur_prob=0.0 if self.image_size <= 64 else 0.5)
+        if out.local_crops and out.local_crop_size is None:
+            out = replace(out, local_crop_size=default_local_size(out.image_size))
+        if out.local_crops and out.local_crop_scale is None:
+            out = replace(out, local_crop_scale=[min(0.05, out.crop_min), out.crop_min])
+        return out
 
     def view_spec(self) -> ViewSpec:
-        """The views of a batch: two global crops of ``image_size`` at scale ``(crop_min, 1)``."""
-        return ViewSpec.two_crops(self.image_size, self.crop_min)
+        """The views of a batch: ``global_crops`` crops of ``image_size`` at scale ``(crop_min, 1)``, then
+        ``local_crops`` of ``local_crop_size`` at ``local_crop_scale`` (the defaults: two global crops, no local)."""
+        groups = [CropGroup(self.global_crops, self.image_size, (self.crop_min, 1.0), GLOBAL)]
+        if self.local_crops:
+            r = self.resolved()
+            scale = (float(r.local_crop_scale[0]), float(r.local_crop_scale[-1]))
+            groups.append(CropGroup(self.local_crops, r.local_crop_size, scale, LOCAL))
+        return ViewSpec(tuple(groups))
+
+
+def default_local_size(image_size: int) -> int:
+    """Local crop side of SwAV / DINO (96 px for 224 px images) scaled to ``image_size``, rounded to a multiple of
+    8 (at least 8): 16 px for 32-px images, 96 for 224."""
+    return max(8, round(image_size * 96 / 224 / 8) * 8)
 
 
 def blur_kernel_size(image_size: int) -> int:

@@ -132,6 +132,6 @@ def _encoder(ckpt_path: Path, encoder: str, seed: int) -> Pretrained:
     pre = from_checkpoint(ckpt_path, "query" if encoder == "untrained" else encoder)
     if encoder == "untrained":
         ckpt = pre.checkpoint
-        pre = untrained(pre.arch, pre.stem, pre.image_size, seed)
+        pre = untrained(pre.arch, pre.stem, pre.image_size, seed, pre.patch_size)
         pre.checkpoint = ckpt
     return pre

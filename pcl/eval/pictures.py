@@ -143,10 +143,10 @@ def _backbone(a: PicturesConfig, ckpt_path: Path | None, cfg: Config | None) -> 
     if a.exported is None:
         assert ckpt_path is not None
         return from_checkpoint(ckpt_path)
-    arch = a.arch or (cfg.model.arch if cfg else "resnet18")
+    arch = a.arch or (cfg.model.arch if cfg else None)
     stem = a.stem or (cfg.model.stem if cfg else None)
-    size = a.image_size or (cfg.data.aug.image_size if cfg else 32)
-    return from_exported(a.exported, arch, stem, size)
+    size = a.image_size or (cfg.data.aug.image_size if cfg else None)
+    return from_exported(a.exported, arch, stem, size, cfg.model.patch_size if cfg else None)
 
 
 def _query_features(pre: Pretrained, paths: list[Path], dev: torch.device) -> torch.Tensor:

@@ -1,13 +1,15 @@
 """The frozen backbone to evaluate: a PCL checkpoint's query (or key) backbone, an exported one, or an untrained one.
 
-All three give a torchvision ResNet trunk with ``fc = Identity`` mapping ``(B, 3, H, W) -> (B, D)`` raw
-(not normalised) average-pooled features, in eval mode. Identical weights give identical features whatever
-the source (tested).
+All three give the trunk ``build_backbone`` makes (a torchvision ResNet with ``fc = Identity``, or a timm model
+without classifier) mapping ``(B, 3, H, W) -> (B, D)`` raw (not normalised) pooled features, in eval mode.
+Identical weights give identical features whatever the source (tested). An exported ``.safetensors`` file
+(``tools/export_backbone.py``) names its architecture in its metadata.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,16 +41,25 @@ class Pretrained:
     checkpoint: dict | None = field(default=None, repr=False)
     ident: str = ""  # identifies the weights for the feature cache: file path, size and mtime, or arch + seed
     kind: str = "query"  # what the weights are: query | key (a checkpoint's encoders) | exported | untrained
+    patch_size: int | None = None  # a ViT's --patch-size (None: the model's own)
+
+    @property
+    def spec(self) -> BackboneSpec:
+        """The backbone's build spec (plain batch norm, no weights file)."""
+        return BackboneSpec(self.arch, self.stem, self.image_size, 1, self.patch_size)
 
     def settings(self) -> dict:
         """JSON-ready description of the source and architecture."""
-        return {
+        out = {
             "source": self.source,
             "arch": self.arch,
             "stem": self.stem,
             "image_size": self.image_size,
             "epoch": self.epoch,
         }
+        if self.patch_size is not None:
+            out["patch_size"] = self.patch_size
+        return out
 
 
 def backbone_state_dict(checkpoint: dict, encoder: str = "query") -> dict[str, torch.Tensor]:
@@ -62,14 +73,16 @@ def _file_ident(path: Path) -> str:
     return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _build(arch: str, stem: str, state: dict[str, torch.Tensor] | None, what: str) -> tuple[nn.Module, int]:
-    net, dim = build_backbone(BackboneSpec(arch, stem))
+def _build(spec: BackboneSpec, state: dict[str, torch.Tensor] | None, what: str) -> tuple[nn.Module, int]:
+    net, dim = build_backbone(spec)
     if state is not None:
         try:
             net.load_state_dict(state)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
-            raise PCLError(f"{what} does not match a {arch} with the {stem} stem: {first}") from None
+            patch = "" if spec.patch_size is None else f", patch size {spec.patch_size}"
+            built = f"a {spec.arch} with the {spec.stem} stem{patch} at {spec.image_size} px"
+            raise PCLError(f"{what} does not match {built}: {first}") from None
     for p in net.parameters():
         p.requires_grad = False
     return net.eval(), dim
@@ -89,20 +102,50 @@ def from_checkpoint(path: Path, encoder: str = "query") -> Pretrained:
     state = backbone_state_dict(ckpt, encoder)
     if not state:
         raise PCLError(f"{path} holds no {encoder} backbone ({PREFIXES[encoder]}* tensors)")
-    arch, stem, size = cfg.model.arch, cfg.model.stem, cfg.data.aug.image_size
-    net, dim = _build(arch, stem, state, str(path))
+    arch, stem, size, patch = cfg.model.arch, cfg.model.stem, cfg.data.aug.image_size, cfg.model.patch_size
+    net, dim = _build(BackboneSpec(arch, stem, size, 1, patch), state, str(path))
     epoch = ckpt.get("epoch")
     what = "" if encoder == "query" else f", {encoder} encoder"
     ident = _file_ident(path) + ("" if encoder == "query" else f":{encoder}")
-    return Pretrained(net, dim, arch, stem, size, f"{path} (epoch {epoch}{what})", epoch, ckpt, ident, encoder)
+    source = f"{path} (epoch {epoch}{what})"
+    return Pretrained(net, dim, arch, stem, size, source, epoch, ckpt, ident, encoder, patch)
 
 
-def from_exported(path: Path, arch: str, stem: str | None, image_size: int) -> Pretrained:
-    """A backbone ``state_dict`` written by ``tools/export_backbone.py``; ``stem=None`` infers it from conv1."""
+def exported_metadata(path: Path) -> dict[str, str]:
+    """The architecture ``tools/export_backbone.py`` wrote into a ``.safetensors`` file's metadata (``arch``,
+    ``stem``, ``image_size``, ``patch_size``); empty for other files."""
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PCLError(f"exported backbone {path} cannot be read: {first}") from None
+    return json.loads(meta.get("pcl", "{}")) if isinstance(meta.get("pcl"), str) else {}
+
+
+def from_exported(
+    path: Path, arch: str | None, stem: str | None, image_size: int | None, patch_size: int | None = None
+) -> Pretrained:
+    """A backbone ``state_dict`` written by ``tools/export_backbone.py`` (``.pth``, or ``.safetensors`` whose
+    metadata gives the architecture flags left None); ``stem=None`` infers it from conv1."""
     if not path.is_file():
         raise PCLError(f"exported backbone {path} does not exist")
+    meta = exported_metadata(path)
+    arch = arch or meta.get("arch") or "resnet18"
+    image_size = image_size or meta.get("image_size") or 32
+    patch_size = patch_size if patch_size is not None else meta.get("patch_size")
+    stem = stem or meta.get("stem")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # objects other than tensors, e.g. a training checkpoint's config
         raise PCLError(
             f"{path} is not a backbone state_dict (tools/export_backbone.py output); "
@@ -117,18 +160,19 @@ def from_exported(path: Path, arch: str, stem: str | None, image_size: int) -> P
     if stem is None:
         conv1 = state.get("conv1.weight")
         stem = "small" if conv1 is not None and conv1.shape[-1] == 3 else "imagenet"
-    net, dim = _build(arch, stem, state, str(path))
+    net, dim = _build(BackboneSpec(arch, stem, image_size, 1, patch_size), state, str(path))
     ident = f"{_file_ident(path)}:{stem}"
-    return Pretrained(net, dim, arch, stem, image_size, f"{path} (exported)", ident=ident, kind="exported")
+    source = f"{path} (exported)"
+    return Pretrained(net, dim, arch, stem, image_size, source, ident=ident, kind="exported", patch_size=patch_size)
 
 
-def untrained(arch: str, stem: str, image_size: int, seed: int) -> Pretrained:
+def untrained(arch: str, stem: str, image_size: int, seed: int, patch_size: int | None = None) -> Pretrained:
     """A randomly initialised backbone: the same weights as a fresh ``PCL`` model's query backbone at ``seed``."""
     torch.manual_seed(seed)
-    net, dim = _build(arch, stem, None, "")
-    ident = f"untrained:{arch}:{stem}:{seed}"
+    net, dim = _build(BackboneSpec(arch, stem, image_size, 1, patch_size), None, "")
+    ident = f"untrained:{arch}:{stem}:{seed}" + ("" if patch_size is None else f":p{patch_size}:{image_size}")
     what = f"untrained {arch} (seed {seed})"
-    return Pretrained(net, dim, arch, stem, image_size, what, ident=ident, kind="untrained")
+    return Pretrained(net, dim, arch, stem, image_size, what, ident=ident, kind="untrained", patch_size=patch_size)
 
 
 # ---------------------------------------------------------------------- command-line flags of the tools
@@ -146,15 +190,20 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--image-size", type=ranged(int, gt=0, le=4096), default=None, help="for --untrained / --exported (default 32)"
     )
+    p.add_argument(
+        "--patch-size", type=ranged(int, gt=0, le=1024), default=None, help="for --untrained / --exported (a ViT's)"
+    )
 
 
 def load_source(a: argparse.Namespace, seed: int = 0) -> Path | Pretrained:
-    """The run (its path) or the backbone named by the flags of :func:`add_source_args`."""
+    """The run (its path) or the backbone named by the flags of :func:`add_source_args` (an exported
+    ``.safetensors`` file's metadata fills the architecture flags not given)."""
+    patch = getattr(a, "patch_size", None)
     if a.run is not None:
-        if any(v is not None for v in (a.arch, a.stem, a.image_size)):
-            raise PCLError("--arch / --stem / --image-size apply to --untrained and --exported (a run stores its own)")
+        if any(v is not None for v in (a.arch, a.stem, a.image_size, patch)):
+            flags = "--arch / --stem / --image-size / --patch-size"
+            raise PCLError(f"{flags} apply to --untrained and --exported (a run stores its own)")
         return a.run
-    arch, size = a.arch or "resnet18", a.image_size or 32
     if a.exported is not None:
-        return from_exported(a.exported, arch, a.stem, size)
-    return untrained(arch, a.stem or "imagenet", size, seed)
+        return from_exported(a.exported, a.arch, a.stem, a.image_size, patch)
+    return untrained(a.arch or "resnet18", a.stem or "imagenet", a.image_size or 32, seed, patch)

@@ -8,12 +8,17 @@
 - phi (:func:`prototype_temperatures`): each prototype's estimated concentration
   (:func:`pcl.estep.clustering.concentration`), or the temperature for every prototype with
   ``--fixed-concentration`` (the paper's ablation).
+
+Multi-crop (``q_local``, ``k_extra``): every query crop (the first global crop and each local crop) against every
+key crop (the other global crops), InfoNCE averaged over the pairs; ProtoNCE of every query crop against its
+image's prototypes (as HCSC), averaged over the crops. Without local crops and extra keys the operations are
+exactly the two-crop ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -33,13 +38,18 @@ class Prototypes(Protocol):
 
 @dataclass
 class Objective:
-    """One batch's losses: ``total`` (scalar, to backpropagate), ``inst`` InfoNCE (scalar), ``logits``
-    ``(B, 1 + r)`` of InfoNCE, and per granularity ``(ProtoNCE scalar, hits)``."""
+    """One batch's losses: ``total`` (scalar, to backpropagate), ``inst`` InfoNCE (scalar, over every query-key
+    pair of crops), ``logits`` ``(B, 1 + r)`` of InfoNCE of the first global crop's query against the first key
+    crop, per granularity ``(ProtoNCE scalar over the query crops, hits of the first global crop)``; with local
+    crops ``local_terms`` (``loss_inst_local``, ``loss_proto_local``: the local crops' share) and ``local_hits``
+    (``acc_inst_local``, ``acc_proto_local``: hits per image averaged over the local crops)."""
 
     total: torch.Tensor
     inst: torch.Tensor
     logits: torch.Tensor
     protos: list[tuple[torch.Tensor, torch.Tensor]]
+    local_terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    local_hits: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def total_loss(inst: torch.Tensor, protos: list[torch.Tensor], proto_weight: float = 1.0) -> torch.Tensor:
@@ -69,13 +79,60 @@ def pcl_objective(
     levels: Sequence[Prototypes],
     cfg: LossConfig,
     num_negatives: int,
+    q_local: Sequence[torch.Tensor] = (),
+    q_cluster_local: Sequence[torch.Tensor] = (),
+    k_extra: Sequence[torch.Tensor] = (),
 ) -> Objective:
     """InfoNCE of queries ``q (B, d)`` against keys ``k (B, d)`` and ``queue (d, r)``, plus ProtoNCE of the
     cluster-task queries ``q_cluster (B, d)`` (images ``index (B,)``) on every granularity in ``levels``, each
-    against ``num_negatives`` negative prototypes (the queue size ``--pcl-r``, as in the official code)."""
-    inst, logits = info_nce(q, k, queue, cfg.temperature)
-    protos = []
+    against ``num_negatives`` negative prototypes (the queue size ``--pcl-r``, as in the official code).
+
+    Multi-crop: ``q_local`` / ``q_cluster_local`` the local crops' queries (each ``(B, d)``), ``k_extra`` the keys
+    of further global crops (each ``(B, d)``); see the module docstring."""
+    if not q_local and not k_extra:
+        inst, logits = info_nce(q, k, queue, cfg.temperature)
+        protos = []
+        for g in levels:
+            phi = prototype_temperatures(g.density, cfg.temperature, cfg.fixed_concentration)
+            protos.append(proto_nce(q_cluster, g.im2cluster[index], g.centroids, phi, num_negatives))
+        return Objective(total_loss(inst, [p[0] for p in protos], cfg.proto_weight), inst, logits, protos)
+    return _multicrop_objective(q, k, queue, q_cluster, index, levels, cfg, num_negatives, q_local, q_cluster_local,
+                                k_extra)  # fmt: skip
+
+
+def _multicrop_objective(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor,
+    q_cluster: torch.Tensor,
+    index: torch.Tensor,
+    levels: Sequence[Prototypes],
+    cfg: LossConfig,
+    num_negatives: int,
+    q_local: Sequence[torch.Tensor],
+    q_cluster_local: Sequence[torch.Tensor],
+    k_extra: Sequence[torch.Tensor],
+) -> Objective:
+    """:func:`pcl_objective` with several query crops (``[q, *q_local]``) and key crops (``[k, *k_extra]``)."""
+    keys, n_local, t = [k, *k_extra], len(q_local), cfg.temperature
+    pairs = [[info_nce(query, key, queue, t) for key in keys] for query in [q, *q_local]]  # [query crop][key crop]
+    inst = torch.stack([loss for row in pairs for loss, _ in row]).mean()
+    logits = pairs[0][0][1]
+    local_terms: dict[str, torch.Tensor] = {}
+    local_hits: dict[str, torch.Tensor] = {}
+    if n_local:
+        local_terms["loss_inst_local"] = torch.stack([loss for row in pairs[1:] for loss, _ in row]).mean()
+        hits = [(row[0][1].argmax(dim=1) == 0).sum() for row in pairs[1:]]
+        local_hits["acc_inst_local"] = torch.stack(hits).float().mean()
+    protos, local_protos = [], []
     for g in levels:
-        phi = prototype_temperatures(g.density, cfg.temperature, cfg.fixed_concentration)
-        protos.append(proto_nce(q_cluster, g.im2cluster[index], g.centroids, phi, num_negatives))
-    return Objective(total_loss(inst, [p[0] for p in protos], cfg.proto_weight), inst, logits, protos)
+        phi = prototype_temperatures(g.density, t, cfg.fixed_concentration)
+        positives = g.im2cluster[index]
+        crops = [proto_nce(z, positives, g.centroids, phi, num_negatives) for z in [q_cluster, *q_cluster_local]]
+        protos.append((torch.stack([loss for loss, _ in crops]).mean(), crops[0][1]))
+        local_protos.append(crops[1:])
+    if levels and n_local:
+        local_terms["loss_proto_local"] = torch.stack([loss for crops in local_protos for loss, _ in crops]).mean()
+        local_hits["acc_proto_local"] = torch.stack([h for crops in local_protos for _, h in crops]).float().mean()
+    total = total_loss(inst, [p[0] for p in protos], cfg.proto_weight)
+    return Objective(total, inst, logits, protos, local_terms, local_hits)

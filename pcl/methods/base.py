@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pcl.data.datasets import DataConfig
 from pcl.estep.estep import EStepConfig
 from pcl.losses.config import LossConfig
 from pcl.model.bank import FeatureBank
@@ -43,6 +44,7 @@ class MethodSettings(Protocol):
     loss: LossConfig
     estep: EStepConfig
     train: Any  # pcl.train.config.TrainConfig (epochs)
+    data: DataConfig  # the views of a batch: data.aug.view_spec()
 
 
 @dataclass
@@ -119,6 +121,12 @@ class Method(nn.Module):
     def after_step(self, step: StepOutput) -> None:
         """Updates after an applied optimizer step (momentum encoders, queues); never after a skipped one."""
 
+    def merge_pending(self, parts: list[Any]) -> Any:
+        """``StepOutput.pending`` of one optimizer step from its micro-batches' (``--accum-steps``), in order; the
+        default concatenates tensors along dim 0 (tuples, lists and dicts item by item), so that ``after_step``
+        sees the whole batch's keys (:func:`concat_batches`)."""
+        return concat_batches(parts)
+
     def epoch_pass(self, epoch: int) -> bool:
         """True when :meth:`on_epoch_start` of ``epoch`` passes over the eval view of every training image (it can
         then fill a kNN bank, :class:`EpochContext`)."""
@@ -151,6 +159,21 @@ class Method(nn.Module):
     def key_backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """The momentum (key / teacher) backbone's features ``(B, D)``; the trained one's for methods without."""
         return self.backbone_features(images)
+
+
+def concat_batches(parts: list[Any]) -> Any:
+    """``parts`` (one per micro-batch) joined: tensors by ``torch.cat`` along dim 0, tuples / lists / dicts item by
+    item, ``None`` stays ``None``, other values must be equal and are kept."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, tuple | list):
+        return type(first)(concat_batches(list(items)) for items in zip(*parts, strict=True))
+    if isinstance(first, dict):
+        return {k: concat_batches([p[k] for p in parts]) for k in first}
+    if any(p != first for p in parts):
+        raise ValueError(f"cannot merge the micro-batches' pending values {parts!r}: override Method.merge_pending")
+    return first
 
 
 METHODS: dict[str, type[Method]] = {}

@@ -1,6 +1,12 @@
 """MoCo v2 (``--method moco``): query encoder trained by SGD, momentum key encoder, a queue of keys as InfoNCE
 negatives (He et al. 2020; Chen et al. 2020). PCL (:mod:`pcl.methods.pcl`) is this method plus the E-step and
 ProtoNCE; with ``--method pcl --warmup-epochs >= --epochs`` it trains the same MoCo v2.
+
+Views (``cfg.data.aug.view_spec()``): the first global crop is the query view, the other global crops are key
+views (the two-crop batch: one of each, as ever), and every local crop is one more query view; every query is
+contrasted with the keys of every key view (:func:`pcl.losses.objective.pcl_objective`). The local crops go
+through the query encoder in one forward per size. The queue receives the first key view's keys. A backbone without
+batch norm (a ViT) encodes its keys unshuffled: shuffle BN would change nothing.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pcl.data.views import ViewSpec
 from pcl.losses.config import LossConfig
-from pcl.losses.infonce import info_nce
+from pcl.losses.objective import Objective, pcl_objective
 from pcl.methods.base import Method, MethodSettings, StepOutput, register_method
+from pcl.model.backbone import has_batchnorm, probe_backbone
 from pcl.model.encoder import Encoder, ModelConfig
 from pcl.model.momentum import frozen_copy, update_momentum
 from pcl.model.shuffle import shuffled_forward
@@ -26,30 +34,48 @@ from pcl.utils.errors import PCLError
 class Embeddings:
     """Outputs of one forward pass, all L2-normalised ``(B, low_dim)``.
 
-    ``q``/``k``: instance task (shared head). ``q_cluster``: the ProtoNCE queries (the cluster head's, if any;
-    else ``q``).
+    ``q``/``k``: instance task (shared head) of the query view and the first key view. ``q_cluster``: the ProtoNCE
+    queries (the cluster head's, if any; else ``q``). Multi-crop: ``q_local`` / ``q_cluster_local`` one entry per
+    local crop, ``k_extra`` one per further key view (global crops 3, 4, ...).
     """
 
     q: torch.Tensor
     k: torch.Tensor
     q_cluster: torch.Tensor
+    q_local: tuple[torch.Tensor, ...] = ()
+    q_cluster_local: tuple[torch.Tensor, ...] = ()
+    k_extra: tuple[torch.Tensor, ...] = ()
+
+
+def same_size_runs(views: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """``views`` cut into runs of consecutive tensors of one spatial size (one encoder forward per run)."""
+    runs: list[list[torch.Tensor]] = []
+    for v in views:
+        if runs and runs[-1][0].shape[-2:] == v.shape[-2:]:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return runs
 
 
 @register_method
 class MoCo(Method):
-    """Query/key encoders with momentum ``m`` and a queue of ``r`` keys; views ``[query view, key view]``.
+    """Query/key encoders with momentum ``m`` and a queue of ``r`` keys; views ``[query view, key view(s), local
+    crops]`` as ``views`` (the view spec) says, the backbone built for its global crops' size.
 
     Build it with :meth:`from_config`; the keyword arguments have no defaults so that every caller states them.
     """
 
     name = "moco"
 
-    def __init__(self, *, model: ModelConfig, loss: LossConfig, bn_splits: int) -> None:
+    def __init__(self, *, model: ModelConfig, loss: LossConfig, bn_splits: int, views: ViewSpec) -> None:
         super().__init__()
         self.r, self.m, self.low_dim = model.pcl_r, model.moco_m, model.low_dim
         self.embedding_dim = model.low_dim
         self.loss_cfg = loss
-        self.encoder_q = Encoder(model.backbone(bn_splits), model.low_dim, model.mlp)
+        self.num_global = views.num_global
+        self.encoder_q = Encoder(model.backbone(bn_splits, views.groups[0].size), model.low_dim, model.mlp)
+        self.shuffle_keys = has_batchnorm(self.encoder_q)  # shuffle BN: only where there is batch norm
         self.encoder_k = frozen_copy(self.encoder_q)
         self.cluster_q = self._cluster_head(model)  # before the queue's draw: the same RNG order as ever
         self.cluster_k = frozen_copy(self.cluster_q)
@@ -62,12 +88,26 @@ class MoCo(Method):
 
     @classmethod
     def from_config(cls, cfg: MethodSettings, bn_splits: int | None = None) -> MoCo:
-        return cls(model=cfg.model, loss=cfg.loss, bn_splits=cfg.model.bn_splits if bn_splits is None else bn_splits)
+        splits = cfg.model.bn_splits if bn_splits is None else bn_splits
+        return cls(model=cfg.model, loss=cfg.loss, bn_splits=splits, views=cfg.data.aug.view_spec())
+
+    @classmethod
+    def notes(cls, cfg: MethodSettings) -> list[str]:
+        spec = cfg.model.backbone(image_size=cfg.data.aug.image_size)
+        if probe_backbone(spec).batchnorm:
+            return []
+        return [f"--arch {cfg.model.arch} has no batch norm: shuffle BN would do nothing, so the keys are encoded "
+                "unshuffled (and --bn-splits is unused)"]  # fmt: skip
 
     @classmethod
     def validate(cls, cfg: MethodSettings) -> None:
         if cls is MoCo and cfg.model.cluster_head != "none":
             raise PCLError(f"--cluster-head {cfg.model.cluster_head} is PCL's: use --method pcl, or drop it")
+        aug = cfg.data.aug
+        if aug.global_crops < 2:
+            raise PCLError(
+                f"--global-crops {aug.global_crops}: {cls.name} needs at least 2 global crops (a query and a key view)"
+            )
 
     # -------------------------------------------------------------- state
     def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -99,18 +139,32 @@ class MoCo(Method):
     def forward(
         self, views: list[torch.Tensor], index: torch.Tensor | None = None, with_cluster: bool | None = None
     ) -> Embeddings:
-        """``views``: ``[im_q, im_k]``, each ``(B, 3, H, W)`` views of the same images; embeddings only.
+        """``views``: ``[im_q, im_k, ...]``, each ``(B, 3, H, W)`` views of the same images (the query view, the key
+        views, then the local crops); embeddings only.
 
         ``with_cluster``: compute the cluster head's queries (default: when the method has prototypes).
         """
-        im_q, im_k = views[0], views[1]
-        q_raw = self.encoder_q(im_q)
+        g = self.num_global
+        cluster = self.cluster_q is not None and (self.has_prototypes() if with_cluster is None else with_cluster)
+        q_raw = self.encoder_q(views[0])
         q = F.normalize(q_raw, dim=1)
-        k = F.normalize(shuffled_forward(self.encoder_k, im_k), dim=1)
-        q_cluster = q
-        if self.cluster_q is not None and (self.has_prototypes() if with_cluster is None else with_cluster):
-            q_cluster = F.normalize(self.cluster_q(q_raw), dim=1)
-        return Embeddings(q=q, k=k, q_cluster=q_cluster)
+        keys = F.normalize(self._encode_keys(views[1] if g == 2 else torch.cat(views[1:g])), dim=1)
+        k, *k_extra = keys.chunk(g - 1) if g > 2 else (keys,)
+        q_cluster = F.normalize(self.cluster_q(q_raw), dim=1) if cluster else q
+        q_local, q_cluster_local = [], []
+        for run in same_size_runs(views[g:]):  # one forward per local-crop size
+            raw = self.encoder_q(torch.cat(run)) if len(run) > 1 else self.encoder_q(run[0])
+            q_local += F.normalize(raw, dim=1).chunk(len(run))
+            if cluster:
+                q_cluster_local += F.normalize(self.cluster_q(raw), dim=1).chunk(len(run))
+        if not cluster:
+            q_cluster_local = q_local
+        return Embeddings(q, k, q_cluster, tuple(q_local), tuple(q_cluster_local), tuple(k_extra))
+
+    @torch.no_grad()
+    def _encode_keys(self, images: torch.Tensor) -> torch.Tensor:
+        """Key-encoder embeddings ``(N, low_dim)`` (not normalised): shuffle BN where the backbone has batch norm."""
+        return shuffled_forward(self.encoder_k, images) if self.shuffle_keys else self.encoder_k(images)
 
     def has_prototypes(self) -> bool:
         """True when ProtoNCE applies to the next step (PCL after an E-step); never for MoCo v2."""
@@ -118,23 +172,31 @@ class MoCo(Method):
 
     def objective(self, out: Embeddings, index: torch.Tensor) -> StepOutput:
         """InfoNCE of the queries against their keys and the queue (float32, also under autocast)."""
-        k = out.k.float()
-        inst, logits = info_nce(out.q.float(), k, self.queue, self.loss_cfg.temperature)
-        return self._step(inst, inst, logits, out, k)
+        return self._step(self._objective(out, index, []), out)
 
-    def _step(
-        self, total: torch.Tensor, inst: torch.Tensor, logits: torch.Tensor, out: Embeddings, keys: torch.Tensor
-    ) -> StepOutput:
-        """The :class:`StepOutput` of the instance task (subclasses add their terms)."""
-        return StepOutput(
-            loss=total,
-            terms={"loss_inst": inst},
-            hits={"acc_inst": (logits.argmax(dim=1) == 0).sum()},
+    def _objective(self, out: Embeddings, index: torch.Tensor, levels: list) -> Objective:
+        """InfoNCE (+ ProtoNCE on ``levels``) of every query crop against every key crop, in float32 (losses, the
+        prototype softmax and the queue stay float32 under autocast)."""
+        f = [t.float() for t in out.q_local]
+        fc = [t.float() for t in out.q_cluster_local]
+        return pcl_objective(out.q.float(), out.k.float(), self.queue, out.q_cluster.float(), index, levels,
+                             self.loss_cfg, self.r, f, fc, [t.float() for t in out.k_extra])  # fmt: skip
+
+    def _step(self, obj: Objective, out: Embeddings) -> StepOutput:
+        """The :class:`StepOutput` of the instance task (subclasses add their terms); the first key view's keys
+        are the ones to enqueue."""
+        step = StepOutput(
+            loss=obj.total,
+            terms={"loss_inst": obj.inst},
+            hits={"acc_inst": (obj.logits.argmax(dim=1) == 0).sum()},
             batch=out.q.shape[0],
             checked={"loss_inst": "InfoNCE"},
             embedding=out.q,
-            pending=keys,
+            pending=out.k.float(),
         )
+        step.terms.update(obj.local_terms)
+        step.hits.update(obj.local_hits)
+        return step
 
     @torch.no_grad()
     def after_step(self, step: StepOutput) -> None:

@@ -18,11 +18,11 @@ from torch import nn
 
 from pcl.analysis.cluster_images import gallery_images
 from pcl.analysis.cluster_metrics import cluster_scalars
+from pcl.data.views import ViewSpec
 from pcl.estep.clustering import ClusterResult
 from pcl.estep.estep import EStepConfig, FeaturePass, run_estep
 from pcl.estep.feature_store import FeatureStore
 from pcl.losses.config import LossConfig
-from pcl.losses.objective import pcl_objective
 from pcl.methods.base import EpochContext, MethodSettings, StepOutput, register_method
 from pcl.methods.moco import Embeddings, MoCo
 from pcl.model.encoder import ModelConfig
@@ -36,8 +36,10 @@ class PCL(MoCo):
 
     name = "pcl"
 
-    def __init__(self, *, model: ModelConfig, loss: LossConfig, estep: EStepConfig, bn_splits: int) -> None:
-        super().__init__(model=model, loss=loss, bn_splits=bn_splits)
+    def __init__(
+        self, *, model: ModelConfig, loss: LossConfig, estep: EStepConfig, bn_splits: int, views: ViewSpec
+    ) -> None:
+        super().__init__(model=model, loss=loss, bn_splits=bn_splits, views=views)
         self.estep_cfg = estep
         self.find_unused_parameters = model.cluster_head != "none"
         self.cluster_result: ClusterResult | None = None
@@ -48,15 +50,17 @@ class PCL(MoCo):
     @classmethod
     def from_config(cls, cfg: MethodSettings, bn_splits: int | None = None) -> PCL:
         splits = cfg.model.bn_splits if bn_splits is None else bn_splits
-        return cls(model=cfg.model, loss=cfg.loss, estep=cfg.estep, bn_splits=splits)
+        views = cfg.data.aug.view_spec()
+        return cls(model=cfg.model, loss=cfg.loss, estep=cfg.estep, bn_splits=splits, views=views)
 
     @classmethod
     def notes(cls, cfg: MethodSettings) -> list[str]:
         warmup, epochs = cfg.loss.warmup_epochs, cfg.train.epochs
         if warmup < epochs:
-            return []
+            return super().notes(cfg)
         return [
-            f"--warmup-epochs {warmup} >= --epochs {epochs}: no E-step will run, this trains MoCo v2 (InfoNCE only)"
+            f"--warmup-epochs {warmup} >= --epochs {epochs}: no E-step will run, this trains MoCo v2 (InfoNCE only)",
+            *super().notes(cfg),
         ]
 
     def has_prototypes(self) -> bool:
@@ -66,9 +70,8 @@ class PCL(MoCo):
     def objective(self, out: Embeddings, index: torch.Tensor) -> StepOutput:
         """InfoNCE + mean ProtoNCE over the granularities of the last E-step (InfoNCE alone before it)."""
         levels = self.cluster_result.levels if self.cluster_result is not None else []
-        k = out.k.float()  # losses, the prototype softmax and the queue stay float32 under autocast
-        obj = pcl_objective(out.q.float(), k, self.queue, out.q_cluster.float(), index, levels, self.loss_cfg, self.r)
-        step = self._step(obj.total, obj.inst, obj.logits, out, k)
+        obj = self._objective(out, index, levels)
+        step = self._step(obj, out)
         if levels:
             for g, (loss, hits) in zip(levels, obj.protos, strict=True):
                 step.terms[f"loss_proto/k{g.k}"] = loss

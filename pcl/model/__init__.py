@@ -1,1 +1,3 @@
-"""Model stage: ResNet backbones, projection heads, and the PCL builder (query/key encoders, queue, momentum update)."""
+"""Model stage: backbones (torchvision ResNets, timm models), projection heads, encoders, momentum copies."""
+
+from pcl.model import timm_backbone  # noqa: F401  (registers the timm family after torchvision's)

@@ -2,15 +2,20 @@
 
 A backbone maps ``(B, 3, H, W)`` images to ``(B, D)`` features (no classifier). Builders are registered by
 family in :data:`BACKBONES` (:func:`register_backbone`); the family of a name is the first whose ``accepts``
-says yes. Today: torchvision ResNets (``--arch resnet18`` ...) with an optional small-image stem and split
-BatchNorm.
+says yes: torchvision ResNets (``--arch resnet18`` ...) with an optional small-image stem and split BatchNorm,
+then any timm model (:mod:`pcl.model.timm_backbone`: ViT, ConvNeXt, ...). :func:`probe_backbone` builds a spec on
+the meta device (no memory, no random numbers) to learn what it is (batch norm, ViT-like) and which input sizes it
+takes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import difflib
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -55,24 +60,33 @@ class SplitBatchNorm(nn.BatchNorm2d):
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What a backbone is built from: its name (``--arch``), the stem (``imagenet`` | ``small``), the image size
-    and the number of split-BatchNorm sub-batches (1 = plain BN)."""
+    """What a backbone is built from: its name (``--arch``), the stem (``imagenet`` | ``small``, torchvision
+    ResNets), the image size it is built for (``--image-size``: a ViT's position embeddings), the number of
+    split-BatchNorm sub-batches (1 = plain BN), a ViT's patch size (None: the model's), whether a ViT takes other
+    input sizes too (``dynamic_img_size``, for local crops) and a local weights file to start from (``--pretrained``;
+    None: random initialisation)."""
 
     arch: str
     stem: str = "imagenet"
     image_size: int = 32
     bn_splits: int = 1
+    patch_size: int | None = None
+    dynamic_size: bool = True
+    pretrained: str | Path | None = None
 
 
 @dataclass(frozen=True)
 class BackboneFamily:
     """A registered builder: ``accepts(name)`` says whether it builds ``name``; ``build(spec)`` returns
-    ``(module (B,3,H,W) -> (B,D), D)``; ``names`` lists the names for help texts and error messages."""
+    ``(module (B,3,H,W) -> (B,D), D)``; ``names`` lists the names for help texts and error messages (``about``
+    describes a family too large to list, ``catalogue()`` gives all its names for close matches)."""
 
     name: str
     accepts: Callable[[str], bool]
     build: Callable[[BackboneSpec], tuple[nn.Module, int]]
     names: tuple[str, ...]
+    about: str = ""
+    catalogue: Callable[[], Sequence[str]] | None = None
 
 
 BACKBONES: list[BackboneFamily] = []
@@ -85,12 +99,15 @@ def register_backbone(family: BackboneFamily) -> BackboneFamily:
 
 
 def backbone_family(arch: str) -> BackboneFamily:
-    """The registered family that builds ``arch``; a one-line ``PCLError`` with the known names otherwise."""
+    """The registered family that builds ``arch``; a one-line ``PCLError`` with the closest known names otherwise."""
     for family in BACKBONES:
         if family.accepts(arch):
             return family
-    known = ", ".join(n for f in BACKBONES for n in f.names)
-    raise PCLError(f"unknown arch {arch!r}; choose from {known}")
+    every = [n for f in BACKBONES for n in (f.catalogue() if f.catalogue is not None else f.names)]
+    close = difflib.get_close_matches(arch, every, n=5, cutoff=0.5)
+    hint = f"close matches: {', '.join(close)}; " if close else ""
+    kinds = "; ".join(f.about or ", ".join(f.names) for f in BACKBONES)
+    raise PCLError(f"unknown arch {arch!r}; {hint}choose from {kinds}")
 
 
 def check_arch(arch: str) -> None:
@@ -101,6 +118,50 @@ def check_arch(arch: str) -> None:
 def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
     """The backbone ``spec`` names, with its feature dimension: ``(module (B,3,H,W) -> (B,D), D)``."""
     return backbone_family(spec.arch).build(spec)
+
+
+def has_batchnorm(net: nn.Module) -> bool:
+    """True when ``net`` holds a batch-norm layer (shuffle BN and split BN then matter)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def is_vit_like(net: nn.Module) -> bool:
+    """True for a transformer on image patches (a ``patch_embed`` module: timm's ViT, DeiT, Swin, EVA ...)."""
+    return isinstance(getattr(net, "patch_embed", None), nn.Module)
+
+
+@dataclass(frozen=True)
+class BackboneProbe:
+    """What a spec builds, learnt on the meta device: its feature dimension, whether it has batch norm, whether it
+    is ViT-like (:func:`is_vit_like`)."""
+
+    dim: int
+    batchnorm: bool
+    vit: bool
+
+
+@functools.cache
+def probe_backbone(spec: BackboneSpec) -> BackboneProbe:
+    """Build ``spec`` (without weights) on the meta device: no memory, no random numbers drawn."""
+    with torch.device("meta"):
+        net, dim = build_backbone(replace(spec, pretrained=None, bn_splits=1))
+    return BackboneProbe(dim, has_batchnorm(net), is_vit_like(net))
+
+
+def check_input_sizes(spec: BackboneSpec, sizes: Sequence[int]) -> None:
+    """Raise a one-line ``PCLError`` when the backbone cannot take square inputs of every size in ``sizes`` px
+    (e.g. a ConvNeXt below 32 px; tried on the meta device)."""
+    with torch.device("meta"):
+        net, _ = build_backbone(replace(spec, pretrained=None, bn_splits=1))
+        for size in sorted(set(sizes)):
+            try:
+                net.eval()(torch.empty(2, 3, size, size))
+            except (RuntimeError, ValueError, AssertionError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise PCLError(
+                    f"--arch {spec.arch} cannot take {size}-px crops ({first}); use larger crops (--image-size, "
+                    "--local-crop-size)" + ("" if spec.patch_size is None else " or another --patch-size")
+                ) from None
 
 
 def resnet_backbone(arch: str, small_stem: bool, bn_splits: int = 1) -> tuple[nn.Module, int]:
@@ -117,11 +178,42 @@ def resnet_backbone(arch: str, small_stem: bool, bn_splits: int = 1) -> tuple[nn
     return net, dim
 
 
+def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: ``.safetensors``, else a ``torch.save`` state dict (``weights_only``); a
+    one-line ``PCLError`` for a missing or unreadable file or one that holds other objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise PCLError(f"{what} {path}: no such file (weights are never downloaded: give a local file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PCLError(f"{what} {path} cannot be read as a state dict: {first}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PCLError(f"{what} {path} is not a state dict of tensors")
+    return state
+
+
+def torchvision_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    """:func:`resnet_backbone` for ``spec``, initialised from ``spec.pretrained`` (a torchvision state dict, its
+    ``fc.*`` ignored) when given."""
+    net, dim = resnet_backbone(spec.arch, spec.stem == "small", spec.bn_splits)
+    if spec.pretrained is not None:
+        state = {k: v for k, v in read_state_dict(spec.pretrained, "--pretrained").items() if not k.startswith("fc.")}
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            what = f"--pretrained {spec.pretrained}"
+            raise PCLError(f"{what} does not fit a {spec.arch} ({spec.stem} stem): {first}") from None
+    return net, dim
+
+
 register_backbone(
-    BackboneFamily(
-        "torchvision",
-        accepts=lambda name: name in ARCHS,
-        build=lambda spec: resnet_backbone(spec.arch, spec.stem == "small", spec.bn_splits),
-        names=ARCHS,
-    )
+    BackboneFamily("torchvision", accepts=lambda name: name in ARCHS, build=torchvision_backbone, names=ARCHS)
 )

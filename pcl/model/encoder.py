@@ -4,27 +4,35 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from pcl.model.backbone import ARCHS, BackboneSpec, build_backbone, check_arch
+from pcl.model.backbone import ARCHS, BackboneSpec, build_backbone, check_arch, probe_backbone
 from pcl.model.heads import CLUSTER_HEADS, projection_head
+from pcl.utils.errors import PCLError
 from pcl.utils.flags import check_fields, flag
 
 
 @dataclass
 class ModelConfig:
-    """The encoders' settings (``--arch`` ... ``--bn-splits``); the defaults are the command line's.
+    """The encoders' settings (``--arch`` ... ``--pretrained``); the defaults are the command line's.
 
     ``pcl_r`` is the queue size, which is also the number of negatives of InfoNCE and of ProtoNCE. ``bn_splits``
-    applies in a single process only (DDP uses 1).
+    applies in a single process only (DDP uses 1), and only to backbones with batch norm.
     """
 
     GROUP: ClassVar[str] = "model"
 
-    arch: str = flag("resnet18", "-a", "--arch", help=f"torchvision ResNet ({', '.join(ARCHS)})")
+    arch: str = flag(
+        "resnet18",
+        "-a",
+        "--arch",
+        help=f"torchvision ResNet ({', '.join(ARCHS)}) or any timm model (vit_tiny_patch16_224, convnext_atto, "
+        "timm:resnet50, ...; docs/training.md)",
+    )
     stem: str = flag(
         "imagenet",
         choices=("imagenet", "small"),
@@ -38,15 +46,34 @@ class ModelConfig:
     mlp: bool = flag(True, action=argparse.BooleanOptionalAction, help="MoCo v2 MLP head")
     cluster_head: str = flag("none", choices=CLUSTER_HEADS, help="extra head for the cluster task")
     bn_splits: int = flag(8, gt=0, help="sub-batches for single-process shuffle BN (1 = plain BN)")
+    patch_size: int | None = flag(  # None: the model's (16 for vit_*_patch16_*)
+        None, type=int, gt=0, le=1024, help="ViT patch size (timm ViTs; default: the model's, e.g. 4 for 32-px images)"
+    )
+    pretrained: Path | None = flag(  # None: random initialisation
+        None,
+        type=Path,
+        help="initialise the backbone from this local weights file (.safetensors / .pth; never downloaded)",
+    )
 
     def validate(self) -> None:
-        """Raise a one-line ``PCLError`` for a value outside its flag's range or an unknown arch."""
+        """Raise a one-line ``PCLError`` for a value outside its flag's range, an unknown arch or a missing
+        ``--pretrained`` file (before any data is read)."""
         check_arch(self.arch)
         check_fields(self)
+        if self.pretrained is not None and not Path(self.pretrained).is_file():
+            raise PCLError(
+                f"--pretrained {self.pretrained}: no such file; weights are never downloaded (no network): fetch "
+                "them elsewhere (e.g. the model's safetensors file from its hub page) and give the local file"
+            )
 
-    def backbone(self, bn_splits: int | None = None) -> BackboneSpec:
-        """The backbone these settings name (``bn_splits`` overrides ``self.bn_splits``)."""
-        return BackboneSpec(self.arch, self.stem, bn_splits=self.bn_splits if bn_splits is None else bn_splits)
+    def backbone(self, bn_splits: int | None = None, image_size: int = 32) -> BackboneSpec:
+        """The backbone these settings name, built for ``image_size`` px (the global crops and eval view:
+        ``--image-size``); ``bn_splits`` overrides ``self.bn_splits`` (1 for a backbone without batch norm)."""
+        splits = self.bn_splits if bn_splits is None else bn_splits
+        spec = BackboneSpec(self.arch, self.stem, image_size, splits, self.patch_size, True, self.pretrained)
+        if splits > 1 and self.arch not in ARCHS and not probe_backbone(spec).batchnorm:
+            spec = BackboneSpec(self.arch, self.stem, image_size, 1, self.patch_size, True, self.pretrained)
+        return spec
 
 
 class Encoder(nn.Module):

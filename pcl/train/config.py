@@ -40,6 +40,13 @@ class StepConfig:
     channels_last: bool = flag(
         False, action="store_true", help="channels-last memory format for the training step (for GPUs)"
     )
+    accum_steps: int = flag(
+        1,
+        gt=0,
+        le=4096,
+        help="gradient accumulation: --batch-size in this many micro-batches, one optimizer step (and enqueue) "
+        "after all of them",
+    )
     clip_grad: float | None = flag(  # None: no clipping
         None, type=float, gt=0, finite=False, help="clip the global gradient norm"
     )

@@ -6,7 +6,8 @@ One epoch of :meth:`Trainer.fit`::
     for views, index in the training loader:          # M-step, Trainer.train_epoch
         Trainer.step: forward (autocast, DDP)         -> method(views, index): embeddings only
                       objective                       -> method.objective: loss + named terms and counts
-                      backward, grad norm, one sync   -> pcl.train.meters (pack by name, all-reduce)
+                      backward (per micro-batch)      -> pcl.train.accum (--accum-steps)
+                      grad norm, one sync             -> pcl.train.meters (pack by name, all-reduce)
                       finite? clip + optimizer step   -> else pcl.train.guard.NonFiniteGuard skips it
                       + method.after_step             -> momentum update, enqueue (only for an applied step)
         log every named term, health signals          -> pcl.run.tb, pcl.train.health
@@ -35,6 +36,7 @@ from pcl.run.checkpointer import CheckpointConfig, Checkpointer, TrainState
 from pcl.run.metrics import MetricsLog, peak_memory_mib
 from pcl.run.run_dir import RunDir
 from pcl.run.tb import TBLogger
+from pcl.train.accum import Accumulator
 from pcl.train.amp import autocast_factory, grad_scaler
 from pcl.train.config import StepConfig, TrainConfig
 from pcl.train.feature_map import FeatureMapMonitor
@@ -112,6 +114,7 @@ class Trainer:
         self.epoch_scalars: dict[str, float] = {}  # this epoch's scalars logged at step = epoch (metrics.json)
         self.timer = PhaseTimer(self.device)  # per-epoch time/<part>_seconds scalars
         self.params = [p for p in method.parameters() if p.requires_grad]
+        self.passes = Accumulator(method, model, self.autocast, self.scaler.scale, cfg.step.accum_steps)
         # mid-epoch resume: steps already done in epoch ``state.epoch``, that epoch's meter, the RNG to restore
         # once the epoch's loader iterator exists (creating it draws from the RNG)
         self.position, self.resumed_meter, self.pending_rng = 0, None, None
@@ -152,17 +155,15 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def step(self, views: list[torch.Tensor], index: torch.Tensor) -> StepStats:
         """One optimizer step on a batch (``views``: list of ``(B, 3, H, W)``, ``index (B,)``): forward, losses,
-        backward, one host sync for every logged value (reduced over ranks), then the guard: a finite step is
-        applied (clipping, optimizer, ``method.after_step``), a non-finite one changes nothing. Returns the
-        step's values; ``bad`` names the non-finite terms of a skipped step, ``stop`` is set past the limit."""
+        backward (per ``--accum-steps`` micro-batch, :mod:`pcl.train.accum`), one host sync for every logged value
+        (reduced over ranks), then the guard: a finite step is applied (clipping, optimizer, ``method.after_step``),
+        a non-finite one changes nothing. Returns the step's values; ``bad`` names the non-finite terms of a
+        skipped step, ``stop`` is set past the limit."""
         fmt = torch.channels_last if self.cfg.step.channels_last else torch.contiguous_format
         views = [v.to(self.device, non_blocking=True, memory_format=fmt) for v in views]
         index = index.to(self.device, non_blocking=True)
-        with self.autocast():
-            out = self.model(views, index)
-        step = self.method.objective(out, index)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(step.loss).backward()
+        step = self.passes.run(views, index)
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping: logged and checked

@@ -38,6 +38,23 @@ OPTIMIZER_DEFAULTS = {
 }
 
 
+# a ViT-like backbone (a patch embedding) with AdamW: MoCo v3's recipe (Chen, Xie, He 2021), lr per 256 images
+VIT_ADAMW = OptimizerDefaults(lr=1.5e-4, wd=0.1, exclude_bn_bias=True, lr_warmup_epochs=40 / 300)
+VIT_WARMUP_FRACTION = 40 / 300  # MoCo v3: 40 warmup epochs of 300, for every optimizer
+
+
+def backbone_defaults(optimizer: str, vit: bool, batch_size: int, epochs: int) -> OptimizerDefaults:
+    """The defaults of ``optimizer`` for a backbone kind: :data:`OPTIMIZER_DEFAULTS` for CNNs; for a ViT, AdamW gets
+    MoCo v3's lr 1.5e-4 x batch / 256, wd 0.1, and every optimizer an lr warmup of 40/300 of the ``epochs``."""
+    base = OPTIMIZER_DEFAULTS[optimizer]
+    if not vit:
+        return base
+    warmup = VIT_WARMUP_FRACTION * epochs
+    if optimizer == "adamw":
+        return replace(VIT_ADAMW, lr=VIT_ADAMW.lr * batch_size / 256, lr_warmup_epochs=warmup)
+    return replace(base, lr_warmup_epochs=max(base.lr_warmup_epochs, warmup))
+
+
 def default_schedule(optimizer: str) -> str:
     """``sgd`` keeps the step schedule (``--schedule`` milestones); every other optimizer decays by cosine."""
     return "step" if optimizer == "sgd" else "cos"
@@ -75,9 +92,10 @@ class OptimConfig:
         if self.lr is not None and self.min_lr > self.lr:
             raise PCLError(f"--min-lr {self.min_lr} is above --lr {self.lr}: the schedule would raise the lr")
 
-    def resolved(self) -> OptimConfig:
-        """This config with every ``None`` replaced by the optimizer's default (``OPTIMIZER_DEFAULTS``)."""
-        defaults = OPTIMIZER_DEFAULTS[self.optimizer]
+    def resolved(self, vit: bool = False, batch_size: int = 128, epochs: int = 200) -> OptimConfig:
+        """This config with every ``None`` replaced by the optimizer's default for the backbone kind (``vit``: a
+        ViT-like backbone; :func:`backbone_defaults`; ``OPTIMIZER_DEFAULTS`` otherwise)."""
+        defaults = backbone_defaults(self.optimizer, vit, batch_size, epochs)
         filled = {n: getattr(defaults, n) for n in ("lr", "wd", "exclude_bn_bias", "lr_warmup_epochs")}
         out = replace(self, **{n: v for n, v in filled.items() if getattr(self, n) is None})
         if out.lr_schedule is None:
@@ -85,8 +103,21 @@ class OptimConfig:
         return out
 
 
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters a module of ``model`` asks to keep free of weight decay (timm's
+    ``no_weight_decay()``: a ViT's position embedding, class / register / distillation tokens)."""
+    out: set[str] = set()
+    for prefix, module in model.named_modules():
+        ask = getattr(module, "no_weight_decay", None)
+        if callable(ask):
+            out |= {f"{prefix}.{n}" if prefix else n for n in ask()}
+    return out
+
+
 def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict]:
-    """Trainable parameters in one or two groups; 1-d tensors (BN, biases) get no weight decay if excluded.
+    """Trainable parameters in one or two groups; with ``exclude_bn_bias`` no weight decay for 1-d tensors (batch
+    and layer norms, biases) and for what a module names in ``no_weight_decay()`` (a ViT's position embedding and
+    class token, :func:`no_decay_names`).
 
     timm's LARS adapts only groups with weight decay, so excluding them from decay excludes them from
     the LARS trust ratio too.
@@ -94,8 +125,9 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not exclude_bn_bias:
         return [{"params": [p for _, p in params], "weight_decay": weight_decay, "name": "all"}]
-    decay = [p for _, p in params if p.ndim > 1]
-    no_decay = [p for _, p in params if p.ndim <= 1]
+    tokens = no_decay_names(model)
+    decay = [p for n, p in params if p.ndim > 1 and n not in tokens]
+    no_decay = [p for n, p in params if p.ndim <= 1 or n in tokens]
     return [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},

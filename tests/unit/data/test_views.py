@@ -152,3 +152,54 @@ def test_each_crop_group_keeps_to_its_scale_range(monkeypatch: pytest.MonkeyPatc
         a = np.asarray(areas)
         assert a.size >= 500 and lo - tol <= a.min() and a.max() <= hi + tol
         assert a.max() - a.min() > 0.6 * (hi - lo)  # spread over the range, not one value
+
+
+def test_crop_flags_give_the_view_spec_with_local_crops() -> None:
+    """``--local-crops 4`` at 32 px: two global crops of 32 px at (crop-min, 1), four local ones of 16 px at
+    (0.05, crop-min) (the defaults: SwAV's and DINO's local scale ends where the global one starts)."""
+    from pcl.config import parse_config
+
+    cfg = parse_config(["--local-crops", "4", "--crop-min", "0.3"])
+    spec = cfg.data.aug.view_spec()
+    assert spec == ViewSpec((CropGroup(2, 32, (0.3, 1.0), "global"), CropGroup(4, 16, (0.05, 0.3), "local")))
+    assert cfg.data.aug.local_crop_size == 16 and cfg.data.aug.local_crop_scale == [0.05, 0.3]  # resolved
+    argv = ["--image-size", "224", "--global-crops", "3", "--local-crops", "6", "--local-crop-scale", "0.05,0.14"]
+    spec = parse_config(argv).data.aug.view_spec()
+    assert spec.sizes == (224,) * 3 + (96,) * 6 and spec.groups[1].scale == (0.05, 0.14)
+    spec = parse_config(["--local-crops", "2", "--local-crop-size", "12"]).data.aug.view_spec()
+    assert spec.sizes == (32, 32, 12, 12)
+
+
+def test_zero_local_crops_is_the_two_crop_spec() -> None:
+    from pcl.config import parse_config
+
+    aug = parse_config(["--image-size", "24", "--crop-min", "0.3"]).data.aug
+    assert aug.view_spec() == ViewSpec.two_crops(24, 0.3) and aug.local_crop_size is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--global-crops", "0"], "--global-crops must be in"),
+        (["--local-crops", "-1"], "--local-crops must be in"),
+        (["--local-crops", "2", "--local-crop-scale", "0.1"], "--local-crop-scale must be two numbers"),
+        (["--local-crops", "2", "--local-crop-scale", "0.3,0.1"], "MIN <= MAX"),
+        (["--local-crops", "2", "--local-crop-scale", "0,0.1"], "--local-crop-scale must be in"),
+        (["--local-crops", "2", "--local-crop-size", "0"], "--local-crop-size must be in"),
+    ],
+)
+def test_bad_crop_flags_are_one_error_line(argv: list[str], message: str) -> None:
+    from pcl.config import parse_config
+
+    with pytest.raises(PCLError, match=message) as e:
+        parse_config(argv).data.validate()
+    assert "\n" not in str(e.value)
+
+
+def test_moco_and_pcl_refuse_fewer_than_two_global_crops() -> None:
+    from pcl.config import parse_config, validate
+
+    for method in ("moco", "pcl"):
+        with pytest.raises(PCLError, match="needs at least 2 global crops") as e:
+            validate(parse_config(["--method", method, "--global-crops", "1"]))
+        assert "\n" not in str(e.value)

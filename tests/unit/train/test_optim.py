@@ -102,3 +102,33 @@ def test_per_optimizer_defaults_fill_only_unset_flags() -> None:
     assert (s.lr, s.wd, s.exclude_bn_bias, s.lr_warmup_epochs, s.lr_schedule) == (0.06, 5e-4, False, 0.0, "step")
     o = parse_config(["--optimizer", "lamb", "--lr", "0.5", "--no-exclude-bn-bias", "--lr-warmup-epochs", "0"]).optim
     assert (o.lr, o.wd, o.exclude_bn_bias, o.lr_warmup_epochs) == (0.5, 0.05, False, 0.0)
+
+
+def test_vit_groups_keep_position_embedding_class_token_norms_and_biases_free_of_decay() -> None:
+    from pcl.model.backbone import BackboneSpec, build_backbone
+
+    vit, _ = build_backbone(BackboneSpec("test_vit", "imagenet", 16, 1, patch_size=4))
+    decay, no_decay = param_groups(vit, 0.1, exclude_bn_bias=True)
+    names = {id(p): n for n, p in vit.named_parameters()}
+    free = {names[id(p)] for p in no_decay["params"]}
+    assert {"pos_embed", "cls_token", "norm.weight", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"} <= free
+    assert all(names[id(p)].endswith("weight") and p.ndim > 1 for p in decay["params"])  # linear / conv weights
+    assert {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight"} <= {names[id(p)] for p in decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(vit.parameters()))
+    # a CNN's groups are unchanged by the no_weight_decay() lookup: every tensor of more than one dimension decays
+    cnn, _ = build_backbone(BackboneSpec("resnet18", "imagenet", 32, 1))
+    decay, _ = param_groups(cnn, 0.1, exclude_bn_bias=True)
+    assert len(decay["params"]) == sum(p.ndim > 1 for p in cnn.parameters())
+
+
+def test_vit_defaults_follow_moco_v3_and_cnn_defaults_stay() -> None:
+    from pcl.config import parse_config
+
+    v = parse_config(["--arch", "test_vit", "--batch-size", "512", "--epochs", "300"]).optim
+    assert (v.optimizer, v.wd, v.exclude_bn_bias, v.lr_schedule) == ("adamw", 0.1, True, "cos")
+    assert v.lr == pytest.approx(1.5e-4 * 512 / 256) and v.lr_warmup_epochs == pytest.approx(40.0)
+    s = parse_config(["--arch", "test_vit", "--optimizer", "sgd", "--epochs", "30"]).optim
+    assert (s.lr, s.wd, s.lr_warmup_epochs) == (0.06, 5e-4, pytest.approx(4.0))  # SGD's own, + the warmup share
+    r = parse_config(["--arch", "test_vit", "--lr", "0.01", "--lr-warmup-epochs", "0"]).optim
+    assert (r.lr, r.lr_warmup_epochs) == (0.01, 0.0)  # given flags win
+    assert parse_config(["--epochs", "300"]).optim.lr_warmup_epochs == 1.0  # resnet18: the adamw defaults as ever
