@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from pcl.estep.clustering import (
@@ -39,6 +39,8 @@ from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import check_fields, flag, int_list
 from pcl.utils.timing import NULL_TIMER, PhaseTimer
+
+ESTEP_FEATURES = ("eval", "bank")
 
 
 @dataclass
@@ -63,6 +65,13 @@ class EStepConfig:
         "--kmeans-max-points",
         gt=0,
         help="k-means trains on all features up to this many, else on a uniform sample",
+    )
+    features: str = flag(
+        "eval",
+        "--estep-features",
+        choices=ESTEP_FEATURES,
+        help="eval: a momentum-encoder pass over the eval view of every training image (official); bank: the "
+        "momentum encoder's features of the training views, written by the previous epoch's M-step (no extra pass)",
     )
     feature_dir: Path | None = flag(  # shards go to <feature_dir>/epochXXXX; None: <exp-dir>/features
         None, type=Path, help="E-step shards (default <exp-dir>/features)"
@@ -334,6 +343,28 @@ class FeaturePass:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
+def bank_store(written: ShardWriter | None, fp: FeaturePass, directory: Path, cfg: EStepConfig) -> FeatureStore:
+    """``--estep-features bank``: this rank's store of the E-step, ``written`` (the momentum encoder's features
+    of the training views by dataset index, from the previous epoch's M-step; None: no bank, as in the first
+    E-step of a run without warmup) completed with the eval-view features of the images no rank's bank holds
+    (those its epoch did not reach: the dropped last partial batch, skipped steps), each by the rank that owns
+    it in ``fp.loader`` (``rank::world``), then closed."""
+    info = fp.info
+    writer = written or ShardWriter(directory, fp.dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}")
+    seen = torch.zeros(fp.num_total, dtype=torch.int32, device=info.device)
+    if written is not None:
+        seen[torch.from_numpy(written.indices()).to(info.device)] = 1
+    missing = torch.nonzero(pdist.all_reduce_sum(seen) == 0).flatten().cpu().numpy()
+    mine = missing[missing % info.world == info.rank] // info.world  # positions in this rank's share
+    if not len(mine):
+        return writer.close()
+    ld = fp.loader
+    part = DataLoader(
+        Subset(ld.dataset, mine.tolist()), ld.batch_size, num_workers=ld.num_workers, pin_memory=ld.pin_memory
+    )
+    return extract_features(fp.features_fn, part, writer, info.device, fp.autocast, info.is_main)
+
+
 def run_estep(
     feature_pass: FeaturePass,
     cfg: EStepConfig,
@@ -343,24 +374,28 @@ def run_estep(
     previous: ClusterResult | None = None,
     bank: FeatureBank | None = None,
     on_clustered: Callable[[FeatureStore, ClusterResult], None] | None = None,
+    written: ShardWriter | None = None,
 ) -> ClusterResult:
     """Whole E-step for ``epoch``: features of this rank's images to shards, clustering (concentrations of mean
     ``temperature``; warm start from ``previous``, see :func:`cluster_store`), clean-up. ``timer`` gets
     ``estep_features``, ``kmeans``, ``assign``. With ``bank``, the features function returns pairs and fills it as
     :func:`extract_features` says. ``on_clustered(store, result)`` runs before the shards are deleted (e.g.
-    ``--log-cluster-images``)."""
+    ``--log-cluster-images``). ``--estep-features bank``: the features are ``written`` (:func:`bank_store`),
+    and their store is left for its owner (:class:`pcl.estep.view_bank.ViewBank`) to delete."""
     if cfg.feature_dir is None:
         raise ValueError("EStepConfig.feature_dir is unset (main_pcl sets it to <exp-dir>/features)")
     fp, info = feature_pass, feature_pass.info
     show = info.is_main
-    writer = ShardWriter(
-        cfg.feature_dir / f"epoch{epoch:04d}", fp.dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}"
-    )
+    directory = cfg.feature_dir / f"epoch{epoch:04d}"
     with timer.phase("estep_features"):
-        store = extract_features(fp.features_fn, fp.loader, writer, info.device, fp.autocast, show, bank)
+        if cfg.features == "bank":
+            store = bank_store(written, fp, directory, cfg)
+        else:
+            writer = ShardWriter(directory, fp.dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}")
+            store = extract_features(fp.features_fn, fp.loader, writer, info.device, fp.autocast, show, bank)
     result = cluster_store(store, fp.num_total, cfg, info, epoch, temperature, show, timer, previous)
     if on_clustered is not None:
         on_clustered(store, result)
-    if not cfg.keep_features:
+    if not cfg.keep_features and cfg.features != "bank":
         store.delete()
     return result

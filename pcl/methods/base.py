@@ -143,6 +143,9 @@ class Method(nn.Module):
     def load_extra_state(self, ckpt: dict[str, Any], device: torch.device) -> None:
         """Restore what :meth:`extra_state` wrote, from a checkpoint dict."""
 
+    def after_save(self) -> None:
+        """After a checkpoint is written (every rank): drop what only older checkpoints needed (PCL's bank)."""
+
     # -------------------------------------------------------------- features for monitors and evaluation
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """The trained (query / student) backbone's features, L2-normalised ``(B, D)``."""

@@ -27,12 +27,13 @@ class Embeddings:
     """Outputs of one forward pass, all L2-normalised ``(B, low_dim)``.
 
     ``q``/``k``: instance task (shared head). ``q_cluster``: the ProtoNCE queries (the cluster head's, if any;
-    else ``q``).
+    else ``q``). ``k_raw``: the key head's output before normalising (PCL's bank feeds it to the cluster head).
     """
 
     q: torch.Tensor
     k: torch.Tensor
     q_cluster: torch.Tensor
+    k_raw: torch.Tensor | None = None
 
 
 @register_method
@@ -106,11 +107,12 @@ class MoCo(Method):
         im_q, im_k = views[0], views[1]
         q_raw = self.encoder_q(im_q)
         q = F.normalize(q_raw, dim=1)
-        k = F.normalize(shuffled_forward(self.encoder_k, im_k), dim=1)
+        k_raw = shuffled_forward(self.encoder_k, im_k)
+        k = F.normalize(k_raw, dim=1)
         q_cluster = q
         if self.cluster_q is not None and (self.has_prototypes() if with_cluster is None else with_cluster):
             q_cluster = F.normalize(self.cluster_q(q_raw), dim=1)
-        return Embeddings(q=q, k=k, q_cluster=q_cluster)
+        return Embeddings(q=q, k=k, q_cluster=q_cluster, k_raw=k_raw)
 
     def has_prototypes(self) -> bool:
         """True when ProtoNCE applies to the next step (PCL after an E-step); never for MoCo v2."""
