@@ -6,7 +6,7 @@ ARGS ?=
 # the quick CPU schedule of `make train` (the command line's defaults are the official 200 epochs / 20 warmup)
 TRAIN_ARGS ?= --epochs 6 --warmup-epochs 2
 
-.PHONY: venv train test test-all lint bench-estep clean
+.PHONY: venv train test test-all lint bench-estep gpu-check clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -40,6 +40,14 @@ lint: venv
 ## Streamed E-step benchmark (figures in docs/performance.md).
 bench-estep: venv
 	$(PY) tools/bench_estep.py --n 100000 --k 1000 --dim 128 --work-dir bench/estep --compare
+
+## One-shot CUDA machine check (docs/performance.md, "GPU check"): make gpu-check DATA=cifar10-jpg.tar.gz
+## (without a GPU: one line, exit 0). `python tools/gpu_check.py --dry-run` prints the plan.
+## It runs with the machine's python (GPU_PY, whose CUDA torch it keeps) and installs what else it lacks.
+DATA ?=
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) tools/gpu_check.py $(DATA)
 
 clean:
 	rm -rf runs bench data/.cache .pytest_cache .ruff_cache

@@ -33,6 +33,13 @@ class KMeansConfig:
         help="random: --kmeans-nredo runs from random rows (official); previous: one run from the previous "
         "E-step's centroids (warm start; the first E-step starts at random)",
     )
+    hierarchical: bool = flag(
+        False,
+        "--kmeans-hierarchical",
+        action="store_true",
+        help="cluster only the largest k on the features, each smaller k on the next larger one's centroids "
+        "weighted by their sizes (nested clusters; official: every k on the features)",
+    )
 
     def validate(self) -> None:
         """Raise a one-line ``PCLError`` for a value outside its flag's range."""
@@ -46,11 +53,19 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def train_kmeans(x: np.ndarray, k: int, seed: int, cfg: KMeansConfig, init: np.ndarray | None = None) -> np.ndarray:
+def train_kmeans(
+    x: np.ndarray,
+    k: int,
+    seed: int,
+    cfg: KMeansConfig,
+    init: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
     """Train k-means on ``(n, d)`` float32 rows; returns ``(k, d)`` float32 centroids (not normalised).
 
     ``init``: ``(k, d)`` starting centroids (warm start): one run of ``cfg.niter`` iterations from them instead
-    of ``cfg.nredo`` runs from random rows.
+    of ``cfg.nredo`` runs from random rows. ``weights``: ``(n,)`` weight of each row (weighted k-means, e.g. the
+    sizes of finer clusters whose centroids the rows are); then no minimum of rows per centroid applies.
     """
     import faiss
 
@@ -67,9 +82,10 @@ def train_kmeans(x: np.ndarray, k: int, seed: int, cfg: KMeansConfig, init: np.n
         verbose=False,
         gpu=bool(use_gpu),
         max_points_per_centroid=cfg.max_points_per_centroid,
-        min_points_per_centroid=cfg.min_points_per_centroid,
+        min_points_per_centroid=cfg.min_points_per_centroid if weights is None else 1,
     )
-    km.train(x, init_centroids=None if init is None else np.ascontiguousarray(init, dtype=np.float32))
+    w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+    km.train(x, weights=w, init_centroids=None if init is None else np.ascontiguousarray(init, dtype=np.float32))
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 

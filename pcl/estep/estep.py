@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from pcl.estep.clustering import (
     KMEANS_INITS,
@@ -39,6 +39,8 @@ from pcl.utils.errors import PCLError
 from pcl.utils.flags import check_fields, flag, int_list
 from pcl.utils.logs import progress
 from pcl.utils.timing import NULL_TIMER, PhaseTimer
+
+ESTEP_FEATURES = ("eval", "bank")
 
 
 @dataclass
@@ -63,6 +65,13 @@ class EStepConfig:
         "--kmeans-max-points",
         gt=0,
         help="k-means trains on all features up to this many, else on a uniform sample",
+    )
+    features: str = flag(
+        "eval",
+        "--estep-features",
+        choices=ESTEP_FEATURES,
+        help="eval: a momentum-encoder pass over the eval view of every training image (official); bank: the "
+        "momentum encoder's features of the training views, written by the previous epoch's M-step (no extra pass)",
     )
     feature_dir: Path | None = flag(  # shards go to <feature_dir>/epochXXXX; None: <exp-dir>/features
         None, type=Path, help="E-step shards (default <exp-dir>/features)"
@@ -129,13 +138,58 @@ def cluster_store(
     ``kmeans`` (sample + training) and ``assign`` (streamed assignment, concentrations). With
     ``cfg.kmeans.init == "previous"``, each granularity whose ``k`` ``previous`` (the last E-step's result)
     also has starts from its centroids (one run, no restarts); the others, and every granularity of the first
-    E-step, start as with ``random``.
+    E-step, start as with ``random``. ``cfg.kmeans.hierarchical``: see :func:`cluster_hierarchical`.
     """
+    inits = warm_start_centroids(previous, cfg, store.dim)
+    if cfg.kmeans.hierarchical and len(cfg.num_cluster) > 1:
+        return cluster_hierarchical(store, num_total, cfg, info, epoch, temperature, show, timer, inits)
+    ks = cfg.num_cluster
     with timer.phase("kmeans"):
-        inits = warm_start_centroids(previous, cfg, store.dim)
-        centroids = _train_centroids(store, num_total, cfg, info, epoch, inits)
+        centroids = _train_centroids(store, num_total, cfg, info, epoch, inits, list(range(len(ks))))
     with timer.phase("assign"):
-        return _assign_all(store, centroids, num_total, cfg, info, epoch, temperature, show)
+        levels = _accumulate(store, [nearest_rule(c) for c in centroids], ks, num_total, info, show)
+        return ClusterResult(epoch, _granularities(ks, centroids, levels, num_total, temperature, info))
+
+
+def cluster_hierarchical(
+    store: FeatureStore,
+    num_total: int,
+    cfg: EStepConfig,
+    info: DistInfo,
+    epoch: int,
+    temperature: float,
+    show: bool,
+    timer: PhaseTimer,
+    inits: list[np.ndarray | None],
+) -> ClusterResult:
+    """``--kmeans-hierarchical``: k-means of the largest ``k`` on the features (as the flat E-step: sample,
+    restarts or warm start, streamed assignment); then each smaller ``k``, in decreasing order, by weighted
+    k-means of the next larger level's ``(k_fine, d)`` centroids, each weighted by its number of images (seed and
+    warm start of that granularity as in the flat E-step). An image's cluster at a coarser level is the coarse
+    cluster of its finer cluster (nested partitions); each level's concentrations come from the distances of
+    the images to that level's own centroids (a second streamed pass). k-means multiply-adds: ``N k_max`` per
+    iteration plus ``k_fine k`` per coarser level, instead of ``N sum(k)``."""
+    ks = cfg.num_cluster
+    order = sorted(range(len(ks)), key=lambda i: -ks[i])  # finest first (stable for equal k)
+    with timer.phase("kmeans"):
+        fine = _train_centroids(store, num_total, cfg, info, epoch, inits, order[:1])[0]
+    with timer.phase("assign"):
+        (finest,) = _accumulate(store, [nearest_rule(fine)], [ks[order[0]]], num_total, info, show)
+    centroids, maps, counts, finer = {order[0]: fine}, {}, finest.counts, order[0]
+    with timer.phase("kmeans"):
+        for i in order[1:]:
+            centroids[i] = _train_weighted(centroids[finer], counts, ks[i], i, cfg, info, inits[i])
+            step = assign(centroids[finer], centroids[i])[0]  # (k_finer,) coarse cluster of each finer cluster
+            maps[i] = step[maps[finer]] if finer in maps else step  # (k_max,) from the finest level
+            counts = torch.zeros(ks[i], dtype=torch.float64, device=counts.device).index_add_(0, step, counts)
+            finer = i
+    with timer.phase("assign"):
+        rules = [_through_rule(centroids[i], maps[i], finest.im2cluster) for i in order[1:]]
+        coarse = _accumulate(store, rules, [ks[i] for i in order[1:]], num_total, info, show)
+        by_level = dict(zip(order, [finest, *coarse], strict=True))
+        stats = [by_level[i] for i in range(len(ks))]
+        cs = [centroids[i] for i in range(len(ks))]
+        return ClusterResult(epoch, _granularities(ks, cs, stats, num_total, temperature, info))
 
 
 def warm_start_centroids(previous: ClusterResult | None, cfg: EStepConfig, dim: int) -> list[np.ndarray | None]:
@@ -155,66 +209,124 @@ def _train_centroids(
     info: DistInfo,
     epoch: int,
     inits: list[np.ndarray | None],
+    levels: list[int],
 ) -> list[torch.Tensor]:
-    """Rank 0 trains ``(k, d)`` centroids per granularity (from ``inits[i]`` when given) on a gathered sample;
-    broadcast to every rank."""
+    """Rank 0 trains ``(k, d)`` centroids for the granularities ``levels`` (positions in ``cfg.num_cluster``;
+    from ``inits[i]`` when given) on a gathered sample; broadcast to every rank."""
     dev = info.device
     rng = np.random.default_rng([cfg.seed, epoch, info.rank])
     sample = pdist.gather_rows_to_main(kmeans_sample(store, num_total, cfg.max_points, rng), dev)
     centroids = []
-    for i, (k, init) in enumerate(zip(cfg.num_cluster, inits, strict=True)):
+    for i in levels:
+        k = cfg.num_cluster[i]
         c = torch.empty(k, store.dim, dtype=torch.float32, device=dev)
         if info.is_main:  # official: seed = granularity index
-            c.copy_(torch.from_numpy(train_kmeans(sample, k, seed=i, cfg=cfg.kmeans, init=init)))
+            c.copy_(torch.from_numpy(train_kmeans(sample, k, seed=i, cfg=cfg.kmeans, init=inits[i])))
         centroids.append(pdist.broadcast(c))
     return centroids
 
 
-def _assign_all(
-    store: FeatureStore,
-    centroids: list[torch.Tensor],
-    num_total: int,
+def _train_weighted(
+    points: torch.Tensor,
+    weights: torch.Tensor,
+    k: int,
+    seed: int,
     cfg: EStepConfig,
     info: DistInfo,
-    epoch: int,
-    temperature: float,
-    show: bool,
-) -> ClusterResult:
-    """Nearest centroid of every stored feature, all-reduced counts and distance sums, concentrations."""
+    init: np.ndarray | None,
+) -> torch.Tensor:
+    """Rank 0: weighted k-means of ``points (m, d)`` (finer centroids) with ``weights (m,)`` (their sizes) into
+    ``(k, d)`` centroids, broadcast. Empty finer clusters take no part (unless fewer than ``k`` are not empty)."""
+    c = torch.empty(k, points.shape[1], dtype=torch.float32, device=points.device)
+    if info.is_main:
+        keep = weights > 0
+        if int(keep.sum()) < k:
+            keep = torch.ones_like(keep)
+        x, w = points[keep].cpu().numpy(), weights[keep].cpu().numpy()
+        c.copy_(torch.from_numpy(train_kmeans(x, k, seed=seed, cfg=cfg.kmeans, init=init, weights=w)))
+    return pdist.broadcast(c)
+
+
+# one level's rule for a shard: (features (n, d) float32, dataset indices (n,)) -> (cluster ids (n,), sq. dist (n,))
+LevelRule = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def nearest_rule(c: torch.Tensor) -> LevelRule:
+    """Each row's nearest centroid of ``c (k, d)`` (exact squared L2, :func:`pcl.estep.clustering.assign`)."""
+    return lambda x, idx: assign(x, c)
+
+
+def _through_rule(c: torch.Tensor, finest_to_level: torch.Tensor, finest_ids: torch.Tensor) -> LevelRule:
+    """A coarser level: each image's cluster is that of its finest cluster (``finest_to_level (k_max,)`` of
+    ``finest_ids (N,)``); the squared distance is to that cluster's centroid in ``c (k, d)``."""
+
+    def rule(x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = finest_to_level[finest_ids[idx]]
+        return ids, (x - c[ids]).pow(2).sum(1)
+
+    return rule
+
+
+@dataclass
+class _LevelStats:
+    """One level's streamed statistics, summed over ranks: ``im2cluster (N,)`` long, ``counts (k,)`` and ``sums
+    (k,)`` of the L2 distances to the own centroid (float64), ``sq_total`` (scalar) summed squared distances."""
+
+    im2cluster: torch.Tensor
+    counts: torch.Tensor
+    sums: torch.Tensor
+    sq_total: torch.Tensor
+
+
+def _accumulate(
+    store: FeatureStore, rules: list[LevelRule], ks: list[int], num_total: int, info: DistInfo, show: bool
+) -> list[_LevelStats]:
+    """One pass over this rank's shards: level ``j``'s ids and distances by ``rules[j]``; all-reduced."""
     dev = info.device
-    levels = len(cfg.num_cluster)
-    im2cluster = [torch.zeros(num_total, dtype=torch.long, device=dev) for _ in range(levels)]
-    counts = [torch.zeros(k, dtype=torch.float64, device=dev) for k in cfg.num_cluster]
-    sums = [torch.zeros(k, dtype=torch.float64, device=dev) for k in cfg.num_cluster]
-    sq_total = torch.zeros(levels, dtype=torch.float64, device=dev)
+    im2cluster = [torch.zeros(num_total, dtype=torch.long, device=dev) for _ in ks]
+    counts = [torch.zeros(k, dtype=torch.float64, device=dev) for k in ks]
+    sums = [torch.zeros(k, dtype=torch.float64, device=dev) for k in ks]
+    sq_total = torch.zeros(len(ks), dtype=torch.float64, device=dev)
     for idx, feats in progress(store.shards(), "E-step assign", len(store.stems), show):
         x = torch.from_numpy(np.array(feats, dtype=np.float32)).to(dev)  # one shard, writable copy
         idx_t = torch.from_numpy(idx).to(dev)
-        for j, c in enumerate(centroids):
-            ids, sqd = assign(x, c)
+        for j, (rule, k) in enumerate(zip(rules, ks, strict=True)):
+            ids, sqd = rule(x, idx_t)
             im2cluster[j][idx_t] = ids
-            counts[j] += torch.bincount(ids, minlength=c.shape[0]).double()
-            sums[j] += torch.bincount(ids, weights=sqd.double().sqrt(), minlength=c.shape[0])
+            counts[j] += torch.bincount(ids, minlength=k).double()
+            sums[j] += torch.bincount(ids, weights=sqd.double().sqrt(), minlength=k)
             sq_total[j] += sqd.double().sum()
     for t in (*im2cluster, *counts, *sums, sq_total):
         pdist.all_reduce_sum(t)
+    return [_LevelStats(im2cluster[j], counts[j], sums[j], sq_total[j]) for j in range(len(ks))]
 
+
+def _granularities(
+    ks: list[int],
+    centroids: list[torch.Tensor],
+    levels: list[_LevelStats],
+    num_total: int,
+    temperature: float,
+    info: DistInfo,
+) -> list[Granularity]:
+    """Each level's :class:`Granularity`: statistics, concentrations (mean ``temperature``), normalised centroids."""
     out = []
-    for j, k in enumerate(cfg.num_cluster):
+    for j, k in enumerate(ks):
+        counts, sums = levels[j].counts, levels[j].sums
         stats = {
-            "empty_clusters": float((counts[j] == 0).sum()),
-            "largest_cluster": float(counts[j].max()),
-            "phi_mean_raw": phi_raw_mean(counts[j], sums[j]),
-            "objective": float(sq_total[j] / num_total),
+            "empty_clusters": float((counts == 0).sum()),
+            "largest_cluster": float(counts.max()),
+            "phi_mean_raw": phi_raw_mean(counts, sums),
+            "objective": float(levels[j].sq_total / num_total),
         }
-        density = concentration(counts[j], sums[j], temperature)
-        why = degenerate(counts[j], sums[j])
+        density = concentration(counts, sums, temperature)
+        why = degenerate(counts, sums)
         if why is not None and info.is_main:  # phi stays finite; say why it carries little information
             print(f"warning: E-step k={k}: {why}; concentrations kept finite and positive (mean {temperature})")
         norms = centroids[j].norm(dim=1)
         c = torch.nn.functional.normalize(centroids[j], dim=1)
-        out.append(Granularity(k, im2cluster[j], c, density.to(dev), stats, norms))
-    return ClusterResult(epoch, out)
+        out.append(Granularity(k, levels[j].im2cluster, c, density.to(info.device), stats, norms))
+    return out
 
 
 @dataclass
@@ -231,6 +343,28 @@ class FeaturePass:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
+def bank_store(written: ShardWriter | None, fp: FeaturePass, directory: Path, cfg: EStepConfig) -> FeatureStore:
+    """``--estep-features bank``: this rank's store of the E-step, ``written`` (the momentum encoder's features
+    of the training views by dataset index, from the previous epoch's M-step; None: no bank, as in the first
+    E-step of a run without warmup) completed with the eval-view features of the images no rank's bank holds
+    (those its epoch did not reach: the dropped last partial batch, skipped steps), each by the rank that owns
+    it in ``fp.loader`` (``rank::world``), then closed."""
+    info = fp.info
+    writer = written or ShardWriter(directory, fp.dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}")
+    seen = torch.zeros(fp.num_total, dtype=torch.int32, device=info.device)
+    if written is not None:
+        seen[torch.from_numpy(written.indices()).to(info.device)] = 1
+    missing = torch.nonzero(pdist.all_reduce_sum(seen) == 0).flatten().cpu().numpy()
+    mine = missing[missing % info.world == info.rank] // info.world  # positions in this rank's share
+    if not len(mine):
+        return writer.close()
+    ld = fp.loader
+    part = DataLoader(
+        Subset(ld.dataset, mine.tolist()), ld.batch_size, num_workers=ld.num_workers, pin_memory=ld.pin_memory
+    )
+    return extract_features(fp.features_fn, part, writer, info.device, fp.autocast, info.is_main)
+
+
 def run_estep(
     feature_pass: FeaturePass,
     cfg: EStepConfig,
@@ -240,24 +374,28 @@ def run_estep(
     previous: ClusterResult | None = None,
     bank: FeatureBank | None = None,
     on_clustered: Callable[[FeatureStore, ClusterResult], None] | None = None,
+    written: ShardWriter | None = None,
 ) -> ClusterResult:
     """Whole E-step for ``epoch``: features of this rank's images to shards, clustering (concentrations of mean
     ``temperature``; warm start from ``previous``, see :func:`cluster_store`), clean-up. ``timer`` gets
     ``estep_features``, ``kmeans``, ``assign``. With ``bank``, the features function returns pairs and fills it as
     :func:`extract_features` says. ``on_clustered(store, result)`` runs before the shards are deleted (e.g.
-    ``--log-cluster-images``)."""
+    ``--log-cluster-images``). ``--estep-features bank``: the features are ``written`` (:func:`bank_store`),
+    and their store is left for its owner (:class:`pcl.estep.view_bank.ViewBank`) to delete."""
     if cfg.feature_dir is None:
         raise ValueError("EStepConfig.feature_dir is unset (main_pcl sets it to <exp-dir>/features)")
     fp, info = feature_pass, feature_pass.info
     show = info.is_main
-    writer = ShardWriter(
-        cfg.feature_dir / f"epoch{epoch:04d}", fp.dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}"
-    )
+    directory = cfg.feature_dir / f"epoch{epoch:04d}"
     with timer.phase("estep_features"):
-        store = extract_features(fp.features_fn, fp.loader, writer, info.device, fp.autocast, show, bank)
+        if cfg.features == "bank":
+            store = bank_store(written, fp, directory, cfg)
+        else:
+            writer = ShardWriter(directory, fp.dim, cfg.feature_dtype, cfg.shard_rows, f"rank{info.rank}")
+            store = extract_features(fp.features_fn, fp.loader, writer, info.device, fp.autocast, show, bank)
     result = cluster_store(store, fp.num_total, cfg, info, epoch, temperature, show, timer, previous)
     if on_clustered is not None:
         on_clustered(store, result)
-    if not cfg.keep_features:
+    if not cfg.keep_features and cfg.features != "bank":
         store.delete()
     return result

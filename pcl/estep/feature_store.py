@@ -7,7 +7,10 @@ Layout of a store directory (one per epoch and rank)::
     <dir>/<prefix>.done              written last: a store without it is incomplete
 
 Each file is written to a temporary name and renamed, so a crash never leaves a half-written shard
-that looks complete. Host memory while writing is one shard; while reading, one memory-mapped shard.
+that looks complete. Host memory while writing is one shard; while reading, one memory-mapped shard. A writer
+buffers its batches where they are (on the accelerator) and moves them to the host once per shard, so writing a
+batch never waits for the device. :meth:`ShardWriter.state` / :meth:`ShardWriter.restore` carry an open writer
+through a checkpoint (``--estep-features bank``: the M-step writes the next E-step's store).
 """
 
 from __future__ import annotations
@@ -38,10 +41,19 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 
 
 class ShardWriter:
-    """Buffers ``(B, d)`` feature batches and writes a shard every ``shard_rows`` rows."""
+    """Buffers ``(B, d)`` feature batches and writes a shard every ``shard_rows`` rows.
+
+    ``clear``: remove this prefix's files of an interrupted earlier attempt first (:meth:`restore` keeps them).
+    """
 
     def __init__(
-        self, directory: Path, dim: int, dtype: str = "float32", shard_rows: int = 65536, prefix: str = "rank0"
+        self,
+        directory: Path,
+        dim: int,
+        dtype: str = "float32",
+        shard_rows: int = 65536,
+        prefix: str = "rank0",
+        clear: bool = True,
     ) -> None:
         if dtype not in DTYPES:
             raise PCLError(f"unknown feature dtype {dtype!r}; choose from {', '.join(DTYPES)}")
@@ -56,8 +68,9 @@ class ShardWriter:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise PCLError(f"cannot create feature directory {self.dir}: {e.strerror or e}") from None
-        for stale in self.dir.glob(f"{prefix}[-.]*"):  # an interrupted earlier attempt
+        for stale in self.dir.glob(f"{prefix}[-.]*") if clear else ():  # an interrupted earlier attempt
             stale.unlink()
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # batches not yet on the host
         self._feats: list[np.ndarray] = []
         self._idx: list[np.ndarray] = []
         self._buffered = 0
@@ -65,15 +78,28 @@ class ShardWriter:
         self.rows = 0
 
     def add(self, features: torch.Tensor, indices: torch.Tensor) -> None:
-        """Append ``(B, d)`` features and their ``(B,)`` dataset indices."""
-        self._feats.append(features.detach().float().cpu().numpy().astype(self.dtype, copy=False))
-        self._idx.append(indices.detach().cpu().numpy().astype(np.int64, copy=False))
+        """Append ``(B, d)`` features and their ``(B,)`` dataset indices (kept on their device until a shard is due)."""
+        self._pending.append((features.detach(), indices.detach()))
         self._buffered += features.shape[0]
         while self._buffered >= self.shard_rows:
             self._flush(self.shard_rows)
 
+    def _to_host(self) -> None:
+        """Move the pending batches into the host buffer (in the shard dtype)."""
+        for feats, idx in self._pending:
+            self._feats.append(feats.float().cpu().numpy().astype(self.dtype, copy=False))
+            self._idx.append(idx.cpu().numpy().astype(np.int64, copy=False))
+        self._pending = []
+
+    def _host_buffer(self) -> tuple[np.ndarray, np.ndarray]:
+        """The buffered rows not yet in a shard: ``(features (n, d), indices (n,))``."""
+        self._to_host()
+        if not self._idx:
+            return np.zeros((0, self.dim), dtype=self.dtype), np.zeros(0, dtype=np.int64)
+        return np.concatenate(self._feats), np.concatenate(self._idx)
+
     def _flush(self, rows: int) -> None:
-        feats, idx = np.concatenate(self._feats), np.concatenate(self._idx)
+        feats, idx = self._host_buffer()
         stem = self.dir / f"{self.prefix}-{self.num_shards:06d}"
         _save_atomic(stem.with_suffix(".feat.npy"), feats[:rows])
         _save_atomic(stem.with_suffix(".idx.npy"), idx[:rows])
@@ -93,6 +119,48 @@ class ShardWriter:
         except OSError as e:
             raise PCLError(f"could not write {marker}: {e.strerror or e}") from None
         return FeatureStore(self.dir, self.prefix)
+
+    def _stem(self, i: int) -> Path:
+        return self.dir / f"{self.prefix}-{i:06d}"
+
+    def indices(self) -> np.ndarray:
+        """Dataset indices of every row written so far, shards and buffer, in write order: ``(rows,)`` int64."""
+        parts = [np.load(self._stem(i).with_suffix(".idx.npy")) for i in range(self.num_shards)]
+        return np.concatenate([*parts, self._host_buffer()[1]]).astype(np.int64, copy=False)
+
+    def state(self) -> dict:
+        """Everything :meth:`restore` needs to continue this writer: its settings, the shards written so far (on
+        disk) and the buffered rows (in the dict)."""
+        feats, idx = self._host_buffer()
+        return {
+            "dir": str(self.dir),
+            "prefix": self.prefix,
+            "dim": self.dim,
+            "dtype": np.dtype(self.dtype).name,
+            "shard_rows": self.shard_rows,
+            "num_shards": self.num_shards,
+            "rows": self.rows,
+            "buffer_features": feats.copy(),
+            "buffer_indices": idx.copy(),
+        }
+
+    @classmethod
+    def restore(cls, state: dict) -> ShardWriter | None:
+        """The writer :meth:`state` described, its later shards (written after that state) and completion marker
+        removed; None when a shard it had written is gone (e.g. deleted after its E-step)."""
+        w = cls(Path(state["dir"]), int(state["dim"]), state["dtype"], int(state["shard_rows"]), state["prefix"], False)
+        n = int(state["num_shards"])
+        if any(not w._stem(i).with_suffix(s).is_file() for i in range(n) for s in (".feat.npy", ".idx.npy")):
+            return None
+        for path in w.dir.glob(f"{w.prefix}-*.npy"):
+            if int(path.name[len(w.prefix) + 1 :].split(".")[0]) >= n:
+                path.unlink()
+        (w.dir / f"{w.prefix}.done").unlink(missing_ok=True)
+        w.num_shards, w.rows = n, int(state["rows"])
+        feats, idx = np.asarray(state["buffer_features"]), np.asarray(state["buffer_indices"])
+        if len(idx):
+            w._feats, w._idx, w._buffered = [feats.astype(w.dtype, copy=True)], [idx.astype(np.int64)], len(idx)
+        return w
 
 
 @dataclass
@@ -136,5 +204,16 @@ class FeatureStore:
             for suffix in (".feat.npy", ".idx.npy"):
                 stem.with_suffix(suffix).unlink(missing_ok=True)
         (self.directory / f"{self.prefix}.done").unlink(missing_ok=True)
-        if self.directory.is_dir() and not any(self.directory.iterdir()):
-            shutil.rmtree(self.directory, ignore_errors=True)
+        _remove_if_empty(self.directory)
+
+
+def _remove_if_empty(directory: Path) -> None:
+    if directory.is_dir() and not any(directory.iterdir()):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def remove_shards(directory: Path, prefix: str) -> None:
+    """Remove every file of ``prefix`` in ``directory``, complete store or not (and the directory if left empty)."""
+    for path in directory.glob(f"{prefix}[-.]*"):
+        path.unlink(missing_ok=True)
+    _remove_if_empty(directory)

@@ -17,6 +17,7 @@ How to add a method: one file ``pcl/methods/<name>.py`` with a :class:`Method` s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -151,6 +152,9 @@ class Method(nn.Module):
     def load_extra_state(self, ckpt: dict[str, Any], device: torch.device) -> None:
         """Restore what :meth:`extra_state` wrote, from a checkpoint dict."""
 
+    def after_save(self) -> None:
+        """After a checkpoint is written (every rank): drop what only older checkpoints needed (PCL's bank)."""
+
     # -------------------------------------------------------------- features for monitors and evaluation
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """The trained (query / student) backbone's features, L2-normalised ``(B, D)``."""
@@ -162,9 +166,12 @@ class Method(nn.Module):
 
 
 def concat_batches(parts: list[Any]) -> Any:
-    """``parts`` (one per micro-batch) joined: tensors by ``torch.cat`` along dim 0, tuples / lists / dicts item by
-    item, ``None`` stays ``None``, other values must be equal and are kept."""
+    """``parts`` (one per micro-batch) joined: tensors by ``torch.cat`` along dim 0, tuples / lists / dicts /
+    dataclasses item by item, ``None`` stays ``None``, other values must be equal and are kept."""
     first = parts[0]
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        names = [f.name for f in dataclasses.fields(first)]
+        return type(first)(**{n: concat_batches([getattr(p, n) for p in parts]) for n in names})
     if isinstance(first, torch.Tensor):
         return torch.cat(parts)
     if isinstance(first, tuple | list):

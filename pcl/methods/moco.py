@@ -36,7 +36,8 @@ class Embeddings:
 
     ``q``/``k``: instance task (shared head) of the query view and the first key view. ``q_cluster``: the ProtoNCE
     queries (the cluster head's, if any; else ``q``). Multi-crop: ``q_local`` / ``q_cluster_local`` one entry per
-    local crop, ``k_extra`` one per further key view (global crops 3, 4, ...).
+    local crop, ``k_extra`` one per further key view (global crops 3, 4, ...). ``k_raw``: the first key view's
+    head output before normalising (PCL's bank feeds it to the cluster head).
     """
 
     q: torch.Tensor
@@ -45,6 +46,7 @@ class Embeddings:
     q_local: tuple[torch.Tensor, ...] = ()
     q_cluster_local: tuple[torch.Tensor, ...] = ()
     k_extra: tuple[torch.Tensor, ...] = ()
+    k_raw: torch.Tensor | None = None
 
 
 def same_size_runs(views: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -148,7 +150,9 @@ class MoCo(Method):
         cluster = self.cluster_q is not None and (self.has_prototypes() if with_cluster is None else with_cluster)
         q_raw = self.encoder_q(views[0])
         q = F.normalize(q_raw, dim=1)
-        keys = F.normalize(self._encode_keys(views[1] if g == 2 else torch.cat(views[1:g])), dim=1)
+        keys_raw = self._encode_keys(views[1] if g == 2 else torch.cat(views[1:g]))
+        k_raw = keys_raw.chunk(g - 1)[0] if g > 2 else keys_raw
+        keys = F.normalize(keys_raw, dim=1)
         k, *k_extra = keys.chunk(g - 1) if g > 2 else (keys,)
         q_cluster = F.normalize(self.cluster_q(q_raw), dim=1) if cluster else q
         q_local, q_cluster_local = [], []
@@ -159,7 +163,7 @@ class MoCo(Method):
                 q_cluster_local += F.normalize(self.cluster_q(raw), dim=1).chunk(len(run))
         if not cluster:
             q_cluster_local = q_local
-        return Embeddings(q, k, q_cluster, tuple(q_local), tuple(q_cluster_local), tuple(k_extra))
+        return Embeddings(q, k, q_cluster, tuple(q_local), tuple(q_cluster_local), tuple(k_extra), k_raw)
 
     @torch.no_grad()
     def _encode_keys(self, images: torch.Tensor) -> torch.Tensor:

@@ -4,12 +4,14 @@ E-step (:meth:`PCL.on_epoch_start`, from epoch ``--warmup-epochs`` on): momentum
 every training image -> k-means at each granularity -> prototypes and concentrations phi
 (:func:`pcl.estep.estep.run_estep`). M-step (:meth:`PCL.objective`): InfoNCE + ``--proto-weight`` x the mean
 ProtoNCE over granularities (:func:`pcl.losses.objective.pcl_objective`), the ProtoNCE queries through the cluster
-head when ``--cluster-head`` is not ``none``.
+head when ``--cluster-head`` is not ``none``. ``--estep-features bank``: the M-step's key features of the training
+views, kept in :class:`pcl.estep.view_bank.ViewBank`, are what the next E-step clusters (no eval-view pass).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -22,27 +24,49 @@ from pcl.data.views import ViewSpec
 from pcl.estep.clustering import ClusterResult
 from pcl.estep.estep import EStepConfig, FeaturePass, run_estep
 from pcl.estep.feature_store import FeatureStore
+from pcl.estep.view_bank import ViewBank
 from pcl.losses.config import LossConfig
 from pcl.methods.base import EpochContext, MethodSettings, StepOutput, register_method
 from pcl.methods.moco import Embeddings, MoCo
 from pcl.model.encoder import ModelConfig
 from pcl.model.heads import cluster_head
+from pcl.utils import distributed as pdist
+
+
+@dataclass
+class BankKeys:
+    """``StepOutput.pending`` with ``--estep-features bank``: the keys to enqueue ``(B, d)``, the key head's output
+    before normalising ``(B, d)`` (for the cluster head) and the images' dataset indices ``(B,)``."""
+
+    keys: torch.Tensor
+    raw: torch.Tensor | None
+    index: torch.Tensor
 
 
 @register_method
 class PCL(MoCo):
     """MoCo v2 encoders and queue, an optional cluster head (query side trained, key side by momentum), and the
-    last E-step's :class:`~pcl.estep.clustering.ClusterResult` (``cluster_result``; None before the first)."""
+    last E-step's :class:`~pcl.estep.clustering.ClusterResult` (``cluster_result``; None before the first);
+    with ``--estep-features bank`` the bank of the next E-step (``view_bank``; ``epochs``: the run's length)."""
 
     name = "pcl"
 
     def __init__(
-        self, *, model: ModelConfig, loss: LossConfig, estep: EStepConfig, bn_splits: int, views: ViewSpec
+        self,
+        *,
+        model: ModelConfig,
+        loss: LossConfig,
+        estep: EStepConfig,
+        bn_splits: int,
+        views: ViewSpec,
+        epochs: int | None,
     ) -> None:
         super().__init__(model=model, loss=loss, bn_splits=bn_splits, views=views)
         self.estep_cfg = estep
         self.find_unused_parameters = model.cluster_head != "none"
         self.cluster_result: ClusterResult | None = None
+        bank = estep.features == "bank"
+        self.view_bank = ViewBank(estep, model.low_dim, loss.warmup_epochs, epochs) if bank else None
 
     def _cluster_head(self, model: ModelConfig) -> nn.Module | None:
         return cluster_head(model.cluster_head, model.low_dim)
@@ -51,7 +75,9 @@ class PCL(MoCo):
     def from_config(cls, cfg: MethodSettings, bn_splits: int | None = None) -> PCL:
         splits = cfg.model.bn_splits if bn_splits is None else bn_splits
         views = cfg.data.aug.view_spec()
-        return cls(model=cfg.model, loss=cfg.loss, estep=cfg.estep, bn_splits=splits, views=views)
+        return cls(
+            model=cfg.model, loss=cfg.loss, estep=cfg.estep, bn_splits=splits, views=views, epochs=cfg.train.epochs
+        )
 
     @classmethod
     def notes(cls, cfg: MethodSettings) -> list[str]:
@@ -79,22 +105,43 @@ class PCL(MoCo):
                 step.checked[f"loss_proto/k{g.k}"] = f"ProtoNCE k={g.k}"
             step.terms["loss_proto"] = torch.stack([p[0] for p in obj.protos]).mean()
             step.hits["acc_proto"] = torch.stack([p[1] for p in obj.protos]).float().mean()
+        if self.view_bank is not None:
+            step.pending = BankKeys(step.pending, out.k_raw, index)
         return step
+
+    @torch.no_grad()
+    def after_step(self, step: StepOutput) -> None:
+        """``--estep-features bank``: the step's key features into the bank (before the momentum update, so
+        through the key side the forward used); then the momentum update and the enqueue."""
+        pending = step.pending
+        if isinstance(pending, BankKeys):
+            rows = pending.keys
+            if self.cluster_k is not None:  # the E-step clusters the cluster head's space
+                rows = F.normalize(self.cluster_k(pending.raw.float()), dim=1)
+            self.view_bank.add(rows, pending.index)
+            step = replace(step, pending=pending.keys)
+        super().after_step(step)
 
     def summary_terms(self) -> tuple[str, ...]:
         return ("acc_inst", "acc_proto")
 
     # -------------------------------------------------------------- E-step
     def epoch_pass(self, epoch: int) -> bool:
-        """The E-step runs from epoch ``--warmup-epochs`` on."""
-        return epoch >= self.loss_cfg.warmup_epochs
+        """The E-step runs from epoch ``--warmup-epochs`` on; it passes over the eval view unless it clusters the
+        bank (``--estep-features bank``)."""
+        return epoch >= self.loss_cfg.warmup_epochs and self.view_bank is None
 
     def on_epoch_start(self, epoch: int, ctx: EpochContext) -> dict[str, float]:
         """The E-step of ``epoch`` (none during warmup): cluster the momentum features of every training image at
         every granularity; returns the cluster statistics (and, with labels, NMI / AMI / purity) as scalars.
 
-        ``--kmeans-init previous`` starts from the previous E-step's result (also after a resume)."""
-        if not self.epoch_pass(epoch):
+        ``--kmeans-init previous`` starts from the previous E-step's result (also after a resume).
+        ``--estep-features bank``: clusters the bank the previous epoch's M-step wrote, and opens the next one."""
+        written = None
+        if self.view_bank is not None:
+            written = self.view_bank.take(epoch)
+            self.view_bank.begin(epoch, ctx.info.rank)
+        if epoch < self.loss_cfg.warmup_epochs:
             self.cluster_result = None
             return {}
         was_training = self.training
@@ -104,7 +151,15 @@ class PCL(MoCo):
         hook = None if ctx.log_image is None or not ctx.gallery else self._gallery_hook(ctx)
         fp = FeaturePass(fn, ctx.loader, ctx.num_train, self.low_dim, ctx.info, ctx.autocast)
         result = run_estep(
-            fp, self.estep_cfg, epoch, self.loss_cfg.temperature, ctx.timer, self.cluster_result, ctx.bank, hook
+            fp,
+            self.estep_cfg,
+            epoch,
+            self.loss_cfg.temperature,
+            ctx.timer,
+            self.cluster_result,
+            ctx.bank,
+            hook,
+            written,
         )
         self.train(was_training)
         self.cluster_result = result
@@ -147,8 +202,20 @@ class PCL(MoCo):
 
     # -------------------------------------------------------------- checkpoint
     def extra_state(self) -> dict[str, Any]:
-        return {"cluster_result": None if self.cluster_result is None else self.cluster_result.state_dict()}
+        """The cluster result; with ``--estep-features bank`` also ``view_bank`` (collective: every rank's writer)."""
+        state = {"cluster_result": None if self.cluster_result is None else self.cluster_result.state_dict()}
+        if self.view_bank is not None:
+            state["view_bank"] = self.view_bank.state()
+        return state
 
     def load_extra_state(self, ckpt: dict[str, Any], device: torch.device) -> None:
         state = ckpt.get("cluster_result")
         self.cluster_result = None if state is None else ClusterResult.from_state_dict(state).to(device)
+        if self.view_bank is not None:
+            note = self.view_bank.load_state(ckpt.get("view_bank"), pdist.rank())
+            if note and pdist.rank() == 0:
+                print(f"note: {note}")
+
+    def after_save(self) -> None:
+        if self.view_bank is not None:
+            self.view_bank.after_save(pdist.rank())

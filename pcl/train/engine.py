@@ -141,6 +141,7 @@ class Trainer:
         state = self.checkpointer.state(self.state, self.loaders.num_train, extra, step_in_epoch, *mid)
         state["data_identity"] = self.loaders.data_identity  # checked by a resume (resume_check)
         path = self.checkpointer.save(state)
+        self.method.after_save()
         self.policy.reset()
         return path
 

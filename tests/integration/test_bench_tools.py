@@ -141,3 +141,30 @@ def test_bench_epoch_ami_equals_scikit_learns() -> None:
 def test_bench_epoch_without_data_is_one_error_line() -> None:
     out = _tool("tools/bench_epoch.py", "--rounds", "1")
     assert out.returncode == 2 and out.stderr.strip() == "error: epoch mode needs --data DIR (or use --kmeans-only)"
+
+
+def test_bench_kmeans_compares_flat_and_hierarchical_and_counts_their_flops() -> None:
+    bench_kmeans = load_tool("bench_kmeans")
+    # 2 n_train k d per iteration and restart: flat every k on the 600 rows; hierarchical k=12 on them, k=4 on 12
+    assert bench_kmeans.kmeans_flops(600, [4, 12], 8, 5, 2, False) == (2 * 600 * 4 * 8 + 2 * 600 * 12 * 8) * 10
+    assert bench_kmeans.kmeans_flops(600, [4, 12], 8, 5, 2, True) == (2 * 600 * 12 * 8 + 2 * 12 * 4 * 8) * 10
+    assert bench_kmeans.kmeans_flops(10**6, [10], 8, 1, 1, False) == 2 * 10_000 * 10 * 8  # faiss's 1000 per centroid
+    argv = ["--n", "600", "--dim", "8", "--num-cluster", "4,12", "--components", "4", "--niter", "5", "--nredo", "1"]
+    out = _tool("tools/bench_kmeans.py", *argv, "--rounds", "2", "--threads", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert set(res["seconds"]) == {"flat", "hierarchical"} and all(len(r) == 2 for r in res["rounds"].values())
+    for mode in ("flat", "hierarchical"):
+        assert set(res["objective"][mode]) == set(res["ami_truth"][mode]) == {"4", "12"}
+        assert res["seconds"][mode]["kmeans_cpu"] > 0 and res["gflops_per_cpu_s"][mode] > 0
+    assert res["ami_hier_vs_flat"]["12"] == 1.0  # the finest level is the same faiss run on the same rows
+    ex = res["extrapolation"]
+    assert ex["n"] == 1_281_167 and ex["k"] == [25_000, 50_000, 100_000] and "extrapolation" in ex["note"]
+    rate = res["flops"]["flat"] / res["seconds"]["flat"]["kmeans_cpu"]
+    assert ex["cpu_hours"]["flat"] == pytest.approx(ex["flops"]["flat"] / rate / 3600, rel=0.01, abs=0.01)
+
+
+def test_bench_kmeans_bad_list_is_one_error_line() -> None:
+    out = _tool("tools/bench_kmeans.py", "--num-cluster", "10,,20")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert out.stderr.startswith("error:")

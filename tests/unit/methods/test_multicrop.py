@@ -76,3 +76,16 @@ def test_zero_local_crops_is_the_two_crop_computation_bit_for_bit() -> None:
     assert torch.equal(out.q, F.normalize(m.encoder_q(v[0]), dim=1))
     with torch.no_grad():
         assert torch.equal(out.k, F.normalize(m.encoder_k(v[1]), dim=1))  # no batch norm: keys unshuffled
+
+
+def test_micro_batches_pending_dataclasses_are_joined_field_by_field() -> None:
+    """``--accum-steps`` with ``--estep-features bank``: PCL's pending :class:`BankKeys` of the micro-batches
+    become one, each tensor concatenated in order and ``None`` kept."""
+    from pcl.methods.base import concat_batches
+    from pcl.methods.pcl import BankKeys
+
+    a = BankKeys(torch.ones(2, 3), None, torch.tensor([4, 5]))
+    b = BankKeys(torch.zeros(1, 3), None, torch.tensor([7]))
+    joined = concat_batches([a, b])
+    assert isinstance(joined, BankKeys) and joined.raw is None
+    assert torch.equal(joined.keys, torch.cat([a.keys, b.keys])) and joined.index.tolist() == [4, 5, 7]
