@@ -34,7 +34,8 @@ def test_builtin_protocols_in_table_and_column_order() -> None:
     assert [n for n, p in PROTOCOLS.items() if p.default_on] == ["knn", "linear", "clusters"]
     columns = [c.key for p in PROTOCOLS.values() for c in p.columns]
     # the suite summaries' CSV keys of the committed results
-    assert columns == ["knn", "linear", "ami", "lowshot_k1", "lowshot_k16", "finetune_1", "finetune_10", "cluster_acc"]
+    assert columns == ["knn", "linear", "ami", "lowshot_k1", "lowshot_k16", "finetune_1", "finetune_10",
+                       "finetune_lp_1", "finetune_lp_10", "cluster_acc"]  # fmt: skip
     assert [n for n, p in PROTOCOLS.items() if p.trained_only] == ["clusters"]
 
 
@@ -46,7 +47,7 @@ def test_the_generated_command_line_keeps_the_flags_and_defaults() -> None:
     assert tool.config_from_args(a, chosen) == EvalConfig()  # no flag given: every default
     argv = ["runs/x", "--knn-k", "20", "--knn-t", "0.05", "--wd-grid", "0.1,1", "--val-fraction", "0.3"]
     argv += ["--max-iter", "7", "--lowshot", "1,4", "--lowshot-draws", "2", "--lowshot-costs", "0.5"]
-    argv += ["--finetune", "50", "--finetune-epochs", "3", "--finetune-batch-size", "4", "--finetune-lr", "0.2"]
+    argv += ["--finetune", "50", "--finetune-steps", "3", "--finetune-batch-size", "4", "--finetune-lr", "0.2"]
     argv += ["--finetune-head-lr", "2", "--finetune-wd", "1e-4", "--kmeans", "7", "--kmeans-restarts", "3"]
     argv += ["--seed", "5", "--eval-batch-size", "8", "-j", "0", "--no-clusters", "--linear-schedule", "3,4"]
     a = tool.build_parser().parse_args(argv)
@@ -59,7 +60,7 @@ def test_the_generated_command_line_keeps_the_flags_and_defaults() -> None:
         "linear": LinearSettings(wd_grid=(0.1, 1.0), val_fraction=0.3, max_iter=7,
                                  official=OfficialConfig(schedule=[3, 4])),
         "lowshot": LowShotConfig(ks=(1, 4), draws=2, costs=(0.5,)),
-        "finetune": FinetuneConfig((50.0,), 3, 4, 0.2, 2.0, weight_decay=1e-4),
+        "finetune": FinetuneConfig((50.0,), steps=3, batch_size=4, lrs=(0.2,), head_lrs=(2.0,), weight_decay=1e-4),
         "kmeans": KmeansSettings((7,), 3),
     }  # fmt: skip
     a = tool.build_parser().parse_args(["x", "--protocols", "kmeans,knn"])
