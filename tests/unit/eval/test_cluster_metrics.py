@@ -273,8 +273,11 @@ def test_evaluate_runs_all_five_protocols_in_one_table(
     assert "NMI / AMI / purity" not in printed  # the run's own clusters: not asked for
     res = json.loads(out.read_text())
     assert set(res["lowshot"]) == {"1", "2"} and set(res["kmeans"]) == {"3"} and set(res["finetune"]) == {"25"}
-    subset = Path(res["finetune"]["25"]["subset_file"])
+    draw = res["finetune"]["25"]["draws"][0]
+    subset, val = Path(draw["subset_file"]), Path(draw["val_file"])
     assert subset.parent == tmp_path / "finetune" and len(subset.read_text().splitlines()) == 12
+    assert len(val.read_text().splitlines()) == 12 and not set(subset.read_text().splitlines()) & set(
+        val.read_text().splitlines())
     assert res["settings"]["lowshot"]["draws"] == 2 and res["settings"]["finetune"]["recipes"]["25"]["steps"] == 2
     bad_values = [
         ("--protocols=knn,svm", "unknown protocol svm"),

@@ -100,7 +100,7 @@ def test_a_toy_protocol_from_a_test_module_is_evaluated_written_and_printed(
     feats = frozen_features(pre, str(tiny_data), torch.device("cpu"), 16, 0, show=False)
     expected = 2.5 * float(feats.train.norm(dim=1).mean())  # by hand, on the same frozen features
     # evaluate_run with the registry's protocol
-    cfg = EvalConfig(data=str(tiny_data), device="cpu", workers=0, batch_size=16, show=False,
+    cfg = EvalConfig(data=str(tiny_data), device="cpu", workers=0, batch_size=16, show=False, untrained_bn="init",
                      out=tmp_path / "api.json", protocols=choose("knn", toy=toy_protocol.ToySettings(2.5)))  # fmt: skip
     res = evaluate_run(pre, cfg)
     assert res["toy"]["mean_norm"] == pytest.approx(expected, rel=1e-6) and res["knn_top1"] is not None
@@ -109,7 +109,8 @@ def test_a_toy_protocol_from_a_test_module_is_evaluated_written_and_printed(
     # the tool: its flag, the protocol's own table row, eval.json under its name
     tool = load_tool("evaluate")
     out = tmp_path / "tool.json"
-    argv = ["--untrained", "--image-size", "16", "--data", str(tiny_data), *CPU, "--out", str(out)]
+    argv = ["--untrained", "--image-size", "16", "--data", str(tiny_data), *CPU, "--out", str(out), "--untrained-bn",
+            "init"]  # the features built above: BatchNorm statistics at init  # fmt: skip
     assert tool.main([*argv, "--protocols", "toy", "--toy-scale", "2.5"]) == 0
     printed = capsys.readouterr().out
     assert f"toy mean feature norm  {expected:.4f}" in printed and "kNN top-1" not in printed
