@@ -114,8 +114,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, extra
 
 
-def _evaluate(job: Job) -> None:
-    """``EVAL_PROTOCOLS`` of a finished run into ``eval.json`` (when the tool exists)."""
+def _evaluate(job: Job, reference: Path | None = None) -> None:
+    """``EVAL_PROTOCOLS`` of a finished run into ``eval.json`` (when the tool exists), set against the suite's
+    untrained reference ``reference`` (``SUITE/untrained/eval.json``) when it exists, so that it is measured once
+    per suite rather than once per run."""
     import subprocess
 
     tool = ROOT / "tools" / "evaluate.py"
@@ -124,10 +126,11 @@ def _evaluate(job: Job) -> None:
         return
     with open(rd.eval_log, "w") as log:
         cmd = [sys.executable, str(tool), str(job.exp_dir), "--protocols", EVAL_PROTOCOLS]
+        cmd += ["--reference", str(reference)] if reference is not None and reference.is_file() else []
         subprocess.call(die_with_runner(cmd), stdout=log, stderr=log, env=child_env())
 
 
-def _evaluate_untrained(jobs: list[Job], suite_dir: Path) -> None:
+def _evaluate_untrained(jobs: list[Job], suite_dir: Path) -> Path:
     """``EVAL_PROTOCOLS`` (but those that measure what training produced, e.g. the run's clusters) of the untrained
     encoder, once per suite, into ``SUITE/untrained/eval.json``: the reference a trained encoder must beat (same
     data and seeded draws)."""
@@ -137,12 +140,13 @@ def _evaluate_untrained(jobs: list[Job], suite_dir: Path) -> None:
     target = suite_dir / UNTRAINED / "eval.json"
     done = [j for j in jobs if j.run_dir.is_finished()]
     if not tool.is_file() or target.is_file() or not done:
-        return
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     protocols = ",".join(p for p in EVAL_PROTOCOLS.split(",") if not PROTOCOLS[p].trained_only)
     with open(target.parent / "eval.log", "w") as log:
         cmd = [sys.executable, str(tool), str(done[0].exp_dir), "--encoder", UNTRAINED, "--protocols", protocols]
         subprocess.call(die_with_runner([*cmd, "--out", str(target)]), stdout=log, stderr=log, env=child_env())
+    return target
 
 
 def _resources(args: argparse.Namespace) -> Resources:
@@ -207,12 +211,11 @@ def _run_here(jobs: list[Job], args: argparse.Namespace) -> tuple[int, int]:
         say(f"{todo[i][0]}: {line}")
 
     statuses = run_local([(job.exp_dir, job.argv) for _, job in todo], shares, report, detach=args.detach)
-    if args.eval:
+    if args.eval and jobs:  # the untrained reference first: every run is then set against it
+        reference = _evaluate_untrained(jobs, jobs[0].exp_dir.parent.parent)
         for job in jobs:
             if job.run_dir.is_finished():
-                _evaluate(job)
-        if jobs:
-            _evaluate_untrained(jobs, jobs[0].exp_dir.parent.parent)
+                _evaluate(job, reference)
     failed = sum(s["status"] == "failed" for s in statuses)
     return failed, sum(s["status"] == HELD for s in statuses)
 
@@ -257,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 "runs": [{"name": r.name, "flags": r.flags, "sweep": r.sweep, "swept": r.swept} for r in suite.runs],
                 "seeds": seeds,
                 "columns": list(suite.columns),
+                "reference": suite.reference,
                 "extra": extra,
                 "command": "python experiments/run.py " + shlex.join(argv),
                 "machine": machine_info(),

@@ -4,6 +4,7 @@ A suite file (``experiments/suites/NAME.toml``)::
 
     description = "MoCo v2 vs PCL vs PCL + cluster heads"
     seeds = 3                                   # default for --seeds
+    reference = "moco"                          # optional: the run the others are compared with (default: first)
     [base]                                      # main_pcl.py flags shared by every run
     config = "cifar.toml"                       # optional: a --config file, relative to this file
     epochs = 30
@@ -20,7 +21,9 @@ A suite file (``experiments/suites/NAME.toml``)::
     num-cluster = ["50,100", "100,200"]
     flags = { epochs = 20 }                     # optional: fixed overrides of every run of the sweep
 
-A flag ``key = value`` becomes ``--key value``; ``true`` becomes ``--key`` and ``false`` ``--no-key`` (or, for a
+``reference`` names the run every other is compared with in the summary (paired by seed, with intervals;
+default: the first run). A flag ``key = value`` becomes ``--key value``; ``true`` becomes ``--key`` and
+``false`` ``--no-key`` (or, for a
 flag without a ``--no-`` form such as ``gpu-aug``, leaves it off). Every key is checked when the file is loaded
 (``--dry-run`` included): an unknown top-level, run or sweep key, a flag ``main_pcl.py`` does not have, and a
 missing ``config`` file are one ``error:`` line with the closest known name; :func:`check_jobs` then parses every
@@ -53,7 +56,7 @@ from pcl.utils.errors import PCLError
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 FlagValue = str | int | float | bool
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
-TOP_KEYS = ("description", "seeds", "base", "runs", "sweeps", "columns")
+TOP_KEYS = ("description", "seeds", "base", "runs", "sweeps", "columns", "reference")
 RUN_KEYS = ("name", "flags")
 RUNNER_FLAGS = ("exp-dir", "seed", "resume")  # set by the runner for every (run, seed)
 SUITE_SUFFIXES = (".toml", ".json", ".yaml", ".yml", ".txt")  # a name ending so is a path, never a suite name
@@ -78,6 +81,7 @@ class Suite:
     runs: list[RunSpec]
     seeds: int = 1
     columns: tuple[str, ...] = ()  # training scalars (metrics.json keys) the summary shows, e.g. "epoch/loss_uniform"
+    reference: str | None = None  # the run every other is compared with (paired by seed); None: the first run
 
 
 @dataclass
@@ -286,7 +290,11 @@ def load_suite(name_or_path: str) -> Suite:
     columns = doc.get("columns", [])
     if not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns):
         raise PCLError(f'{path.name}: columns must be a list of metrics.json keys, e.g. ["epoch/loss_inst"]')
-    return Suite(path.stem, path, description, base, runs, seeds, tuple(columns))
+    reference = doc.get("reference")
+    if reference is not None and (not isinstance(reference, str) or reference not in names):
+        raise PCLError(f"{path.name}: reference = {json.dumps(reference, default=str)} must name one of the runs"
+                       f"{did_you_mean(str(reference), names)}; runs: {', '.join(names)}")  # fmt: skip
+    return Suite(path.stem, path, description, base, runs, seeds, tuple(columns), reference)
 
 
 def plan(suite: Suite, out: Path, seeds: int, data: str | None, extra: list[str]) -> list[Job]:

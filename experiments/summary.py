@@ -19,6 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from paired import (
+    PAIRED_HEADER,
+    UNTRAINED_ROW,
+    Comparison,
+    Figures,
+    compare_all,
+    not_a_ranking,
+    paired_csv_rows,
+    section,
+    worse_than_untrained,
+)
 from suite import flags_to_argv
 
 from pcl.eval.protocols import PROTOCOLS
@@ -71,6 +82,7 @@ class SeedResult:
     error: str = ""
     epochs_done: int = 0
     figures: dict[str, float | None] = field(default_factory=dict)  # eval_columns()' figures (eval.json, training)
+    se: dict[str, float | None] = field(default_factory=dict)  # their standard errors within one evaluation
     acc_proto: float | None = None
     best_acc_proto: float | None = None
     skipped: int = 0
@@ -100,6 +112,11 @@ def summary_columns(info: dict) -> list[SummaryColumn]:
 def _eval_figures(evaluation: dict) -> dict[str, float | None]:
     """Every evaluation column's figure of one run's ``eval.json``."""
     return {c.key: c.read(evaluation) for c in eval_columns()}
+
+
+def _eval_se(evaluation: dict) -> dict[str, float | None]:
+    """The standard error of every evaluation column's figure of one ``eval.json`` (None: unknown)."""
+    return {c.key: c.se(evaluation) if c.se is not None and evaluation else None for c in eval_columns()}
 
 
 def _training_figures(metrics: dict) -> dict[str, float | None]:
@@ -145,13 +162,18 @@ def untrained_row(suite_dir: Path) -> RunRow | None:
     evaluation = _read_json(suite_dir / UNTRAINED / "eval.json")
     if not evaluation:
         return None
+    settings = evaluation.get("settings") or {}
     seed = SeedResult(
-        seed=int((evaluation.get("settings") or {}).get("linear", {}).get("seed", 0)),
+        seed=int(settings.get("seed", (settings.get("linear") or {}).get("seed", 0))),
         status="done",
         figures=_eval_figures(evaluation),
+        se=_eval_se(evaluation),
         lowshot=_lowshot_top1(evaluation),
     )
-    return RunRow("untrained encoder", {}, 1, [seed], note="reference: `tools/evaluate.py RUN --encoder untrained`")
+    init = str(settings.get("bn", "")).startswith("BatchNorm statistics at init")
+    how = "BatchNorm at init" if init else "BatchNorm recalibrated on the train images"
+    note = f"reference: `tools/evaluate.py RUN --encoder untrained` ({how})"
+    return RunRow(UNTRAINED_ROW, {}, 1, [seed], note=note)
 
 
 def read_seed(exp_dir: Path, seed: int, extra: list[SummaryColumn] = ()) -> SeedResult:
@@ -174,6 +196,7 @@ def read_seed(exp_dir: Path, seed: int, extra: list[SummaryColumn] = ()) -> Seed
         error=status.get("error", ""),
         epochs_done=len(metrics.get("epochs", [])),
         figures=figures,
+        se=_eval_se(evaluation),
         acc_proto=final.get("acc_proto"),
         best_acc_proto=final.get("best_acc_proto"),
         skipped=int(final.get("skipped_steps") or 0),
@@ -259,17 +282,87 @@ def table(rows: list[RunRow], columns: list[SummaryColumn] | None = None) -> lis
     return [_row_cells(r, ref, eval_columns() if columns is None else columns) for r in rows]
 
 
-def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> str:
+@dataclass
+class Verdicts:
+    """The paired comparisons of a suite (``experiments/paired.py``): the reference run, the untrained row's name
+    (None: no untrained reference), the trained runs, every comparison, the columns that are not a ranking (key ->
+    reason) and the cells worse than the untrained reference."""
+
+    reference: str
+    untrained: str | None
+    runs: list[str]
+    comparisons: list[Comparison]
+    reasons: dict[str, str] = field(default_factory=dict)
+    worse: set[tuple[str, str]] = field(default_factory=set)
+
+
+def figures_of(rows: list[RunRow]) -> Figures:
+    """The finished seeds' figures (and standard errors, ``KEY_se``) of every row, for ``paired.py``."""
+    out: Figures = {}
+    for r in rows:
+        for s in r.done():
+            values = {k: v for k, v in s.figures.items() if v is not None}
+            values.update({f"{k}_se": v for k, v in s.se.items() if v is not None})
+            out.setdefault(r.name, {})[s.seed] = values
+    return out
+
+
+def verdicts(info: dict, rows: list[RunRow], columns: list[SummaryColumn]) -> Verdicts | None:
+    """Every run against the reference run (``reference`` of the suite file, else the first run) and every trained
+    run against the untrained reference, on ``columns``; None when there is no trained run."""
+    trained = [r.name for r in rows if not r.note]
+    if not trained:
+        return None
+    reference = info.get("reference") if info.get("reference") in trained else trained[0]
+    untrained = UNTRAINED_ROW if any(r.name == UNTRAINED_ROW for r in rows) else None
+    comparisons = compare_all(figures_of(rows), trained, reference, untrained,
+                              [(c.key, c.higher_is_better) for c in columns])  # fmt: skip
+    v = Verdicts(reference, untrained, trained, comparisons)
+    if untrained is not None:
+        v.reasons = {c.key: why for c in columns if (why := not_a_ranking(comparisons, c.key, untrained))}
+        v.worse = worse_than_untrained(comparisons, untrained)
+    return v
+
+
+WORSE_MARK = " ▼"
+
+
+def _verdict_sections(v: Verdicts, shown: list[SummaryColumn]) -> list[str]:
+    """The two sections of paired differences under the results table."""
+    columns = [(c.key, c.header, c.digits) for c in shown]
+    others = [r for r in v.runs if r != v.reference]
+    out = section(f"Paired differences against `{v.reference}` (run − reference, same seed, 95 % interval)",
+                  v.comparisons, others, v.reference, columns)  # fmt: skip
+    if v.untrained is not None:
+        out += section("Against the untrained reference (run − untrained encoder, 95 % interval)", v.comparisons,
+                       v.runs, v.untrained, columns, v.reasons)  # fmt: skip
+    if out:
+        out += [
+            "Intervals: Student t on the paired differences over seeds (n − 1 degrees of freedom, scipy.stats) below "
+            "10 pairs, a seeded percentile bootstrap from 10 on; against the untrained reference (one seed) the run's "
+            "seeds against its value, and for a run of one seed the normal interval of the two evaluations' standard "
+            "errors (test-set binomial error and the spread of the draws). *better* / *worse*: the interval excludes "
+            "0; *within noise*: it contains 0; n = 1 pair: no verdict. Bold: worse than the reference. All pairs "
+            "are also in `results_paired.csv`.",
+            "",
+        ]
+    return out
+
+
+def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path], v: Verdicts | None = None) -> str:
     has_cuda = any(c["cuda_peak_mib"] is not None for c in cells)
     shown = [col for col in summary_columns(info) if col.always or any(c[f"{col.key}_mean"] is not None for c in cells)]
-    head = ["run", "seeds", *(col.header for col in shown)]
+    reasons = v.reasons if v is not None else {}
+    worse = v.worse if v is not None else set()
+    head = ["run", "seeds", *(col.header + (" — not a ranking" if col.key in reasons else "") for col in shown)]
     head += ["acc_proto final", "acc_proto best", "skipped steps", "s/epoch (rel.)", "peak RSS (MiB)"]
     head += ["CUDA peak (MiB)"] * has_cuda + ["flags vs base"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for c in cells:
         rel = c["sec_per_epoch_rel"]
         row = [str(c["run"]), f"{c['seeds_done']}/{c['seeds_planned']}"]
-        row += [_fmt(c[f"{col.key}_mean"], c[f"{col.key}_std"], col.digits) for col in shown]
+        row += [_fmt(c[f"{col.key}_mean"], c[f"{col.key}_std"], col.digits)
+                + (WORSE_MARK if (c["run"], col.key) in worse else "") for col in shown]  # fmt: skip
         row += [
             _fmt(c["acc_proto_final"], None, 1),
             _fmt(c["acc_proto_best"], None, 1),
@@ -298,6 +391,14 @@ def _markdown(info: dict, cells: list[dict[str, object]], plots: list[Path]) -> 
         *lines,
         "",
     ]
+    if worse:
+        out += [f"{WORSE_MARK.strip()}: worse than the untrained encoder (the 95 % interval of run − untrained lies "
+                "below 0; section 'Against the untrained reference').", ""]  # fmt: skip
+    if reasons:
+        out += ["Not a ranking (a trained run is not better than the untrained encoder):", ""]
+        out += [f"- {col.header}: {reasons[col.key]}" for col in shown if col.key in reasons] + [""]
+    if v is not None:
+        out += _verdict_sections(v, shown)
     failed = [c for c in cells if c["failed"]]
     if failed:
         out += ["Failed runs:", ""] + [f"- `{c['run']}`: {c['failed']}" for c in failed] + [""]
@@ -421,6 +522,25 @@ def _csv_bytes(header: list[str], rows: list[list[object]]) -> bytes:
     return buf.getvalue().encode()
 
 
+FIRST = ("knn", "linear", "ami")  # results_seeds.csv names them knn_top1, linear_top1, ami (its first layout)
+
+
+def _seeds_csv(rows: list[RunRow], columns: list[SummaryColumn]) -> bytes:
+    """``results_seeds.csv``: one row per (run, seed) with every column's figure and standard error (``KEY_se``)."""
+    keys = [*FIRST, *(c.key for c in columns if c.key not in FIRST)]
+    se_keys = [c.key for c in columns if c.se is not None]
+    head = ["run", "seed", "status", "epochs_done", "knn_top1", "linear_top1", "ami", *keys[3:],
+            *(f"{k}_se" for k in se_keys), "acc_proto", "best_acc_proto", "skipped_steps", "sec_per_epoch",
+            "peak_rss_mib", "error"]  # fmt: skip
+    per_seed = [
+        [r.name, s.seed, s.status, s.epochs_done, *[s.figures.get(key) for key in keys],
+         *[s.se.get(key) for key in se_keys], s.acc_proto, s.best_acc_proto, s.skipped, s.sec_per_epoch,
+         s.peak_rss_mib, s.error]
+        for r in rows for s in r.seeds
+    ]  # fmt: skip
+    return _csv_bytes(head, per_seed)
+
+
 def summarize(suite_dir: Path, dest: Path | None = None, metric: str = "knn", flag: str = "--dest") -> Path:
     """Write ``results.md``, ``results.csv``, ``results_seeds.csv``, the curve PNGs and one plot per sweep (of
     ``metric``) to ``dest`` (default: ``suite_dir``; ``flag`` names it in errors); returns the Markdown path.
@@ -432,16 +552,15 @@ def summarize(suite_dir: Path, dest: Path | None = None, metric: str = "knn", fl
     info, rows = collect(suite_dir)
     dest = dest or suite_dir
     usable_dir(dest, flag)
-    cells = table(rows, summary_columns(info))
+    columns = summary_columns(info)
+    cells = table(rows, columns)
     write_bytes_atomic(dest / "results.csv", _csv_bytes(list(cells[0]), [list(c.values()) for c in cells]), "results")
-    head = ["run", "seed", "status", "epochs_done", "knn_top1", "linear_top1", "ami", "acc_proto", "best_acc_proto",
-            "skipped_steps", "sec_per_epoch", "peak_rss_mib", "error"]  # fmt: skip
-    per_seed = [
-        [r.name, s.seed, s.status, s.epochs_done, *[s.figures.get(key) for key in ("knn", "linear", "ami")],
-         s.acc_proto, s.best_acc_proto, s.skipped, s.sec_per_epoch, s.peak_rss_mib, s.error]
-        for r in rows for s in r.seeds
-    ]  # fmt: skip
-    write_bytes_atomic(dest / "results_seeds.csv", _csv_bytes(head, per_seed), "results")
+    write_bytes_atomic(dest / "results_seeds.csv", _seeds_csv(rows, columns), "results")
+    shown = [c for c in columns if any(r.figures(c.key) for r in rows)]
+    v = verdicts(info, rows, shown)
+    if v is not None:
+        write_bytes_atomic(dest / "results_paired.csv", _csv_bytes(PAIRED_HEADER, paired_csv_rows(v.comparisons)),
+                           "results")  # fmt: skip
     groups = {r.name: [suite_dir / r.name / f"seed{s.seed}" for s in r.seeds if s.epochs_done] for r in rows}
     groups = {k: v for k, v in groups.items() if v}
     plots = []
@@ -451,7 +570,7 @@ def summarize(suite_dir: Path, dest: Path | None = None, metric: str = "knn", fl
     if any(s.lowshot for r in rows for s in r.done()):
         plots.append(plot_lowshot(rows, dest / "lowshot.png", f"{info['suite']}: low-shot linear SVM"))
     md = dest / "results.md"
-    text = _markdown(info, cells, plots) + _sweep_sections(rows, cells, metric, dest) + _kept_notes(md)
+    text = _markdown(info, cells, plots, v) + _sweep_sections(rows, cells, metric, dest) + _kept_notes(md)
     write_bytes_atomic(md, text.encode(), "results")
     return md
 

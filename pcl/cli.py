@@ -30,6 +30,7 @@ from pcl.data.datasets import (
 from pcl.data.gpu_aug import GpuAugLoader
 from pcl.data.image_cache import attach_cache
 from pcl.data.sources import check_knn_data, resolve_data
+from pcl.eval.reference import final_knn_lines, untrained_knn
 from pcl.methods import Method, method_class
 from pcl.run import exp_dir as exp_dir_checks
 from pcl.run.checkpointer import load_resumable
@@ -194,7 +195,7 @@ def run(cfg: Config, log: LogTee | None = None) -> Trainer:
             print(f"TensorBoard logs: {run_dir.tb}  (tensorboard --logdir {run_dir.tb})")
             print(f"checkpoints: {run_dir.checkpoints}")
             if knn is not None:
-                print(f"final kNN top-1: {knn:.2f}%")
+                report_final_knn(cfg, trainer, knn)
         return trainer
     finally:
         STOP.uninstall()
@@ -203,6 +204,23 @@ def run(cfg: Config, log: LogTee | None = None) -> Trainer:
         if lock is not None:
             lock.release()
         pdist.shutdown()
+
+
+def report_final_knn(cfg: Config, trainer: Trainer, knn: float) -> None:
+    """Print the last kNN beside the fair untrained reference's (the method at random init, seeded as this run,
+    BatchNorm recalibrated on the train images) and record it as ``eval/untrained_knn_top1`` of the last epoch."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        fresh = method_class(cfg.method).from_config(cfg, bn_splits=1)
+    ld, mon = trainer.loaders, cfg.monitor
+    reference = untrained_knn(fresh, ld, mon.knn_k, mon.knn_t, trainer.device)
+    n_eval = len(ld.knn_eval.dataset) if ld.knn_eval is not None else 0
+    line, warning = final_knn_lines(knn, reference, n_eval, cfg.train.seed)
+    print(line)
+    if warning:
+        print(warning, file=sys.stderr)
+    if reference is not None and trainer.state.epoch > 0:
+        trainer.metrics.update(trainer.state.epoch - 1, {"eval/untrained_knn_top1": reference})
 
 
 def _stored(ckpt: dict, path: object) -> Config | None:

@@ -11,8 +11,15 @@ The protocols, their flags (one group each below) and their rows of the table co
 (``pcl/eval/protocols/``, one module per protocol); ``-h`` lists them.
 
 ``--encoder key`` measures the momentum encoder's backbone and ``--encoder untrained`` the run's architecture at
-random initialisation (seeded by ``--seed``), the reference a trained encoder must beat; both write
-``RUN_DIR/eval_{key,untrained}.json`` unless ``--out`` is given, and never score the run's clusters.
+random initialisation (seeded by ``--seed``) with its BatchNorm statistics recomputed on the eval view of the train
+images (forward passes, no labels; ``--untrained-bn init`` keeps the initial ones), the reference a trained encoder
+must beat; both write ``RUN_DIR/eval_{key,untrained}.json`` unless ``--out`` is given, and never score the run's
+clusters. ``--recalibrate-bn`` recomputes any encoder's BatchNorm statistics the same way before measuring it.
+
+A trained encoder is set against that untrained reference on every protocol (``--reference auto``: the run's
+``eval_untrained.json`` when it was measured with the same settings, else measured now; ``--reference FILE``;
+``--reference none``): the lines under the table give each difference with its 95 % interval, and every figure
+where the trained encoder is worse than the untrained reference is marked, with a ``warning:`` line.
 
 The run's own data (its stored configuration) is used unless ``--data`` names other data; then the run's clusters
 are not scored (they index the run's own images) and ``RUN_DIR/eval.json`` is kept: pass ``--out FILE``. Without
@@ -30,8 +37,9 @@ from typing import Any
 
 from pcl.eval.eval_config import EvalConfig
 from pcl.eval.evaluation import evaluate_run
-from pcl.eval.pretrained import add_source_args, load_source
+from pcl.eval.pretrained import TRAINED_BN, add_source_args, load_source
 from pcl.eval.protocols import PROTOCOLS
+from pcl.eval.reference import lines as reference_lines
 from pcl.eval.registry import Protocol, SettingFlag, setting_flags, settings_from
 from pcl.utils.cli import ErrorParser, report_error
 from pcl.utils.errors import PCLError
@@ -143,8 +151,12 @@ def table(result: Mapping[str, Any]) -> str:
 def report(result: Mapping[str, Any]) -> str:
     """What the tool prints: the source line, the table and the notes (skipped protocols, where it was written)."""
     s = result["settings"]
-    lines = [f"{s['source']}, {s['arch']}, stem {s['stem']}, data {s['data'] or 'bundled subset'}", table(result)]
+    lines = [f"{s['source']}, {s['arch']}, stem {s['stem']}, data {s['data'] or 'bundled subset'}"]
+    if s.get("bn") and s["bn"] != TRAINED_BN:
+        lines.append(s["bn"])
+    lines.append(table(result))
     lines += [note for protocol in PROTOCOLS.values() for note in protocol.notes(result)]
+    lines += reference_lines(result)
     if s.get("no_labels_protocols"):
         lines.append(f"{', '.join(s['no_labels_protocols'])}: – ({s['no_labels']})")
     if s.get("written"):

@@ -2,8 +2,10 @@
 
 :meth:`EvalContext.open` resolves what ``evaluate_run`` is given (a run directory, a checkpoint file, or a
 backbone without a run) into the backbone to measure, the data to measure it on (by default the run's own), the
-run's folder and checkpoint, and where ``eval.json`` goes. The frozen features of both splits and the eval-view
-image sets are extracted / built on first use and then shared by every protocol.
+run's folder and checkpoint, and where ``eval.json`` goes. An untrained backbone gets BatchNorm statistics
+recomputed on the eval view of the train images (the fair reference; ``--untrained-bn init`` keeps the initial
+ones), any backbone with ``--recalibrate-bn``. The frozen features of both splits and the eval-view image sets are
+extracted / built on first use and then shared by every protocol.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from pathlib import Path
 import torch
 
 from pcl.config import stored_config
-from pcl.data.datasets import IndexedImages
+from pcl.data.datasets import IndexedImages, eval_transform
 from pcl.data.sources import DataSource, resolve_data
 from pcl.estep.clustering import ClusterResult
 from pcl.eval.eval_config import ENCODERS, EvalConfig
 from pcl.eval.frozen import FrozenFeatures, eval_sets, frozen_features
-from pcl.eval.pretrained import Pretrained, from_checkpoint, untrained
+from pcl.eval.pretrained import Pretrained, from_checkpoint, recalibrated, untrained
 from pcl.eval.run_source import last_cluster_result, run_paths, same_train_folder
 from pcl.run.run_dir import RunDir
 from pcl.utils.distributed import pick_device
@@ -116,7 +118,18 @@ class EvalContext:
         ctx = cls(cfg, pre, run, ckpt_path, data, labels, val, own, own_data, resolve_data(data, labels, val),
                   pick_device(cfg.device))  # fmt: skip
         ctx.target = cfg.out if cfg.out is not None else (ctx._own_eval() if ctx.own_checkpoint and own else None)
+        ctx._calibrate()
         return ctx
+
+    def _calibrate(self) -> None:
+        """The untrained encoder's BatchNorm statistics recomputed on the eval view of the train images (unless
+        ``--untrained-bn init``); any encoder's with ``--recalibrate-bn``."""
+        c = self.cfg
+        untrained = self.pre.kind == "untrained"
+        if not (c.recalibrate_bn or (untrained and c.untrained_bn == "recalibrated")):
+            return
+        train = IndexedImages(self.source.train, eval_transform(self.pre.image_size))
+        self.pre = recalibrated(self.pre, train, self.device, c.batch_size, c.workers, c.bn_images, c.seed)
 
     def _own_eval(self) -> Path | None:
         """``RUN_DIR/eval.json`` (query encoder) or ``RUN_DIR/eval_{encoder}.json``."""

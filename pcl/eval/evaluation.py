@@ -9,8 +9,13 @@ It writes ``RUN_DIR/eval.json``::
      "cluster": {"<K>": {"nmi": float, "ami": float, "purity": float}, ...},
      "kmeans": {"<K>": {"acc", "acc_std", "nmi", "nmi_std", "ari", ..., "ami", ..., "purity", ..., "runs"}, ...},
      "lowshot": {"<k>": {"top1", "top1_std", "map", "map_std", "cost_selection", "draws"}, ...},     (when run)
-     "finetune": {"<percent>": {"top1", "top5", "n_train", "subset_file", "epoch_loss"}, ...},      (when run)
+     "finetune": {"<percent>": {"top1", "top1_std", "linear_top1", ..., "draws": [...]}, ...},     (when run)
+     "reference": {"columns": {"<column>": {"value", "reference", "diff", "lo", "hi", "verdict"}}, "worse": [...]},
      "settings": {...}}
+
+``reference`` (a trained encoder only): the fair untrained reference beside every figure (``pcl.eval.reference``);
+``settings.protocols`` records every chosen protocol's settings, ``settings.bn`` where the BatchNorm statistics
+come from.
 
 The keys of a protocol that did not run keep its ``empty`` value (``null`` / ``{}``) or are absent. ``cluster``
 scores the run's own last E-step clusters (PCL runs only, and only on the data the run was trained on);
@@ -24,6 +29,7 @@ Accuracies are in percent; ACC / NMI / ARI / AMI / purity in [0, 1] (ARI and AMI
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -31,9 +37,11 @@ from pathlib import Path
 import pcl.eval.protocols  # noqa: F401 - registers the built-in protocols
 from pcl.eval.context import EvalContext
 from pcl.eval.eval_config import EvalConfig
-from pcl.eval.pretrained import Pretrained
+from pcl.eval.pretrained import Pretrained, untrained
+from pcl.eval.reference import compare, matching, protocol_settings, read_reference
 from pcl.eval.registry import PROTOCOLS
 from pcl.utils.atomic import write_atomic
+from pcl.utils.errors import PCLError
 
 
 def _settings(ctx: EvalContext) -> dict:
@@ -42,6 +50,7 @@ def _settings(ctx: EvalContext) -> dict:
     settings = {**ctx.pre.settings(), "checkpoint": where, "data": ctx.data, "labels": ctx.labels, "val": ctx.val}
     settings["device"] = str(ctx.device)
     settings["encoder"] = ctx.encoder
+    settings["seed"] = ctx.seed
     settings["data_identity"] = ctx.source.identity()
     return settings
 
@@ -54,14 +63,28 @@ def evaluate_run(source: Path | str | Pretrained, cfg: EvalConfig | None = None)
     the run was trained on; the run's own E-step clusters are scored only on that data. The result is written to
     ``cfg.out`` (default ``RUN_DIR/eval.json`` for the run's last checkpoint on the run's own data; otherwise only
     when given). ``cfg.encoder``: ``query``, ``key`` (the momentum encoder's backbone) or ``untrained`` (the run's
-    architecture at random initialisation, seeded by ``cfg.seed``: the reference every trained encoder must beat);
-    the latter two go to ``RUN_DIR/eval_{encoder}.json`` by default and never score the run's clusters.
+    architecture at random initialisation, seeded by ``cfg.seed``, BatchNorm statistics recomputed on the train
+    images: the reference every trained encoder must beat); the latter two go to ``RUN_DIR/eval_{encoder}.json``
+    by default and never score the run's clusters. A trained encoder is set against that reference
+    (``cfg.reference``, ``pcl.eval.reference``): ``eval.json``'s ``reference`` block.
     """
     t0 = time.time()
     cfg = cfg if cfg is not None else EvalConfig()
     cfg.validate()
     ctx = EvalContext.open(source if isinstance(source, Pretrained) else Path(source), cfg)
+    result = _measure(ctx)
+    if cfg.reference != "none" and ctx.encoder != "untrained":
+        block = _reference(source, ctx, result)
+        if block is not None:
+            result["reference"] = block
+    return _finish(ctx, result, t0)
+
+
+def _measure(ctx: EvalContext) -> dict:
+    """Every chosen protocol of the context's configuration, in registry order; ``settings`` included."""
+    cfg = ctx.cfg
     ctx.settings.update(_settings(ctx))
+    ctx.settings["protocols"] = protocol_settings(cfg.protocols)
     no_labels = ctx.source.knn_off_reason()
     if no_labels is not None:  # the figures that need labels stay None ("-")
         ctx.settings["no_labels"] = no_labels
@@ -75,11 +98,45 @@ def evaluate_run(source: Path | str | Pretrained, cfg: EvalConfig | None = None)
             block = protocol.compute(ctx, cfg.protocols[name])
             result.update(block.values)
             ctx.settings.update(block.settings)
-    return _finish(ctx, result, t0)
+    result["settings"] = ctx.settings
+    return result
+
+
+def _reference(source: Path | str | Pretrained, ctx: EvalContext, result: dict) -> dict | None:
+    """The ``reference`` block: the untrained reference (read or measured now, ``pcl.eval.reference``) against
+    ``result``, on every chosen protocol that does not measure what training produced; None when there is none."""
+    cfg = ctx.cfg
+    skipped = ctx.settings.get("no_labels")
+    names = [n for n in cfg.protocols if not PROTOCOLS[n].trained_only and not (PROTOCOLS[n].needs_labels and skipped)]
+    if not names:
+        return None
+    if cfg.reference != "auto":
+        ref = read_reference(Path(cfg.reference))
+        same = matching(ref, result, names)
+        block = compare(result, ref, same, cfg.reference)
+        block["not_compared"].update({n: "the reference was measured with other settings" for n in names
+                                      if n not in same})  # fmt: skip
+        return block
+    own = ctx.run.eval.with_name("eval_untrained.json") if ctx.run is not None else None
+    if own is not None and own.is_file():
+        try:
+            ref = read_reference(own)
+        except PCLError:
+            ref = {}
+        if ref and matching(ref, result, names) == names:
+            return compare(result, ref, names, str(own))
+    sub = dataclasses.replace(cfg, protocols={n: cfg.protocols[n] for n in names}, out=None, reference="none",
+                              recalibrate_bn=False)  # fmt: skip
+    if isinstance(source, Pretrained):
+        pre = untrained(ctx.pre.arch, ctx.pre.stem, ctx.pre.image_size, cfg.seed, ctx.pre.patch_size)
+        ref = evaluate_run(pre, dataclasses.replace(sub, encoder="query"))
+    else:
+        ref = evaluate_run(source, dataclasses.replace(sub, encoder="untrained"))
+    return compare(result, ref, names, "measured now")
 
 
 def _finish(ctx: EvalContext, result: dict, t0: float) -> dict:
-    """Add the settings to ``result`` and write it to the context's target (if any)."""
+    """Add the timing and where it went to ``result``'s settings and write it to the context's target (if any)."""
     settings = ctx.settings
     settings["seconds"] = round(time.time() - t0, 2)
     result["settings"] = settings

@@ -3,26 +3,36 @@
 All three give the trunk ``build_backbone`` makes (a torchvision ResNet with ``fc = Identity``, or a timm model
 without classifier) mapping ``(B, 3, H, W) -> (B, D)`` raw (not normalised) pooled features, in eval mode.
 Identical weights give identical features whatever the source (tested). An exported ``.safetensors`` file
-(``tools/export_backbone.py``) names its architecture in its metadata.
+(``tools/export_backbone.py``) names its architecture in its metadata. :func:`recalibrated` recomputes a
+backbone's BatchNorm statistics on the train images (the fair untrained reference; ``--recalibrate-bn`` for any
+encoder).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset, Subset
 
 from pcl.config import stored_config
+from pcl.data.datasets import eval_loader
 from pcl.model.backbone import BackboneSpec, build_backbone
+from pcl.model.bn import recalibrate_bn
 from pcl.run.checkpoint import load_checkpoint
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
 
+INIT_BN = "BatchNorm statistics at init (mean 0, variance 1)"  # an untrained backbone's, before recalibration
+TRAINED_BN = "BatchNorm statistics as trained"
 PREFIX = "encoder_q.backbone."
 PREFIXES = {"query": PREFIX, "key": "encoder_k.backbone."}  # a checkpoint's two encoders
 
@@ -42,6 +52,7 @@ class Pretrained:
     ident: str = ""  # identifies the weights for the feature cache: file path, size and mtime, or arch + seed
     kind: str = "query"  # what the weights are: query | key (a checkpoint's encoders) | exported | untrained
     patch_size: int | None = None  # a ViT's --patch-size (None: the model's own)
+    bn: str = TRAINED_BN  # where the BatchNorm statistics come from: as trained | at init | recalibrated (a note)
 
     @property
     def spec(self) -> BackboneSpec:
@@ -56,6 +67,7 @@ class Pretrained:
             "stem": self.stem,
             "image_size": self.image_size,
             "epoch": self.epoch,
+            "bn": self.bn,
         }
         if self.patch_size is not None:
             out["patch_size"] = self.patch_size
@@ -172,7 +184,35 @@ def untrained(arch: str, stem: str, image_size: int, seed: int, patch_size: int 
     net, dim = _build(BackboneSpec(arch, stem, image_size, 1, patch_size), None, "")
     ident = f"untrained:{arch}:{stem}:{seed}" + ("" if patch_size is None else f":p{patch_size}:{image_size}")
     what = f"untrained {arch} (seed {seed})"
-    return Pretrained(net, dim, arch, stem, image_size, what, ident=ident, kind="untrained", patch_size=patch_size)
+    kw = {"ident": ident, "kind": "untrained", "bn": INIT_BN, "patch_size": patch_size}
+    return Pretrained(net, dim, arch, stem, image_size, what, **kw)
+
+
+def recalibrated(
+    pre: Pretrained,
+    train: Dataset,
+    device: torch.device,
+    batch_size: int = 256,
+    workers: int = 2,
+    max_images: int = 10_000,
+    seed: int = 0,
+) -> Pretrained:
+    """A copy of ``pre`` whose BatchNorm running statistics are recomputed on ``train`` (the eval view of the
+    train images, items ``(image, index)``): every image, or a seeded subset of ``max_images`` when there are
+    more, in index order (``pcl.model.bn.recalibrate_bn``: forward passes only, no labels, no gradient). ``pre``
+    itself is left untouched; the copy's ``bn`` says what was done and its ``ident`` differs (feature cache)."""
+    n = len(train)
+    part: Dataset = train
+    if n > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(n, size=max_images, replace=False))
+        part = Subset(train, keep.tolist())
+    net = copy.deepcopy(pre.backbone).to(device)
+    done = recalibrate_bn(net, (images for images, _ in eval_loader(part, batch_size, workers)), device)
+    net.eval()
+    where = f"the eval view of {'a seeded subset of ' if n > max_images else ''}the train images"
+    bn = f"{done.note()} ({where})" if done.layers else done.note()
+    ident = f"{pre.ident}:bn-recalibrated:{len(part)}:{seed}" if done.layers else pre.ident
+    return dataclasses.replace(pre, backbone=net, bn=bn, ident=ident)
 
 
 # ---------------------------------------------------------------------- command-line flags of the tools

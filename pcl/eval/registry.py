@@ -14,10 +14,12 @@ module that calls :func:`register_protocol`, plus its import in ``pcl/eval/proto
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pcl.analysis.intervals import binomial_se
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import Flag, check_fields, flag_of
 
@@ -39,13 +41,17 @@ class Block:
 class SummaryColumn:
     """One column of a suite summary: the CSV key (cells ``KEY_mean`` / ``KEY_std``), the Markdown header, how to
     read one run's figure from its ``eval.json`` (None: no figure) and the digits shown. A column is shown when
-    some run has a figure, or always (``always``)."""
+    some run has a figure, or always (``always``). ``se``: the standard error of one evaluation's figure (same
+    units; None: unknown), which bounds the comparison of two single evaluations (``tools/evaluate.py``'s
+    untrained reference, a one-seed suite); ``higher_is_better`` (None: neither) words the verdicts."""
 
     key: str
     header: str
     read: Callable[[Mapping[str, Any]], float | None]
     digits: int = 2
     always: bool = False
+    se: Callable[[Mapping[str, Any]], float | None] | None = None
+    higher_is_better: bool | None = True
 
 
 def _no_rows(result: Mapping[str, Any]) -> Rows:
@@ -192,6 +198,31 @@ def figure(node: Any, *path: str) -> float | None:
     for key in path:
         node = node.get(key) if isinstance(node, Mapping) else None
     return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
+
+
+def test_count(evaluation: Mapping[str, Any], key: str = "n_test") -> int | None:
+    """The number of test (``n_test``) or train (``n_train``) images of an evaluation, from its settings."""
+    n = (evaluation.get("settings") or {}).get(key)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def accuracy_se(evaluation: Mapping[str, Any], percent: float | None, key: str = "n_test") -> float | None:
+    """Binomial standard error (points) of an accuracy of ``percent`` % over the evaluation's ``key`` images."""
+    n = test_count(evaluation, key)
+    return None if percent is None or n is None else binomial_se(percent, n)
+
+
+def draws_se(evaluation: Mapping[str, Any], block: Any, key: str = "top1", n_key: str = "n_test",
+             draws: int | None = None, scale: float = 1.0) -> float | None:  # fmt: skip
+    """Standard error of a mean over draws (``block[key]``, ``block[key + "_std"]``, ``draws`` or
+    ``len(block["draws"])`` of them): ``sqrt(std^2 / draws + binomial^2)``, the spread of the draws and the test
+    images' binomial error together (points, after ``scale``)."""
+    if not isinstance(block, Mapping) or block.get(key) is None:
+        return None
+    count = draws if draws is not None else len(block.get("draws") or []) or 1
+    std = float(block.get(key + "_std") or 0.0) * scale
+    binom = accuracy_se(evaluation, float(block[key]) * scale, n_key)
+    return None if binom is None else math.sqrt(std * std / count + binom * binom)
 
 
 def pm(block: Mapping[str, Any], key: str, scale: float = 1.0, unit: str = "", digits: int = 2) -> str:

@@ -289,6 +289,8 @@ def test_summary_shows_the_evaluation_protocols_with_mean_and_std(tmp_path: Path
         "lowshot_k16": 40.0,
         "finetune_1": 21.0,
         "finetune_10": 22.0,
+        "finetune_lp_1": None,
+        "finetune_lp_10": None,
         "cluster_acc": 30.0,  # k = number of classes, in percent
     }
     cells = table([RunRow("pcl", {}, 2, seeds), RunRow("moco", {}, 2, [SeedResult(seed=0, status="done")])])

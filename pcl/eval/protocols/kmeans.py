@@ -14,7 +14,7 @@ from typing import Any
 
 from pcl.analysis.cluster_metrics import has_classes, kmeans_scores
 from pcl.eval.context import EvalContext
-from pcl.eval.registry import Block, Protocol, Rows, SummaryColumn, pm, register_protocol
+from pcl.eval.registry import Block, Protocol, Rows, SummaryColumn, draws_se, pm, register_protocol
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import flag, int_list
 
@@ -55,11 +55,23 @@ def rows(result: Mapping[str, Any]) -> Rows:
     return out
 
 
+def _at_classes(evaluation: Mapping[str, Any]) -> Any:
+    """The ``kmeans`` block of k = the number of classes (``settings.kmeans.k_classes``), or None."""
+    k = str(((evaluation.get("settings") or {}).get("kmeans") or {}).get("k_classes"))
+    return (evaluation.get("kmeans") or {}).get(k)
+
+
 def acc_at_classes(evaluation: Mapping[str, Any]) -> float | None:
     """k-means ACC (%) at k = the number of classes (``settings.kmeans.k_classes``)."""
-    k = str(((evaluation.get("settings") or {}).get("kmeans") or {}).get("k_classes"))
-    acc = ((evaluation.get("kmeans") or {}).get(k) or {}).get("acc")
+    acc = (_at_classes(evaluation) or {}).get("acc")
     return None if acc is None else 100.0 * acc
+
+
+def acc_se(evaluation: Mapping[str, Any]) -> float | None:
+    """Standard error (points) of the ACC: the restarts' spread and the train images' binomial error."""
+    block = _at_classes(evaluation)
+    restarts = (block or {}).get("restarts")
+    return draws_se(evaluation, block, "acc", "n_train", restarts if isinstance(restarts, int) else 1, scale=100.0)
 
 
 PROTOCOL = register_protocol(
@@ -70,7 +82,7 @@ PROTOCOL = register_protocol(
         compute=compute,
         rows=rows,
         empty={"kmeans": {}},
-        columns=(SummaryColumn("cluster_acc", "clustering ACC (%)", acc_at_classes),),
+        columns=(SummaryColumn("cluster_acc", "clustering ACC (%)", acc_at_classes, se=acc_se),),
         switch="ks",
     )
 )

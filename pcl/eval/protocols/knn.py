@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pcl.analysis.knn import knn_top1
 from pcl.eval.context import EvalContext
 from pcl.eval.frozen import FrozenFeatures
-from pcl.eval.registry import Block, Protocol, Rows, SummaryColumn, figure, register_protocol
+from pcl.eval.registry import Block, Protocol, Rows, SummaryColumn, accuracy_se, figure, register_protocol
 from pcl.utils.flags import flag
 
 
@@ -43,6 +43,15 @@ def rows(result: Mapping[str, Any]) -> Rows:
     return [] if top1 is None else [("kNN top-1", f"{top1:.2f}%")]
 
 
+def top1(evaluation: Mapping[str, Any]) -> float | None:
+    return figure(evaluation, "knn_top1")
+
+
+def top1_se(evaluation: Mapping[str, Any]) -> float | None:
+    """The binomial standard error of the kNN top-1 over the test images."""
+    return accuracy_se(evaluation, top1(evaluation))
+
+
 PROTOCOL = register_protocol(
     Protocol(
         name="knn",
@@ -51,7 +60,7 @@ PROTOCOL = register_protocol(
         compute=compute,
         rows=rows,
         empty={"knn_top1": None},
-        columns=(SummaryColumn("knn", "kNN top-1 (%)", lambda e: figure(e, "knn_top1"), always=True),),
+        columns=(SummaryColumn("knn", "kNN top-1 (%)", top1, always=True, se=top1_se),),
         default_on=True,
     )
 )

@@ -19,7 +19,7 @@ from pcl.data.datasets import eval_loader
 from pcl.eval.context import EvalContext
 from pcl.eval.linear_official import OfficialConfig, linear_train_transform, train_official
 from pcl.eval.linear_probe import DEFAULT_WDS, ProbeResult, linear_probe
-from pcl.eval.registry import Block, Protocol, Rows, SummaryColumn, figure, register_protocol
+from pcl.eval.registry import Block, Protocol, Rows, SummaryColumn, accuracy_se, figure, register_protocol
 from pcl.utils.flags import flag, float_list
 
 LINEAR_PROTOCOLS = ("features", "official")
@@ -93,6 +93,15 @@ def rows(result: Mapping[str, Any]) -> Rows:
     return [(f"linear top-{k}{what}", f"{result[f'linear_top{k}']:.2f}%") for k in (1, 5)]
 
 
+def top1(evaluation: Mapping[str, Any]) -> float | None:
+    return figure(evaluation, "linear_top1")
+
+
+def top1_se(evaluation: Mapping[str, Any]) -> float | None:
+    """The binomial standard error of the linear top-1 over the test images."""
+    return accuracy_se(evaluation, top1(evaluation))
+
+
 PROTOCOL = register_protocol(
     Protocol(
         name="linear",
@@ -101,7 +110,7 @@ PROTOCOL = register_protocol(
         compute=compute,
         rows=rows,
         empty={"linear_top1": None, "linear_top5": None},
-        columns=(SummaryColumn("linear", "linear top-1 (%)", lambda e: figure(e, "linear_top1")),),
+        columns=(SummaryColumn("linear", "linear top-1 (%)", top1, se=top1_se),),
         default_on=True,
     )
 )

@@ -13,7 +13,7 @@ from typing import Any
 from pcl.analysis.cluster_metrics import has_classes
 from pcl.eval.context import EvalContext
 from pcl.eval.lowshot import OFFICIAL_COST, LowShotConfig, lowshot_svm
-from pcl.eval.registry import Block, Protocol, Rows, SummaryColumn, figure, pm, register_protocol
+from pcl.eval.registry import Block, Protocol, Rows, SummaryColumn, draws_se, figure, pm, register_protocol
 from pcl.utils.errors import PCLError
 
 
@@ -41,7 +41,8 @@ def rows(result: Mapping[str, Any]) -> Rows:
 
 
 def _top1(k: str) -> SummaryColumn:
-    return SummaryColumn(f"lowshot_k{k}", f"low-shot top-1 k={k} (%)", lambda e: figure(e, "lowshot", k, "top1"))
+    return SummaryColumn(f"lowshot_k{k}", f"low-shot top-1 k={k} (%)", lambda e: figure(e, "lowshot", k, "top1"),
+                         se=lambda e: draws_se(e, (e.get("lowshot") or {}).get(k)))  # fmt: skip
 
 
 PROTOCOL = register_protocol(

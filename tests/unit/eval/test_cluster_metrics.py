@@ -139,7 +139,10 @@ def test_evaluate_run_agrees_with_the_training_logs(labelled_run: tuple[Path, di
         torch.set_num_threads(threads)
     written = json.loads((exp / "eval.json").read_text())
     assert written == json.loads(json.dumps(res))
-    assert set(written) == {"knn_top1", "linear_top1", "linear_top5", "cluster", "kmeans", "settings"}
+    assert set(written) == {"knn_top1", "linear_top1", "linear_top5", "cluster", "kmeans", "reference", "settings"}
+    # the fair untrained reference, measured now (same data, seed and settings) and kept beside eval.json
+    assert set(written["reference"]["columns"]) == {"knn", "linear"} and written["reference"]["from"] == "measured now"
+    assert (exp / "eval_untrained.json").is_file() and "recomputed on 48 images" in written["reference"]["bn"]
     assert written["kmeans"] == {}  # only with --kmeans
     assert set(written["cluster"]) == {"3", "5"}
     for k in (3, 5):  # the checkpoint's cluster result is the one logged after the last E-step
@@ -252,7 +255,8 @@ def test_evaluate_runs_all_five_protocols_in_one_table(
     tool = load_tool("evaluate")
     fast = ["--workers", "0", "--eval-batch-size", "16", "--wd-grid", "1e-2", "--max-iter", "20"]
     fast += ["--lowshot", "1,2", "--lowshot-draws", "2", "--lowshot-costs", "0.1,1", "--kmeans-restarts", "2"]
-    fast += ["--finetune", "25", "--finetune-epochs", "2", "--finetune-batch-size", "6", "--device", "cpu"]
+    fast += ["--finetune", "25", "--finetune-steps", "2", "--finetune-batch-size", "6", "--device", "cpu"]
+    fast += ["--finetune-val-per-class", "4", "--finetune-draws", "1", "--finetune-lr", "0.01", "--reference", "none"]
     protocols = "knn,linear,lowshot,finetune,kmeans"
     assert tool.main([str(exp), "--protocols", protocols, "--out", str(out), *fast]) == 0
     printed = capsys.readouterr().out
@@ -261,16 +265,20 @@ def test_evaluate_runs_all_five_protocols_in_one_table(
         "linear top-1",
         "low-shot k=1 (2 draws, cost fixed)",
         "low-shot k=2 (2 draws, cost cv)",
-        "fine-tune 25% (12 images)",
+        "fine-tune 25% (12 labels, 1 draws)",
+        "frozen linear probe, same 12 labels",
         "k-means k=3 (2 restarts) ACC",
     ):
         assert needle in printed, printed
     assert "NMI / AMI / purity" not in printed  # the run's own clusters: not asked for
     res = json.loads(out.read_text())
     assert set(res["lowshot"]) == {"1", "2"} and set(res["kmeans"]) == {"3"} and set(res["finetune"]) == {"25"}
-    subset = Path(res["finetune"]["25"]["subset_file"])
+    draw = res["finetune"]["25"]["draws"][0]
+    subset, val = Path(draw["subset_file"]), Path(draw["val_file"])
     assert subset.parent == tmp_path / "finetune" and len(subset.read_text().splitlines()) == 12
-    assert res["settings"]["lowshot"]["draws"] == 2 and res["settings"]["finetune"]["epochs"] == 2
+    assert len(val.read_text().splitlines()) == 12 and not set(subset.read_text().splitlines()) & set(
+        val.read_text().splitlines())
+    assert res["settings"]["lowshot"]["draws"] == 2 and res["settings"]["finetune"]["recipes"]["25"]["steps"] == 2
     bad_values = [
         ("--protocols=knn,svm", "unknown protocol svm"),
         ("--lowshot=17", "k = 17 needs 1 <= k <= 16"),
@@ -289,8 +297,10 @@ def test_evaluate_runs_all_five_protocols_in_one_table(
 def test_evaluate_the_key_and_the_untrained_encoder_beside_the_runs_own_eval(
     labelled_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    from pcl.data.datasets import IndexedImages, eval_transform
+    from pcl.data.sources import resolve_data
     from pcl.eval.frozen import frozen_features
-    from pcl.eval.pretrained import PREFIXES, from_checkpoint, untrained
+    from pcl.eval.pretrained import PREFIXES, from_checkpoint, recalibrated, untrained
     from pcl.eval.protocols.knn import knn_accuracy
 
     exp, _ = labelled_run
@@ -306,17 +316,26 @@ def test_evaluate_the_key_and_the_untrained_encoder_beside_the_runs_own_eval(
         for n in key.backbone.state_dict()
         if n.endswith("weight")
     )
-    kw = {"batch_size": 16, "workers": 0, "show": False, "device": "cpu", "protocols": choose("knn", "clusters")}
+    kw = {"batch_size": 16, "workers": 0, "show": False, "device": "cpu", "protocols": choose("knn", "clusters"),
+          "reference": "none"}  # fmt: skip
     cpu = torch.device("cpu")
-    for encoder, pre in (("key", key), ("untrained", untrained(key.arch, key.stem, key.image_size, seed=0))):
-        res = evaluate_run(exp, EvalConfig(encoder=encoder, **kw))
+    fresh = untrained(key.arch, key.stem, key.image_size, seed=0)
+    for encoder, pre in (("key", key), ("untrained", fresh)):
+        # the untrained encoder at its initial BatchNorm statistics is the network untrained() builds
+        res = evaluate_run(exp, EvalConfig(encoder=encoder, untrained_bn="init", **kw))
         expected = knn_accuracy(frozen_features(pre, res["settings"]["data"], cpu, 16, 0, show=False))
         assert res["knn_top1"] == pytest.approx(expected, abs=1e-9)
         assert res["settings"]["encoder"] == encoder and res["settings"]["knn"]["features"].startswith(encoder)
         assert res["settings"]["written"] == str(exp / f"eval_{encoder}.json")
         assert run.eval.read_bytes() == before  # the query encoder's eval.json is kept
     assert res["cluster"] == {} and "untrained" in res["settings"]["cluster_skipped"]
-    assert "untrained" in res["settings"]["source"]
+    assert "untrained" in res["settings"]["source"] and res["settings"]["bn"].startswith("BatchNorm statistics at init")
+    # by default its BatchNorm statistics are recomputed on the eval view of the train images (the fair reference)
+    train = IndexedImages(resolve_data(res["settings"]["data"]).train, eval_transform(key.image_size))
+    calibrated = recalibrated(fresh, train, cpu, 16, 0)
+    res = evaluate_run(exp, EvalConfig(encoder="untrained", **kw))
+    expected = knn_accuracy(frozen_features(calibrated, res["settings"]["data"], cpu, 16, 0, show=False))
+    assert res["knn_top1"] == pytest.approx(expected, abs=1e-9) and "recomputed on 48 images" in res["settings"]["bn"]
     tool = load_tool("evaluate")
     assert tool.main([str(exp), "--encoder", "momentum", "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

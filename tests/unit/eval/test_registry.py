@@ -34,7 +34,8 @@ def test_builtin_protocols_in_table_and_column_order() -> None:
     assert [n for n, p in PROTOCOLS.items() if p.default_on] == ["knn", "linear", "clusters"]
     columns = [c.key for p in PROTOCOLS.values() for c in p.columns]
     # the suite summaries' CSV keys of the committed results
-    assert columns == ["knn", "linear", "ami", "lowshot_k1", "lowshot_k16", "finetune_1", "finetune_10", "cluster_acc"]
+    assert columns == ["knn", "linear", "ami", "lowshot_k1", "lowshot_k16", "finetune_1", "finetune_10",
+                       "finetune_lp_1", "finetune_lp_10", "cluster_acc"]  # fmt: skip
     assert [n for n, p in PROTOCOLS.items() if p.trained_only] == ["clusters"]
 
 
@@ -46,7 +47,7 @@ def test_the_generated_command_line_keeps_the_flags_and_defaults() -> None:
     assert tool.config_from_args(a, chosen) == EvalConfig()  # no flag given: every default
     argv = ["runs/x", "--knn-k", "20", "--knn-t", "0.05", "--wd-grid", "0.1,1", "--val-fraction", "0.3"]
     argv += ["--max-iter", "7", "--lowshot", "1,4", "--lowshot-draws", "2", "--lowshot-costs", "0.5"]
-    argv += ["--finetune", "50", "--finetune-epochs", "3", "--finetune-batch-size", "4", "--finetune-lr", "0.2"]
+    argv += ["--finetune", "50", "--finetune-steps", "3", "--finetune-batch-size", "4", "--finetune-lr", "0.2"]
     argv += ["--finetune-head-lr", "2", "--finetune-wd", "1e-4", "--kmeans", "7", "--kmeans-restarts", "3"]
     argv += ["--seed", "5", "--eval-batch-size", "8", "-j", "0", "--no-clusters", "--linear-schedule", "3,4"]
     a = tool.build_parser().parse_args(argv)
@@ -59,7 +60,7 @@ def test_the_generated_command_line_keeps_the_flags_and_defaults() -> None:
         "linear": LinearSettings(wd_grid=(0.1, 1.0), val_fraction=0.3, max_iter=7,
                                  official=OfficialConfig(schedule=[3, 4])),
         "lowshot": LowShotConfig(ks=(1, 4), draws=2, costs=(0.5,)),
-        "finetune": FinetuneConfig((50.0,), 3, 4, 0.2, 2.0, weight_decay=1e-4),
+        "finetune": FinetuneConfig((50.0,), steps=3, batch_size=4, lrs=(0.2,), head_lrs=(2.0,), weight_decay=1e-4),
         "kmeans": KmeansSettings((7,), 3),
     }  # fmt: skip
     a = tool.build_parser().parse_args(["x", "--protocols", "kmeans,knn"])
@@ -99,7 +100,7 @@ def test_a_toy_protocol_from_a_test_module_is_evaluated_written_and_printed(
     feats = frozen_features(pre, str(tiny_data), torch.device("cpu"), 16, 0, show=False)
     expected = 2.5 * float(feats.train.norm(dim=1).mean())  # by hand, on the same frozen features
     # evaluate_run with the registry's protocol
-    cfg = EvalConfig(data=str(tiny_data), device="cpu", workers=0, batch_size=16, show=False,
+    cfg = EvalConfig(data=str(tiny_data), device="cpu", workers=0, batch_size=16, show=False, untrained_bn="init",
                      out=tmp_path / "api.json", protocols=choose("knn", toy=toy_protocol.ToySettings(2.5)))  # fmt: skip
     res = evaluate_run(pre, cfg)
     assert res["toy"]["mean_norm"] == pytest.approx(expected, rel=1e-6) and res["knn_top1"] is not None
@@ -108,7 +109,8 @@ def test_a_toy_protocol_from_a_test_module_is_evaluated_written_and_printed(
     # the tool: its flag, the protocol's own table row, eval.json under its name
     tool = load_tool("evaluate")
     out = tmp_path / "tool.json"
-    argv = ["--untrained", "--image-size", "16", "--data", str(tiny_data), *CPU, "--out", str(out)]
+    argv = ["--untrained", "--image-size", "16", "--data", str(tiny_data), *CPU, "--out", str(out), "--untrained-bn",
+            "init"]  # the features built above: BatchNorm statistics at init  # fmt: skip
     assert tool.main([*argv, "--protocols", "toy", "--toy-scale", "2.5"]) == 0
     printed = capsys.readouterr().out
     assert f"toy mean feature norm  {expected:.4f}" in printed and "kNN top-1" not in printed
