@@ -9,6 +9,7 @@ and their defaults, and the parser takes its defaults from those dataclasses, so
     Config.checkpoint: pcl.run.checkpointer.CheckpointConfig
     Config.train / Config.step: pcl.train.config.TrainConfig / StepConfig   Config.optim: pcl.train.optim.OptimConfig
     Config.monitor: pcl.train.monitor.MonitorConfig       Config.data: pcl.data.datasets.DataConfig (+ AugConfig)
+    Config.swav: pcl.methods.swav.SwAVConfig              Config.dino: pcl.methods.dino.DINOConfig
 
 Code reads plain attributes, e.g. ``cfg.train.epochs``, ``cfg.model.pcl_r``, ``cfg.estep.kmeans.niter``.
 
@@ -40,6 +41,8 @@ from pcl.data.datasets import DataConfig
 from pcl.estep.estep import EStepConfig
 from pcl.losses.config import LossConfig
 from pcl.methods import METHODS, method_class
+from pcl.methods.dino import DINOConfig
+from pcl.methods.swav import SwAVConfig
 from pcl.model.encoder import ModelConfig
 from pcl.run.checkpointer import CheckpointConfig
 from pcl.run.run_dir import RunDir
@@ -69,6 +72,8 @@ class Config:
     step: StepConfig = field(default_factory=StepConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    swav: SwAVConfig = field(default_factory=SwAVConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
 
     @property
     def run_dir(self) -> RunDir:
@@ -77,7 +82,7 @@ class Config:
 
 
 # -h: the titles of the groups, in order (a field's group is its dataclass's GROUP or its own group=)
-GROUP_TITLES = ("model", "data and augmentation", "optimisation", "PCL E-step", "run")
+GROUP_TITLES = ("model", "data and augmentation", "optimisation", "PCL E-step", "SwAV", "DINO", "run")
 
 # the nested dataclasses whose fields' dests share a prefix (fields without a flag: prefix + field name)
 _PREFIX = {(EStepConfig, "kmeans"): "kmeans_"}
@@ -194,10 +199,24 @@ def _flatten(cls: type, d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def apply_recipe(cfg: Config) -> Config:
+    """Fill the fields the method's recipe (``Method.recipe``, e.g. DINO's ``--clip-grad 3.0``) sets and the
+    configuration leaves at ``None``, in place."""
+    for key, value in method_class(cfg.method).recipe.items():
+        section, name = key.split(".")
+        stage = getattr(cfg, section)
+        if getattr(stage, name) is None:
+            setattr(stage, name, value)
+    return cfg
+
+
 def resolve(cfg: Config) -> Config:
-    """Fill the derived defaults in place (blur, per-optimizer lr / wd / warmup / schedule, feature dir)."""
+    """Fill the derived defaults in place (the method's recipe, blur, per-optimizer lr / wd / warmup / schedule,
+    clipping mode, feature dir)."""
+    apply_recipe(cfg)
     cfg.data.aug = cfg.data.aug.resolved()
     cfg.optim = cfg.optim.resolved()
+    cfg.step = cfg.step.resolved()
     if cfg.estep.feature_dir is None:
         cfg.estep.feature_dir = cfg.run_dir.features
     return cfg
@@ -316,13 +335,15 @@ def validate(cfg: Config, world: int = 1) -> None:
     """Checks that need no data: each stage's fields against their flags' ranges, then the combinations that
     cannot work; raises ``PCLError`` with one line."""
     m, t = cfg.model, cfg.train
-    for stage in (m, cfg.loss, cfg.estep, cfg.checkpoint, t, cfg.optim, cfg.step, cfg.monitor, cfg.data):
+    stages = (m, cfg.loss, cfg.estep, cfg.checkpoint, t, cfg.optim, cfg.step, cfg.monitor, cfg.data, cfg.swav, cfg.dino)
+    for stage in stages:
         stage.validate()
-    method_class(cfg.method).validate(cfg)
+    method = method_class(cfg.method)
+    method.validate(cfg)
     if t.batch_size % world:
         raise PCLError(f"--batch-size {t.batch_size} (global) is not divisible by the {world} processes")
     per_rank = t.batch_size // world
-    splits = m.bn_splits if world == 1 else 1
+    splits = m.bn_splits if world == 1 and method.shuffle_bn else 1
     if per_rank % splits:
         raise PCLError(f"--batch-size {t.batch_size} is not divisible by --bn-splits {m.bn_splits}")
     if per_rank // splits < 2:  # batch norm of one sample has no variance
@@ -330,31 +351,14 @@ def validate(cfg: Config, world: int = 1) -> None:
             f"--batch-size {t.batch_size} over {world} process(es) and --bn-splits {splits} gives "
             f"{per_rank // splits} sample per batch-norm split; batch norm needs at least 2"
         )
-    if cfg.estep.max_points < max(cfg.estep.num_cluster):
-        raise PCLError(
-            f"--kmeans-max-points {cfg.estep.max_points} is smaller than --num-cluster {max(cfg.estep.num_cluster)}: "
-            "k-means needs at least one point per cluster"
-        )
-    if t.batch_size > m.pcl_r:
-        raise PCLError(
-            f"--batch-size {t.batch_size} is larger than the queue --pcl-r {m.pcl_r}: "
-            "one batch of keys would overwrite itself; raise --pcl-r or lower the batch size"
-        )
 
 
 def validate_data(cfg: Config, num_train: int) -> None:
-    """Checks that need the training-set size."""
-    batch, r, ks = cfg.train.batch_size, cfg.model.pcl_r, cfg.estep.num_cluster
+    """Checks that need the training-set size (then the method's own, e.g. PCL's queue and granularities)."""
+    batch = cfg.train.batch_size
     if num_train < batch:
         raise PCLError(f"only {num_train} training images: fewer than one batch of --batch-size {batch}")
-    if r >= num_train:
-        raise PCLError(
-            f"--pcl-r {r} is not smaller than the {num_train} training images: each image's own "
-            "older keys would sit in the queue as negatives; use about a tenth of the data set"
-        )
-    too_big = [k for k in ks if k > num_train]
-    if too_big:
-        raise PCLError(f"--num-cluster {','.join(map(str, too_big))} exceeds the {num_train} training images")
+    method_class(cfg.method).validate_data(cfg, num_train)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Export the trained query backbone of a PCL checkpoint as a plain torchvision ResNet ``state_dict``.
+"""Export the trained query backbone of a training checkpoint (any ``--method``: MoCo / PCL's query encoder, SwAV's
+encoder, DINO's student) as a plain torchvision ResNet ``state_dict``.
 
     python tools/export_backbone.py runs/default/checkpoints/last.pth backbone.pth
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pcl.config import stored_config
-from pcl.eval.pretrained import backbone_state_dict
+from pcl.eval.pretrained import backbone_prefixes, backbone_state_dict
 from pcl.run.checkpoint import load_checkpoint
 from pcl.utils.atomic import write_atomic
 from pcl.utils.cli import ErrorParser, entry_point
@@ -38,7 +39,8 @@ def main() -> int:
         raise PCLError(f"{a.checkpoint} holds no model state: give a training checkpoint (RUN/checkpoints/last.pth)")
     sd = backbone_state_dict(ckpt)
     if not sd:
-        raise PCLError(f"{a.checkpoint} holds no query-encoder backbone (no encoder_q.backbone.* tensors)")
+        prefix = backbone_prefixes(ckpt)["query"]
+        raise PCLError(f"{a.checkpoint} holds no query-encoder backbone (no {prefix}* tensors)")
     try:
         a.output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

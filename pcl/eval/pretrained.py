@@ -1,4 +1,7 @@
-"""The frozen backbone to evaluate: a PCL checkpoint's query (or key) backbone, an exported one, or an untrained one.
+"""The frozen backbone to evaluate: a training checkpoint's query (or key) backbone, an exported one, or an untrained
+one. Where a checkpoint keeps its backbones is its method's (``Method.backbone_prefixes``, by the stored
+``method``): MoCo / PCL ``encoder_q.backbone.`` / ``encoder_k.backbone.``, SwAV ``encoder.backbone.`` (one
+encoder), DINO ``student.backbone.`` / ``teacher.backbone.``.
 
 All three give a torchvision ResNet trunk with ``fc = Identity`` mapping ``(B, 3, H, W) -> (B, D)`` raw
 (not normalised) average-pooled features, in eval mode. Identical weights give identical features whatever
@@ -16,13 +19,14 @@ import torch
 from torch import nn
 
 from pcl.config import stored_config
+from pcl.methods import method_class
 from pcl.model.backbone import BackboneSpec, build_backbone
 from pcl.run.checkpoint import load_checkpoint
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import ranged
 
 PREFIX = "encoder_q.backbone."
-PREFIXES = {"query": PREFIX, "key": "encoder_k.backbone."}  # a checkpoint's two encoders
+PREFIXES = {"query": PREFIX, "key": "encoder_k.backbone."}  # MoCo / PCL's (other methods: backbone_prefixes)
 
 
 @dataclass
@@ -51,9 +55,23 @@ class Pretrained:
         }
 
 
+def backbone_prefixes(checkpoint: dict) -> dict[str, str]:
+    """``{"query": prefix, "key": prefix}`` of the checkpoint's backbones in its ``model`` state, from the method its
+    stored configuration names (MoCo / PCL's for a checkpoint without one)."""
+    try:
+        method = stored_config(checkpoint).method
+    except PCLError:
+        method = "pcl"
+    prefixes = method_class(method).backbone_prefixes
+    if not prefixes:
+        raise PCLError(f"method {method!r} declares no backbone_prefixes: its checkpoints cannot be evaluated")
+    return prefixes
+
+
 def backbone_state_dict(checkpoint: dict, encoder: str = "query") -> dict[str, torch.Tensor]:
-    """torchvision-named tensors of a PCL checkpoint's query- (or key-) encoder backbone (no ``fc``)."""
-    prefix = PREFIXES[encoder]
+    """torchvision-named tensors of a training checkpoint's query- (or key-: momentum / teacher) backbone (no
+    ``fc``), wherever its method keeps them (:func:`backbone_prefixes`)."""
+    prefix = backbone_prefixes(checkpoint)[encoder]
     return {k.removeprefix(prefix): v.clone() for k, v in checkpoint["model"].items() if k.startswith(prefix)}
 
 
@@ -76,8 +94,8 @@ def _build(arch: str, stem: str, state: dict[str, torch.Tensor] | None, what: st
 
 
 def from_checkpoint(path: Path, encoder: str = "query") -> Pretrained:
-    """The query (``encoder="key"``: momentum) backbone of a PCL training checkpoint, built with the architecture
-    flags stored in it."""
+    """The query (``encoder="key"``: momentum / teacher) backbone of a training checkpoint, built with the
+    architecture flags stored in it."""
     if encoder not in PREFIXES:
         raise PCLError(f"unknown encoder {encoder!r}; choose from {', '.join(PREFIXES)}")
     ckpt = load_checkpoint(path)
@@ -88,7 +106,7 @@ def from_checkpoint(path: Path, encoder: str = "query") -> Pretrained:
         raise PCLError(f"{path} is not a PCL training checkpoint (no 'model')")
     state = backbone_state_dict(ckpt, encoder)
     if not state:
-        raise PCLError(f"{path} holds no {encoder} backbone ({PREFIXES[encoder]}* tensors)")
+        raise PCLError(f"{path} holds no {encoder} backbone ({backbone_prefixes(ckpt)[encoder]}* tensors)")
     arch, stem, size = cfg.model.arch, cfg.model.stem, cfg.data.aug.image_size
     net, dim = _build(arch, stem, state, str(path))
     epoch = ckpt.get("epoch")

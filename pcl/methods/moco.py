@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,8 @@ class MoCo(Method):
     """
 
     name = "moco"
+    backbone_prefixes: ClassVar[dict[str, str]] = {"query": "encoder_q.backbone.", "key": "encoder_k.backbone."}
+    shuffle_bn = True
 
     def __init__(self, *, model: ModelConfig, loss: LossConfig, bn_splits: int) -> None:
         super().__init__()
@@ -68,6 +71,20 @@ class MoCo(Method):
     def validate(cls, cfg: MethodSettings) -> None:
         if cls is MoCo and cfg.model.cluster_head != "none":
             raise PCLError(f"--cluster-head {cfg.model.cluster_head} is PCL's: use --method pcl, or drop it")
+        if cfg.train.batch_size > cfg.model.pcl_r:
+            raise PCLError(
+                f"--batch-size {cfg.train.batch_size} is larger than the queue --pcl-r {cfg.model.pcl_r}: "
+                "one batch of keys would overwrite itself; raise --pcl-r or lower the batch size"
+            )
+
+    @classmethod
+    def validate_data(cls, cfg: MethodSettings, num_train: int) -> None:
+        r = cfg.model.pcl_r
+        if r >= num_train:
+            raise PCLError(
+                f"--pcl-r {r} is not smaller than the {num_train} training images: each image's own "
+                "older keys would sit in the queue as negatives; use about a tenth of the data set"
+            )
 
     # -------------------------------------------------------------- state
     def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -27,6 +27,7 @@ from pcl.methods.base import EpochContext, MethodSettings, StepOutput, register_
 from pcl.methods.moco import Embeddings, MoCo
 from pcl.model.encoder import ModelConfig
 from pcl.model.heads import cluster_head
+from pcl.utils.errors import PCLError
 
 
 @register_method
@@ -35,6 +36,7 @@ class PCL(MoCo):
     last E-step's :class:`~pcl.estep.clustering.ClusterResult` (``cluster_result``; None before the first)."""
 
     name = "pcl"
+    uses_warmup = True
 
     def __init__(self, *, model: ModelConfig, loss: LossConfig, estep: EStepConfig, bn_splits: int) -> None:
         super().__init__(model=model, loss=loss, bn_splits=bn_splits)
@@ -49,6 +51,22 @@ class PCL(MoCo):
     def from_config(cls, cfg: MethodSettings, bn_splits: int | None = None) -> PCL:
         splits = cfg.model.bn_splits if bn_splits is None else bn_splits
         return cls(model=cfg.model, loss=cfg.loss, estep=cfg.estep, bn_splits=splits)
+
+    @classmethod
+    def validate(cls, cfg: MethodSettings) -> None:
+        if cfg.estep.max_points < max(cfg.estep.num_cluster):
+            raise PCLError(
+                f"--kmeans-max-points {cfg.estep.max_points} is smaller than --num-cluster "
+                f"{max(cfg.estep.num_cluster)}: k-means needs at least one point per cluster"
+            )
+        super().validate(cfg)
+
+    @classmethod
+    def validate_data(cls, cfg: MethodSettings, num_train: int) -> None:
+        super().validate_data(cfg, num_train)
+        too_big = [k for k in cfg.estep.num_cluster if k > num_train]
+        if too_big:
+            raise PCLError(f"--num-cluster {','.join(map(str, too_big))} exceeds the {num_train} training images")
 
     @classmethod
     def notes(cls, cfg: MethodSettings) -> list[str]:
