@@ -145,8 +145,8 @@ def report(result: Mapping[str, Any]) -> str:
     s = result["settings"]
     lines = [f"{s['source']}, {s['arch']}, stem {s['stem']}, data {s['data'] or 'bundled subset'}", table(result)]
     lines += [note for protocol in PROTOCOLS.values() for note in protocol.notes(result)]
-    if s.get("no_labels"):
-        lines.append(f"kNN, linear and cluster figures: – ({s['no_labels']})")
+    if s.get("no_labels_protocols"):
+        lines.append(f"{', '.join(s['no_labels_protocols'])}: – ({s['no_labels']})")
     if s.get("written"):
         lines.append(f"wrote {s['written']}")
     elif s.get("not_written"):

@@ -69,7 +69,9 @@ def evaluate_run(source: Path | str | Pretrained, cfg: EvalConfig | None = None)
     for protocol in PROTOCOLS.values():
         result.update(copy.deepcopy(dict(protocol.empty)))
     for name, protocol in PROTOCOLS.items():
-        if name in cfg.protocols and not (protocol.needs_labels and no_labels is not None):
+        if name in cfg.protocols and protocol.needs_labels and no_labels is not None:
+            ctx.settings.setdefault("no_labels_protocols", []).append(name)
+        elif name in cfg.protocols:
             block = protocol.compute(ctx, cfg.protocols[name])
             result.update(block.values)
             ctx.settings.update(block.settings)

@@ -182,6 +182,10 @@ def test_evaluate_shows_a_dash_where_a_figure_needs_labels(
     assert evaluate.main([str(run), "--device", "cpu", "-j", "0", "--out", str(module_tmp / "eval.json")]) == 0
     out = capsys.readouterr().out
     assert "kNN top-1" not in out and "linear top-1" not in out  # no figure without labels
-    assert "kNN, linear and cluster figures: – (the training data has no labels)" in out
+    assert "knn, linear: – (the training data has no labels)" in out  # the protocols asked for that need labels
     result = json.loads((module_tmp / "eval.json").read_text())
     assert result["knn_top1"] is None and result["linear_top1"] is None and result["cluster"] == {}
+    # issue 27, item 9: low-shot asked on an unlabeled run names low-shot, not the default protocols
+    args = [str(run), "--device", "cpu", "-j", "0", "--out", str(module_tmp / "e2.json"), "--protocols", "lowshot"]
+    assert evaluate.main(args) == 0
+    assert "lowshot: – (the training data has no labels)" in capsys.readouterr().out

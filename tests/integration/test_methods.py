@@ -13,7 +13,7 @@ import torch
 
 import tests.plugins.toy_method as toy
 from pcl import cli
-from tests.helpers import TINY_ARGS, scalars
+from tests.helpers import TINY_ARGS, load_tool, scalars
 
 
 def run(data: Path, exp_dir: Path, *extra: str) -> int:
@@ -37,6 +37,12 @@ def test_method_moco_is_pcl_without_an_estep_bit_for_bit(
     ckpt = torch.load(tmp_path / "moco" / "checkpoints" / "last.pth", weights_only=False)
     assert ckpt["cluster_result"] is None and ckpt["config"]["method"] == "moco"
     assert "epoch/acc_proto" not in json.loads((tmp_path / "moco" / "metrics.json").read_text())["epochs"][0]
+    # issue 27, item 9: clusters asked of a MoCo v2 run say why there is no figure
+    evaluate = load_tool("evaluate")
+    capsys.readouterr()
+    assert evaluate.main([str(tmp_path / "moco"), "--protocols", "clusters", "--device", "cpu", "-j", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "(no protocol gave a figure)" in out and "clusters not scored: the run has no E-step clusters yet" in out
 
 
 def test_a_cluster_head_with_moco_is_one_error_line(tiny_data: Path, tmp_path: Path, capsys) -> None:

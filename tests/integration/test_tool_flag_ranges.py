@@ -64,6 +64,9 @@ def test_every_numeric_tool_flag_declares_a_range_and_refuses_non_finite(
     assert isinstance(parser, ErrorParser)
     undeclared = [a.option_strings for a in parser._actions if a.type in (int, float)]
     assert undeclared == [], f"{name}: numeric flags without a declared range"
+    lists = [a for a in parser._actions if isinstance(a.default, list | tuple) and a.default and a.type is not None]
+    unchecked = [a.option_strings for a in lists if not isinstance(a.type, Ranged) and _numeric_items(a.default)]
+    assert unchecked == [], f"{name}: comma-list flags of numbers without a declared range"
     for action in (a for a in parser._actions if isinstance(a.type, Ranged)):
         for text in VALUES:
             try:
@@ -75,6 +78,14 @@ def test_every_numeric_tool_flag_declares_a_range_and_refuses_non_finite(
                 continue
             assert text not in ("nan", "inf", "-inf", "-1"), (name, action.option_strings, text)
             action.type.spec.check(value)  # accepted: inside the declared range
+        if isinstance(action.type, Ranged) and action.type.spec.type.__name__.endswith("_list"):
+            for text in ("nan", "inf", "-1"):  # a bad item after a good one: every element is checked
+                with pytest.raises(argparse.ArgumentTypeError):
+                    action.type(f"1,{text}")
+
+
+def _numeric_items(default: list | tuple) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in default)
 
 
 @pytest.mark.parametrize(

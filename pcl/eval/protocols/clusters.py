@@ -44,7 +44,9 @@ def compute(ctx: EvalContext, s: ClustersSettings) -> Block:
         return Block({}, {"cluster_skipped": reason})
     found = ctx.cluster_result()
     if found is None:  # a MoCo v2 run, or stopped before its first E-step
-        return Block({})
+        epoch = (ctx.pre.checkpoint or {}).get("epoch")
+        return Block({}, {"cluster_skipped": f"the run has no E-step clusters yet (a MoCo v2 run, or a PCL run "
+                                             f"before its first E-step; checkpoint of epoch {epoch})"})  # fmt: skip
     train = ctx.source.train
     if len(train) != found.levels[0].im2cluster.numel():
         raise PCLError(
