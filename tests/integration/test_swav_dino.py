@@ -145,3 +145,40 @@ def test_a_bad_setting_is_one_error_line(
     assert not (tmp_path / "checkpoints").exists()
 
 
+
+FOUR_METHODS = """
+[[runs]]
+name = "moco-v2"
+flags = { epochs = 1, warmup-epochs = 1 }
+[[runs]]
+name = "pcl"
+flags = { epochs = 1, warmup-epochs = 0 }
+[[runs]]
+name = "swav"
+flags = { epochs = 1, method = "swav", swav-prototypes = 10 }
+[[runs]]
+name = "dino"
+flags = { epochs = 1, method = "dino", dino-out-dim = 32, dino-hidden-dim = 32, dino-bottleneck-dim = 16 }
+"""
+
+
+def test_a_suite_of_the_four_methods_has_a_row_per_method(tiny_data: Path, tmp_path: Path) -> None:
+    import csv
+
+    from tests.helpers import load_experiments, write_suite
+
+    suite = write_suite(tmp_path / "four.toml", FOUR_METHODS)
+    columns = 'columns = ["epoch/loss_swav", "epoch/loss_dino"]\n'
+    suite.write_text(suite.read_text().replace("seeds = 1\n", "seeds = 1\n" + columns))
+    out = tmp_path / "out" / "four"
+    assert load_experiments().main([str(suite), str(tiny_data), "--out", str(tmp_path / "out")]) == 0
+    rows = {r["run"]: r for r in csv.DictReader((out / "results.csv").read_text().splitlines())}
+    assert list(rows) == ["moco-v2", "pcl", "swav", "dino"]
+    for name, row in rows.items():
+        method = json.loads((out / name / "seed0" / "config.json").read_text())["method"]
+        assert row["seeds_done"] == "1" and method == {"moco-v2": "pcl"}.get(name, name)  # as baseline.toml's
+        assert float(row["sec_per_epoch"]) > 0 and float(row["peak_rss_mib"]) > 0  # the cost columns
+    assert float(rows["swav"]["epoch_loss_swav_mean"]) > 0 and rows["swav"]["epoch_loss_dino_mean"] == ""
+    assert float(rows["dino"]["epoch_loss_dino_mean"]) > 0 and rows["pcl"]["epoch_loss_swav_mean"] == ""
+    md = (out / "results.md").read_text()
+    assert all(f"| {name} | 1/1 |" in md for name in rows)
