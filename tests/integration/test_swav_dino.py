@@ -1,7 +1,7 @@
 """SwAV and DINO end to end on tiny data: 2-epoch runs that log their named terms, a SIGTERM mid-epoch and a resume
 bit-identical to the uninterrupted run (schedules, queue, teacher and centre included), a run on an unlabeled
-folder, tools/evaluate.py and tools/export_backbone.py on their checkpoints, and one ``error:`` line for each bad
-setting."""
+folder, tools/evaluate.py and tools/export_backbone.py on their checkpoints, one ``error:`` line for each bad
+setting, and a tiny suite of the four methods with a summary row per method."""
 
 from __future__ import annotations
 
