@@ -51,12 +51,13 @@ VERIFY_AUTO_LIMIT = 200_000
 def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
     """Training (two views), E-step (eval view, this rank's share) and, on rank 0 with a labelled eval set,
     kNN-monitor loaders, from the one data resolver; says the data form and which monitors are off (rank 0),
-    verifies the images and checks the data-dependent limits first."""
+    checks the data-dependent limits first, then verifies the images."""
     d, mon, batch, seed = cfg.data, cfg.monitor, cfg.train.batch_size, cfg.train.seed
     source = resolve_data(d.root, d.labels, d.val)
     check_knn_data(source, mon.knn_freq > 0, d.val is not None)
     spec = d.aug.view_spec()
     train_set = IndexedImages(source.train, MultiView.from_spec(spec, d.aug))
+    validate_data(cfg, len(train_set))  # before any image is decoded
     size = d.aug.image_size
     knn_off = source.knn_off_reason()
     eval_set = IndexedImages(source.eval, eval_transform(size)) if source.eval is not None and not knn_off else None
@@ -76,7 +77,6 @@ def build_loaders(cfg: Config, info: pdist.DistInfo) -> Loaders:
     if verify and not cached:  # building the cache decoded every image already
         paths = [p for p, _ in train_set.samples] + ([p for p, _ in eval_set.samples] if eval_set else [])
         verify_images(paths, show=info.is_main)
-    validate_data(cfg, len(train_set))
     estep_set = train_set.with_transform(eval_transform(size))
     per_rank = batch // info.world
     loaders = Loaders(
@@ -128,7 +128,8 @@ def build_trainer(cfg: Config, info: pdist.DistInfo) -> Trainer:
         milestones=[m * steps for m in o.schedule],
     )
     recipe = RunRecipe(o.optimizer, o.lr, o.lr_warmup_epochs, cfg.train.batch_size)
-    engine = EngineConfig(cfg.train, cfg.step, cfg.checkpoint, cfg.monitor, cfg.loss.warmup_epochs, recipe)
+    warmup = cfg.loss.warmup_epochs if raw.uses_warmup else 0  # metrics.json: PCL's InfoNCE-only epochs
+    engine = EngineConfig(cfg.train, cfg.step, cfg.checkpoint, cfg.monitor, warmup, recipe)
     return Trainer(engine, raw, model, optimizer, build_scheduler(optimizer, schedule), loaders, info, to_dict(cfg))
 
 

@@ -9,6 +9,7 @@ and their defaults, and the parser takes its defaults from those dataclasses, so
     Config.checkpoint: pcl.run.checkpointer.CheckpointConfig
     Config.train / Config.step: pcl.train.config.TrainConfig / StepConfig   Config.optim: pcl.train.optim.OptimConfig
     Config.monitor: pcl.train.monitor.MonitorConfig       Config.data: pcl.data.datasets.DataConfig (+ AugConfig)
+    Config.swav: pcl.methods.swav.SwAVConfig              Config.dino: pcl.methods.dino.DINOConfig
 
 Code reads plain attributes, e.g. ``cfg.train.epochs``, ``cfg.model.pcl_r``, ``cfg.estep.kmeans.niter``.
 
@@ -40,6 +41,8 @@ from pcl.data.datasets import DataConfig
 from pcl.estep.estep import EStepConfig
 from pcl.losses.config import LossConfig
 from pcl.methods import METHODS, method_class
+from pcl.methods.dino import DINOConfig
+from pcl.methods.swav import SwAVConfig
 from pcl.model.backbone import ARCHS, BackboneSpec, check_input_sizes, probe_backbone
 from pcl.model.encoder import ModelConfig
 from pcl.run.checkpointer import CheckpointConfig
@@ -70,6 +73,8 @@ class Config:
     step: StepConfig = field(default_factory=StepConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    swav: SwAVConfig = field(default_factory=SwAVConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
 
     @property
     def run_dir(self) -> RunDir:
@@ -78,7 +83,7 @@ class Config:
 
 
 # -h: the titles of the groups, in order (a field's group is its dataclass's GROUP or its own group=)
-GROUP_TITLES = ("model", "data and augmentation", "optimisation", "PCL E-step", "run")
+GROUP_TITLES = ("model", "data and augmentation", "optimisation", "PCL E-step", "SwAV", "DINO", "run")
 
 # the nested dataclasses whose fields' dests share a prefix (fields without a flag: prefix + field name)
 _PREFIX = {(EStepConfig, "kmeans"): "kmeans_"}
@@ -201,12 +206,25 @@ def backbone_spec(cfg: Config) -> BackboneSpec:
     return cfg.model.backbone(image_size=cfg.data.aug.image_size)
 
 
+def apply_recipe(cfg: Config) -> Config:
+    """Fill the fields the method's recipe (``Method.recipe``, e.g. DINO's ``--clip-grad 3.0``) sets and the
+    configuration leaves at ``None``, in place."""
+    for key, value in method_class(cfg.method).recipe.items():
+        section, name = key.split(".")
+        stage = getattr(cfg, section)
+        if getattr(stage, name) is None:
+            setattr(stage, name, value)
+    return cfg
+
+
 def resolve(cfg: Config) -> Config:
-    """Fill the derived defaults in place (blur, local crops, per-optimizer and per-backbone-kind lr / wd / warmup /
-    schedule, feature dir)."""
+    """Fill the derived defaults in place (the method's recipe, blur, local crops, per-optimizer and per-backbone-kind
+    lr / wd / warmup / schedule, clipping mode, feature dir)."""
+    apply_recipe(cfg)
     cfg.data.aug = cfg.data.aug.resolved()
     vit = cfg.model.arch not in ARCHS and probe_backbone(backbone_spec(cfg)).vit
     cfg.optim = cfg.optim.resolved(vit, cfg.train.batch_size, cfg.train.epochs)
+    cfg.step = cfg.step.resolved()
     if cfg.estep.feature_dir is None:
         cfg.estep.feature_dir = cfg.run_dir.features
     return cfg
@@ -325,35 +343,29 @@ def validate(cfg: Config, world: int = 1) -> None:
     """Checks that need no data: each stage's fields against their flags' ranges, then the combinations that
     cannot work; raises ``PCLError`` with one line."""
     m, t = cfg.model, cfg.train
-    for stage in (m, cfg.loss, cfg.estep, cfg.checkpoint, t, cfg.optim, cfg.step, cfg.monitor, cfg.data):
+    stages = (m, cfg.loss, cfg.estep, cfg.checkpoint, t, cfg.optim, cfg.step, cfg.monitor, cfg.data, cfg.swav, cfg.dino)
+    for stage in stages:
         stage.validate()
-    method_class(cfg.method).validate(cfg)
+    method = method_class(cfg.method)
+    method.validate(cfg)
     if t.batch_size % world:
         raise PCLError(f"--batch-size {t.batch_size} (global) is not divisible by the {world} processes")
     spec = backbone_spec(cfg)
     check_input_sizes(spec, cfg.data.aug.view_spec().sizes)
-    _check_batches(cfg, t.batch_size // world, world, m.arch in ARCHS or probe_backbone(spec).batchnorm)
-    if cfg.estep.max_points < max(cfg.estep.num_cluster):
-        raise PCLError(
-            f"--kmeans-max-points {cfg.estep.max_points} is smaller than --num-cluster {max(cfg.estep.num_cluster)}: "
-            "k-means needs at least one point per cluster"
-        )
-    if t.batch_size > m.pcl_r:
-        raise PCLError(
-            f"--batch-size {t.batch_size} is larger than the queue --pcl-r {m.pcl_r}: "
-            "one batch of keys would overwrite itself; raise --pcl-r or lower the batch size"
-        )
+    has_bn = m.arch in ARCHS or probe_backbone(spec).batchnorm
+    _check_batches(cfg, t.batch_size // world, world, has_bn, method.shuffle_bn)
 
 
-def _check_batches(cfg: Config, per_rank: int, world: int, batchnorm: bool) -> None:
+def _check_batches(cfg: Config, per_rank: int, world: int, batchnorm: bool, shuffle_bn: bool) -> None:
     """The per-process batch splits into ``--accum-steps`` micro-batches, and each micro-batch into ``--bn-splits``
-    sub-batches of at least 2 samples (only for a backbone with batch norm)."""
+    sub-batches (methods with shuffle BN, one process) of at least 2 samples (only for a backbone with batch
+    norm)."""
     m, t, accum = cfg.model, cfg.train, cfg.step.accum_steps
     if per_rank % accum:
         raise PCLError(
             f"--batch-size {t.batch_size} over {world} process(es) is not divisible by --accum-steps {accum}"
         )
-    micro, splits = per_rank // accum, (m.bn_splits if world == 1 else 1) if batchnorm else 1
+    micro, splits = per_rank // accum, (m.bn_splits if world == 1 and shuffle_bn else 1) if batchnorm else 1
     what = f"--batch-size {t.batch_size}" + (f" / --accum-steps {accum}" if accum > 1 else "")
     if micro % splits:
         raise PCLError(f"{what} is not divisible by --bn-splits {m.bn_splits}")
@@ -367,18 +379,11 @@ def _check_batches(cfg: Config, per_rank: int, world: int, batchnorm: bool) -> N
 
 
 def validate_data(cfg: Config, num_train: int) -> None:
-    """Checks that need the training-set size."""
-    batch, r, ks = cfg.train.batch_size, cfg.model.pcl_r, cfg.estep.num_cluster
+    """Checks that need the training-set size (then the method's own, e.g. PCL's queue and granularities)."""
+    batch = cfg.train.batch_size
     if num_train < batch:
         raise PCLError(f"only {num_train} training images: fewer than one batch of --batch-size {batch}")
-    if r >= num_train:
-        raise PCLError(
-            f"--pcl-r {r} is not smaller than the {num_train} training images: each image's own "
-            "older keys would sit in the queue as negatives; use about a tenth of the data set"
-        )
-    too_big = [k for k in ks if k > num_train]
-    if too_big:
-        raise PCLError(f"--num-cluster {','.join(map(str, too_big))} exceeds the {num_train} training images")
+    method_class(cfg.method).validate_data(cfg, num_train)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

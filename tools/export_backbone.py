@@ -1,4 +1,5 @@
-"""Export the trained query backbone of a PCL checkpoint for the library its architecture comes from.
+"""Export the trained query backbone of a training checkpoint (any ``--method``: MoCo / PCL's query encoder, SwAV's
+encoder, DINO's student) for the library its architecture comes from.
 
     python tools/export_backbone.py runs/default/checkpoints/last.pth backbone.pth          # torchvision ResNet
     python tools/export_backbone.py runs/vit/checkpoints/last.pth backbone.safetensors      # timm model
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from pcl.config import stored_config
-from pcl.eval.pretrained import backbone_state_dict
+from pcl.eval.pretrained import backbone_prefixes, backbone_state_dict
 from pcl.model.backbone import ARCHS, BackboneSpec
 from pcl.model.timm_backbone import create_kwargs, timm_name
 from pcl.run.checkpoint import load_checkpoint
@@ -76,7 +77,8 @@ def main() -> int:
         raise PCLError(f"{a.checkpoint} holds no model state: give a training checkpoint (RUN/checkpoints/last.pth)")
     sd = backbone_state_dict(ckpt)
     if not sd:
-        raise PCLError(f"{a.checkpoint} holds no query-encoder backbone (no encoder_q.backbone.* tensors)")
+        prefix = backbone_prefixes(ckpt)["query"]
+        raise PCLError(f"{a.checkpoint} holds no query-encoder backbone (no {prefix}* tensors)")
     try:
         a.output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

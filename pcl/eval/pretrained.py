@@ -1,4 +1,7 @@
-"""The frozen backbone to evaluate: a PCL checkpoint's query (or key) backbone, an exported one, or an untrained one.
+"""The frozen backbone to evaluate: a training checkpoint's query (or key) backbone, an exported one, or an untrained
+one. Where a checkpoint keeps its backbones is its method's (``Method.backbone_prefixes``, by the stored
+``method``): MoCo / PCL ``encoder_q.backbone.`` / ``encoder_k.backbone.``, SwAV ``encoder.backbone.`` (one
+encoder), DINO ``student.backbone.`` / ``teacher.backbone.``.
 
 All three give the trunk ``build_backbone`` makes (a torchvision ResNet with ``fc = Identity``, or a timm model
 without classifier) mapping ``(B, 3, H, W) -> (B, D)`` raw (not normalised) pooled features, in eval mode.
@@ -25,6 +28,7 @@ from torch.utils.data import Dataset, Subset
 
 from pcl.config import stored_config
 from pcl.data.datasets import eval_loader
+from pcl.methods import method_class
 from pcl.model.backbone import BackboneSpec, build_backbone
 from pcl.model.bn import recalibrate_bn
 from pcl.run.checkpoint import load_checkpoint
@@ -34,7 +38,7 @@ from pcl.utils.flags import ranged
 INIT_BN = "BatchNorm statistics at init (mean 0, variance 1)"  # an untrained backbone's, before recalibration
 TRAINED_BN = "BatchNorm statistics as trained"
 PREFIX = "encoder_q.backbone."
-PREFIXES = {"query": PREFIX, "key": "encoder_k.backbone."}  # a checkpoint's two encoders
+PREFIXES = {"query": PREFIX, "key": "encoder_k.backbone."}  # MoCo / PCL's (other methods: backbone_prefixes)
 
 
 @dataclass
@@ -74,9 +78,23 @@ class Pretrained:
         return out
 
 
+def backbone_prefixes(checkpoint: dict) -> dict[str, str]:
+    """``{"query": prefix, "key": prefix}`` of the checkpoint's backbones in its ``model`` state, from the method its
+    stored configuration names (MoCo / PCL's for a checkpoint without one)."""
+    try:
+        method = stored_config(checkpoint).method
+    except PCLError:
+        method = "pcl"
+    prefixes = method_class(method).backbone_prefixes
+    if not prefixes:
+        raise PCLError(f"method {method!r} declares no backbone_prefixes: its checkpoints cannot be evaluated")
+    return prefixes
+
+
 def backbone_state_dict(checkpoint: dict, encoder: str = "query") -> dict[str, torch.Tensor]:
-    """torchvision-named tensors of a PCL checkpoint's query- (or key-) encoder backbone (no ``fc``)."""
-    prefix = PREFIXES[encoder]
+    """torchvision-named tensors of a training checkpoint's query- (or key-: momentum / teacher) backbone (no
+    ``fc``), wherever its method keeps them (:func:`backbone_prefixes`)."""
+    prefix = backbone_prefixes(checkpoint)[encoder]
     return {k.removeprefix(prefix): v.clone() for k, v in checkpoint["model"].items() if k.startswith(prefix)}
 
 
@@ -101,8 +119,8 @@ def _build(spec: BackboneSpec, state: dict[str, torch.Tensor] | None, what: str)
 
 
 def from_checkpoint(path: Path, encoder: str = "query") -> Pretrained:
-    """The query (``encoder="key"``: momentum) backbone of a PCL training checkpoint, built with the architecture
-    flags stored in it."""
+    """The query (``encoder="key"``: momentum / teacher) backbone of a training checkpoint, built with the
+    architecture flags stored in it."""
     if encoder not in PREFIXES:
         raise PCLError(f"unknown encoder {encoder!r}; choose from {', '.join(PREFIXES)}")
     ckpt = load_checkpoint(path)
@@ -113,7 +131,7 @@ def from_checkpoint(path: Path, encoder: str = "query") -> Pretrained:
         raise PCLError(f"{path} is not a PCL training checkpoint (no 'model')")
     state = backbone_state_dict(ckpt, encoder)
     if not state:
-        raise PCLError(f"{path} holds no {encoder} backbone ({PREFIXES[encoder]}* tensors)")
+        raise PCLError(f"{path} holds no {encoder} backbone ({backbone_prefixes(ckpt)[encoder]}* tensors)")
     arch, stem, size, patch = cfg.model.arch, cfg.model.stem, cfg.data.aug.image_size, cfg.model.patch_size
     net, dim = _build(BackboneSpec(arch, stem, size, 1, patch), state, str(path))
     epoch = ckpt.get("epoch")

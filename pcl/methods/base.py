@@ -6,7 +6,10 @@ A method is one ``nn.Module`` that owns its whole state (encoders, heads, queue,
     step = method.objective(out, index)      # loss + named terms and counts  -> logged, checked by the guard
     method.after_step(step)                  # momentum update, enqueue ...    -> only when the guard accepts it
 
-and per epoch ``method.on_epoch_start(epoch, ctx)`` (PCL: the E-step; MoCo v2: nothing). The engine logs
+and per epoch ``method.on_epoch_start(epoch, ctx)`` (PCL: the E-step; MoCo v2: nothing). Before each step's forward
+the engine tells the method where training is (``method.on_step_start(StepClock)``: global step, epoch, steps per
+epoch), so per-step and per-epoch schedules (DINO's teacher momentum and temperature, SwAV's frozen prototypes) are
+functions of counters the checkpoint holds, and resume bit-identically. The engine logs
 every named term of :class:`StepOutput` (``train/<name>`` per step, ``epoch/<name>`` per epoch, ``metrics.json``)
 and names the non-finite ones in the guard's message; it knows no method by name.
 
@@ -27,7 +30,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pcl.data.datasets import DataConfig
 from pcl.estep.estep import EStepConfig
 from pcl.losses.config import LossConfig
 from pcl.model.bank import FeatureBank
@@ -44,8 +46,8 @@ class MethodSettings(Protocol):
     model: ModelConfig
     loss: LossConfig
     estep: EStepConfig
-    train: Any  # pcl.train.config.TrainConfig (epochs)
-    data: DataConfig  # the views of a batch: data.aug.view_spec()
+    train: Any  # pcl.train.config.TrainConfig (epochs, batch size)
+    data: Any  # pcl.data.datasets.DataConfig (the views of a batch: data.aug.view_spec())
 
 
 @dataclass
@@ -67,6 +69,16 @@ class StepOutput:
     checked: dict[str, str] = field(default_factory=dict)
     embedding: torch.Tensor | None = None
     pending: Any = None
+
+
+@dataclass(frozen=True)
+class StepClock:
+    """Where training is at a step: ``step`` (global, 0-based: the engine's checkpointed counter, skipped steps
+    included), its ``epoch`` and the ``steps_per_epoch`` of the training loader."""
+
+    step: int = 0
+    epoch: int = 0
+    steps_per_epoch: int = 1
 
 
 @dataclass
@@ -99,6 +111,15 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     find_unused_parameters: bool = False  # DDP: some parameters get no gradient in some steps
     embedding_dim: int = 0  # d of StepOutput.embedding (health signals)
+    clock: StepClock = StepClock()  # the current step (on_step_start)
+    # checkpoint key prefixes of the backbones ("query": trained, "key": momentum / teacher), for pcl.eval.pretrained
+    # and tools/export_backbone.py; a method without a momentum side names its one backbone twice
+    backbone_prefixes: ClassVar[dict[str, str]] = {}
+    # per-method defaults of flags whose default is None ("section.field": value), filled in by pcl.config.resolve
+    # when the command line leaves them unset, e.g. DINO's gradient clipping {"step.clip_grad": 3.0}
+    recipe: ClassVar[dict[str, Any]] = {}
+    uses_warmup: ClassVar[bool] = False  # --warmup-epochs is its schedule (PCL: InfoNCE-only epochs)
+    shuffle_bn: ClassVar[bool] = False  # it uses --bn-splits (MoCo's single-process shuffle BN)
 
     @classmethod
     def from_config(cls, cfg: MethodSettings, bn_splits: int | None = None) -> Method:
@@ -110,6 +131,11 @@ class Method(nn.Module):
         """Raise a one-line ``PCLError`` for settings this method cannot use (called before anything is built)."""
 
     @classmethod
+    def validate_data(cls, cfg: MethodSettings, num_train: int) -> None:
+        """Raise a one-line ``PCLError`` for settings this method cannot use on ``num_train`` training images
+        (called once the data is resolved, before the model is built)."""
+
+    @classmethod
     def notes(cls, cfg: MethodSettings) -> list[str]:
         """One-line notes about how ``cfg`` will train (printed before training, e.g. PCL without an E-step)."""
         return []
@@ -117,6 +143,10 @@ class Method(nn.Module):
     def objective(self, out: Any, index: torch.Tensor) -> StepOutput:
         """Losses of one batch from the forward pass's output ``out`` (outside autocast: float32)."""
         raise NotImplementedError
+
+    def on_step_start(self, clock: StepClock) -> None:
+        """Before the forward of the step ``clock`` describes (the engine calls it; schedules read ``self.clock``)."""
+        self.clock = clock
 
     @torch.no_grad()
     def after_step(self, step: StepOutput) -> None:

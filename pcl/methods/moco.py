@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,8 @@ class MoCo(Method):
     """
 
     name = "moco"
+    backbone_prefixes: ClassVar[dict[str, str]] = {"query": "encoder_q.backbone.", "key": "encoder_k.backbone."}
+    shuffle_bn = True
 
     def __init__(self, *, model: ModelConfig, loss: LossConfig, bn_splits: int, views: ViewSpec) -> None:
         super().__init__()
@@ -109,6 +112,20 @@ class MoCo(Method):
         if aug.global_crops < 2:
             raise PCLError(
                 f"--global-crops {aug.global_crops}: {cls.name} needs at least 2 global crops (a query and a key view)"
+            )
+        if cfg.train.batch_size > cfg.model.pcl_r:
+            raise PCLError(
+                f"--batch-size {cfg.train.batch_size} is larger than the queue --pcl-r {cfg.model.pcl_r}: "
+                "one batch of keys would overwrite itself; raise --pcl-r or lower the batch size"
+            )
+
+    @classmethod
+    def validate_data(cls, cfg: MethodSettings, num_train: int) -> None:
+        r = cfg.model.pcl_r
+        if r >= num_train:
+            raise PCLError(
+                f"--pcl-r {r} is not smaller than the {num_train} training images: each image's own "
+                "older keys would sit in the queue as negatives; use about a tenth of the data set"
             )
 
     # -------------------------------------------------------------- state

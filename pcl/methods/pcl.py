@@ -31,6 +31,7 @@ from pcl.methods.moco import Embeddings, MoCo
 from pcl.model.encoder import ModelConfig
 from pcl.model.heads import cluster_head
 from pcl.utils import distributed as pdist
+from pcl.utils.errors import PCLError
 
 
 @dataclass
@@ -50,6 +51,7 @@ class PCL(MoCo):
     with ``--estep-features bank`` the bank of the next E-step (``view_bank``; ``epochs``: the run's length)."""
 
     name = "pcl"
+    uses_warmup = True
 
     def __init__(
         self,
@@ -78,6 +80,22 @@ class PCL(MoCo):
         return cls(
             model=cfg.model, loss=cfg.loss, estep=cfg.estep, bn_splits=splits, views=views, epochs=cfg.train.epochs
         )
+
+    @classmethod
+    def validate(cls, cfg: MethodSettings) -> None:
+        if cfg.estep.max_points < max(cfg.estep.num_cluster):
+            raise PCLError(
+                f"--kmeans-max-points {cfg.estep.max_points} is smaller than --num-cluster "
+                f"{max(cfg.estep.num_cluster)}: k-means needs at least one point per cluster"
+            )
+        super().validate(cfg)
+
+    @classmethod
+    def validate_data(cls, cfg: MethodSettings, num_train: int) -> None:
+        super().validate_data(cfg, num_train)
+        too_big = [k for k in cfg.estep.num_cluster if k > num_train]
+        if too_big:
+            raise PCLError(f"--num-cluster {','.join(map(str, too_big))} exceeds the {num_train} training images")
 
     @classmethod
     def notes(cls, cfg: MethodSettings) -> list[str]:

@@ -30,6 +30,12 @@ SHAPE_FLAGS = (
     ("model", "cluster_head", "--cluster-head"),
     ("optim", "optimizer", "--optimizer"),
     ("optim", "exclude_bn_bias", "--exclude-bn-bias"),
+    ("swav", "prototypes", "--swav-prototypes"),
+    ("swav", "queue_length", "--swav-queue-length"),
+    ("dino", "out_dim", "--dino-out-dim"),
+    ("dino", "hidden_dim", "--dino-hidden-dim"),
+    ("dino", "bottleneck_dim", "--dino-bottleneck-dim"),
+    ("dino", "norm_last_layer", "--dino-norm-last-layer"),
 )
 TRAINING_KEYS = ("model", "optimizer", "scheduler", "epoch")
 

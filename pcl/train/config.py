@@ -5,11 +5,13 @@ collapse stops). The run folder's settings are :class:`pcl.run.checkpointer.Chec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from pcl.train.amp import AMP_MODES
 from pcl.utils.flags import check_fields, flag
+
+CLIP_MODES = ("global", "tensor")
 
 
 @dataclass
@@ -47,8 +49,14 @@ class StepConfig:
         help="gradient accumulation: --batch-size in this many micro-batches, one optimizer step (and enqueue) "
         "after all of them",
     )
-    clip_grad: float | None = flag(  # None: no clipping
-        None, type=float, gt=0, finite=False, help="clip the global gradient norm"
+    clip_grad: float | None = flag(  # None: no clipping (or the method's recipe: DINO 3.0)
+        None, type=float, gt=0, finite=False, help="clip the gradient norm (default: per method, DINO 3.0, else none)"
+    )
+    clip_mode: str | None = flag(
+        None,
+        choices=CLIP_MODES,
+        help="--clip-grad bounds the global norm or each parameter tensor's (default: per method, DINO tensor, as "
+        "its reference; else global)",
     )
     max_bad_steps: int = flag(20, gt=0, help="stop after this many consecutive non-finite steps")
     stop_on_collapse: bool = flag(
@@ -60,3 +68,7 @@ class StepConfig:
     def validate(self) -> None:
         """Raise a one-line ``PCLError`` for a value outside its flag's range."""
         check_fields(self)
+
+    def resolved(self) -> StepConfig:
+        """This config with the clipping mode filled in (``global`` unless the method's recipe chose one)."""
+        return self if self.clip_mode is not None else replace(self, clip_mode="global")

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pcl.analysis.cluster_metrics import has_classes
-from pcl.methods.base import EpochContext, Method
+from pcl.methods.base import EpochContext, Method, StepClock
 from pcl.model.bank import FeatureBank
 from pcl.run.checkpoint import save_checkpoint, set_rng_state
 from pcl.run.checkpointer import CheckpointConfig, Checkpointer, TrainState
@@ -44,6 +44,7 @@ from pcl.train.guard import NonFiniteGuard, non_finite_terms
 from pcl.train.health import CollapseStop, HealthMonitor, HealthPlan, RunRecipe, embedding_signals
 from pcl.train.meters import EpochMeter, EpochStats, StepStats, pack_step, unpack_step
 from pcl.train.monitor import KnnMonitor, MonitorConfig
+from pcl.train.optim import clip_per_tensor_
 from pcl.train.save_policy import SavePolicy
 from pcl.train.signals import STOP, Preempted
 from pcl.utils import distributed as pdist
@@ -159,7 +160,9 @@ class Trainer:
         backward (per ``--accum-steps`` micro-batch, :mod:`pcl.train.accum`), one host sync for every logged value
         (reduced over ranks), then the guard: a finite step is applied (clipping, optimizer, ``method.after_step``),
         a non-finite one changes nothing. Returns the step's values; ``bad`` names the non-finite terms of a
-        skipped step, ``stop`` is set past the limit."""
+        skipped step, ``stop`` is set past the limit.
+        The method learns the step first (``method.on_step_start``: its schedules follow the global step)."""
+        self.method.on_step_start(StepClock(self.state.global_step, self.state.epoch, self.steps_per_epoch))
         fmt = torch.channels_last if self.cfg.step.channels_last else torch.contiguous_format
         views = [v.to(self.device, non_blocking=True, memory_format=fmt) for v in views]
         index = index.to(self.device, non_blocking=True)
@@ -179,7 +182,9 @@ class Trainer:
             stats.stop = self.guard.skip(stats, self.state.global_step, self.scaler)
             return stats
         clip = self.cfg.step.clip_grad
-        if clip is not None:
+        if clip is not None and self.cfg.step.clip_mode == "tensor":
+            clip_per_tensor_(grads, clip)
+        elif clip is not None:
             torch.nn.utils.clip_grads_with_norm_(grads, clip, grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -228,7 +233,8 @@ class Trainer:
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
                 self.scheduler.step()
             if show and self.state.global_step % self.cfg.train.print_freq == 0:
-                bar.set_postfix(loss=f"{meter.mean('loss'):.3f}", acc_inst=f"{meter.mean('acc_inst'):.1f}")
+                accs = {n: f"{meter.mean(n):.1f}" for n in self.method.summary_terms()[:1]}
+                bar.set_postfix(loss=f"{meter.mean('loss'):.3f}", **accs)
             done += 1
             self._maybe_save_mid_epoch(done, meter)
         pdist.broadcast_buffers(self.method)  # rank 0's BN statistics, as the checkpoint stores them

@@ -182,3 +182,12 @@ class LRSchedule:
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step ``LambdaLR`` following ``schedule`` (call ``.step()`` once per iteration; resumable)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s) / schedule.base_lr)
+
+
+@torch.no_grad()
+def clip_per_tensor_(grads: Sequence[torch.Tensor], max_norm: float) -> None:
+    """Scale each gradient tensor whose norm exceeds ``max_norm`` down to it (DINO's reference clipping: its
+    ``clip_coef = max_norm / (norm + 1e-6)``, applied when below 1), in place."""
+    for g in grads:
+        coef = max_norm / (torch.linalg.vector_norm(g.float()) + 1e-6)
+        g.mul_(torch.clamp(coef, max=1.0).to(g.dtype))

@@ -37,6 +37,19 @@ def _section_path() -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _owner_path(owner: type, obj: object = None, where: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """Key path in ``config.json`` of the (nested) section whose dataclass is ``owner`` (``()``: ``Config``); field
+    names repeat across sections (``loss.temperature``, ``swav.temperature``), so a bare key is ambiguous."""
+    obj = Config() if obj is None else obj
+    if type(obj) is owner:
+        return where
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and (found := _owner_path(owner, value, (*where, f.name))) is not None:
+            return found
+    return None
+
+
 def _hint(owner: type, name: str) -> object:
     return typing.get_type_hints(owner)[name]
 
@@ -88,6 +101,8 @@ def cases() -> list[tuple[str, tuple[str, ...], str, object, str]]:
         if not spec.names[0].startswith("-"):
             continue  # the positional DATA
         path = paths[prefix + f.name] if prefix + f.name in paths else paths[f.name]
+        if (section := _owner_path(owner)) is not None:
+            path = (*section, f.name)
         out += [(spec.name, path, *bad) for bad in bad_values(owner, f)]
     return out
 

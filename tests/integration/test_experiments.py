@@ -163,7 +163,7 @@ def test_bad_suite_files_give_one_line(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_shipped_suites_parse() -> None:
-    for name in ("baseline", "warmup", "optimizers", "protonce", "batch", "backbones_views"):
+    for name in ("baseline", "warmup", "optimizers", "protonce", "batch", "backbones_views", "prototypes"):
         suite = load_suite(name)
         for run in suite.runs:  # every run's flags are accepted by main_pcl's parser
             parse_config(flags_to_argv({**suite.base, **run.flags}))

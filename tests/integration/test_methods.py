@@ -50,7 +50,7 @@ def test_a_cluster_head_with_moco_is_one_error_line(tiny_data: Path, tmp_path: P
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --cluster-head mlp is PCL's: use --method pcl, or drop it"]
     assert run(tiny_data, tmp_path, "--method", "simclr") == 2
-    assert "error: unknown method 'simclr'; choose from moco, pcl" in capsys.readouterr().err
+    assert "error: unknown method 'simclr'; choose from dino, moco, pcl" in capsys.readouterr().err
 
 
 def test_resuming_with_another_method_is_refused(tiny_data: Path, tmp_path: Path, capsys) -> None:

@@ -15,6 +15,7 @@ from pcl.config import (
     build_parser,
     config_from_dict,
     parse_config,
+    resolve,
     stored_config,
     to_dict,
     to_json,
@@ -23,7 +24,9 @@ from pcl.data.datasets import AugConfig, DataConfig
 from pcl.estep.clustering import KMeansConfig
 from pcl.estep.estep import EStepConfig
 from pcl.losses.config import LossConfig
+from pcl.methods.dino import DINOConfig
 from pcl.methods.pcl import PCL
+from pcl.methods.swav import SwAVConfig
 from pcl.model.encoder import ModelConfig
 from pcl.run.checkpointer import CheckpointConfig
 from pcl.train.config import StepConfig, TrainConfig
@@ -42,7 +45,7 @@ def test_command_line_defaults_are_the_dataclass_defaults() -> None:
     assert cfg.optim == OptimConfig().resolved()
     assert cfg.estep.num_cluster == EStepConfig().num_cluster
     assert (cfg.data.workers, cfg.data.eval_batch_size) == (DataConfig().workers, DataConfig().eval_batch_size)
-    assert (cfg.loss, cfg.step, cfg.monitor) == (LossConfig(), StepConfig(), MonitorConfig())
+    assert (cfg.loss, cfg.step, cfg.monitor) == (LossConfig(), StepConfig().resolved(), MonitorConfig())
     assert cfg.method == "pcl" and cfg.checkpoint == CheckpointConfig()
     # a model built without the command line is the command line's default model
     assert (PCL.from_config(Config()).r, PCL.from_config(Config()).m) == (1024, 0.99)
@@ -118,7 +121,7 @@ def test_every_flag_is_declared_on_a_config_field() -> None:
     """Each parser action (but -h and --config) comes from exactly one field's metadata, and lands in that field."""
     declared = {}
     classes = (Config, ModelConfig, LossConfig, EStepConfig, KMeansConfig, CheckpointConfig, TrainConfig, OptimConfig)
-    for cls in (*classes, StepConfig, MonitorConfig, DataConfig, AugConfig):
+    for cls in (*classes, StepConfig, MonitorConfig, DataConfig, AugConfig, SwAVConfig, DINOConfig):
         for f in dataclasses.fields(cls):
             if (spec := flag_of(f)) is not None:
                 declared[spec.dest] = (cls, f.name)
@@ -195,11 +198,11 @@ def test_a_config_json_of_the_older_layout_still_gives_its_config(tmp_path: Path
     old["model"]["temperature"] = new["loss"]["temperature"]
     old["optim"]["clip_grad"] = new["step"]["clip_grad"]
     old["train"].update({k: v for k, v in new["loss"].items() if k != "temperature"})
-    old["train"].update({k: v for k, v in new["step"].items() if k != "clip_grad"})
+    old["train"].update({k: v for k, v in new["step"].items() if k not in ("clip_grad", "clip_mode")})  # newer
     monitor = {k: v for k, v in new["monitor"].items() if f"train.{k}" in LEGACY_MOVES}  # later fields: never there
     old["train"].update(new["checkpoint"] | monitor | {"save_clusters": new["estep"].pop("save_clusters")})
-    del old["method"]
-    assert config_from_dict(old) == cfg
+    del old["method"], old["swav"], old["dino"]
+    assert resolve(config_from_dict(old)) == cfg
     (tmp_path / "config.json").write_text(json.dumps(old))
     assert parse_config(["--config", str(tmp_path / "config.json")]) == cfg
 
@@ -216,7 +219,7 @@ def test_a_config_file_value_passes_the_checks_of_its_flag(tmp_path: Path) -> No
         ('[monitor]\nknn_encoder = "both"\n', "--knn-encoder must be one of query, key, got 'both'"),
         ('[data]\ncache_images = "maybe"\n', "--cache-images must be one of auto, yes, no, got 'maybe'"),
         ('[model]\nstem = "tiny"\n', "--stem must be one of imagenet, small, got 'tiny'"),
-        ('method = "swav2"\n', "unknown method 'swav2'; choose from moco, pcl"),
+        ('method = "swav2"\n', "unknown method 'swav2'; choose from dino, moco, pcl, swav"),
     ]:
         path = tmp_path / "c.toml"
         path.write_text(text)
