@@ -101,8 +101,8 @@ def synthetic_clusters(
     for k in num_cluster:
         im2cluster = torch.randint(0, k, (num_train,), generator=g)
         centroids = F.normalize(torch.randn(k, dim, generator=g), dim=1)
-        density = temperature * (0.5 + torch.rand(k, generator=g))
-        levels.append(Granularity(k, im2cluster, centroids, density * temperature / density.mean()))
+        concentration = temperature * (0.5 + torch.rand(k, generator=g))
+        levels.append(Granularity(k, im2cluster, centroids, concentration * temperature / concentration.mean()))
     return ClusterResult(0, levels).to(device)
 
 

@@ -94,8 +94,8 @@ def load_levels(path: Path) -> list[dict]:
     ]
 
 
-def summary(im2cluster: np.ndarray, density: np.ndarray, k: int) -> dict[str, float]:
-    """Cluster-size and phi statistics of one granularity: ``im2cluster (N,)``, ``density (k,)``."""
+def summary(im2cluster: np.ndarray, concentration: np.ndarray, k: int) -> dict[str, float]:
+    """Cluster-size and phi statistics of one granularity: ``im2cluster (N,)``, ``concentration (k,)``."""
     sizes = np.bincount(im2cluster, minlength=k)
     used = sizes[sizes > 0]
     return {
@@ -104,13 +104,13 @@ def summary(im2cluster: np.ndarray, density: np.ndarray, k: int) -> dict[str, fl
         "size_min": int(used.min()),
         "size_median": float(np.median(used)),
         "size_max": int(used.max()),
-        "phi_min": float(density.min()),
-        "phi_mean": float(density.mean()),
-        "phi_max": float(density.max()),
+        "phi_min": float(concentration.min()),
+        "phi_mean": float(concentration.mean()),
+        "phi_max": float(concentration.max()),
     }
 
 
-def plot_stats(im2cluster: np.ndarray, density: np.ndarray, k: int, out: Path) -> None:
+def plot_stats(im2cluster: np.ndarray, concentration: np.ndarray, k: int, out: Path) -> None:
     """PNG: histogram of non-empty cluster sizes and of the concentrations phi ``(k,)``."""
     import matplotlib.pyplot as plt
 
@@ -118,8 +118,8 @@ def plot_stats(im2cluster: np.ndarray, density: np.ndarray, k: int, out: Path) -
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.hist(sizes[sizes > 0], bins=50)
     a.set(title=f"k={k}: cluster sizes ({int((sizes == 0).sum())} empty)", xlabel="members", ylabel="clusters")
-    b.hist(density, bins=50)
-    b.set(title=f"concentration phi (mean {density.mean():.3g})", xlabel="phi", ylabel="clusters")
+    b.hist(concentration, bins=50)
+    b.set(title=f"concentration phi (mean {concentration.mean():.3g})", xlabel="phi", ylabel="clusters")
     fig.tight_layout()
     fig.set_dpi(100)
     save_figure(fig, out)
@@ -202,14 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         dataset = IndexedImages(resolve_data(args.labels_from).train)
     stem = source.stem
     for lv in levels:
-        k, im2cluster, density = lv["k"], lv["im2cluster"], lv["density"]
-        s = summary(im2cluster, density, k)
+        k, im2cluster, concentration = lv["k"], lv["im2cluster"], lv["density"]
+        s = summary(im2cluster, concentration, k)
         print(
             f"k={k}: {s['nonempty']} non-empty clusters, size min/median/max {s['size_min']}/{s['size_median']:g}/"
             f"{s['size_max']}, phi min/mean/max {s['phi_min']:.4g}/{s['phi_mean']:.4g}/{s['phi_max']:.4g}"
         )
         stats_png = out_dir / f"{stem}_k{k}_stats.png"
-        plot_stats(im2cluster, density, k, stats_png)
+        plot_stats(im2cluster, concentration, k, stats_png)
         print(f"wrote {stats_png}")
         if dataset is None:
             continue

@@ -37,7 +37,7 @@ def gallery_images(
             chunks(),
             g.im2cluster.cpu().numpy(),
             g.centroids.float().cpu().numpy(),
-            g.density.float().cpu().numpy(),
+            g.concentration.float().cpu().numpy(),
             n_clusters,
             members,
         )

@@ -101,14 +101,14 @@ def kmeans_ids(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x).astype(np.int64)
 
 
-def pick_clusters(im2cluster: np.ndarray, density: np.ndarray, n: int, sort: str = "size") -> np.ndarray:
+def pick_clusters(im2cluster: np.ndarray, concentration: np.ndarray, n: int, sort: str = "size") -> np.ndarray:
     """The ``n`` non-empty clusters to show: largest first (``size``), or most concentrated first
-    (``concentration``: smallest phi, ties by size). ``im2cluster (N,)``, ``density (k,)`` -> ``(<= n,)``."""
+    (``concentration``: smallest phi, ties by size). ``im2cluster (N,)``, ``concentration (k,)`` -> ``(<= n,)``."""
     if sort not in GALLERY_SORTS:
         raise ValueError(f"unknown gallery sort {sort!r}; choose from {', '.join(GALLERY_SORTS)}")
-    sizes = np.bincount(im2cluster, minlength=len(density))
+    sizes = np.bincount(im2cluster, minlength=len(concentration))
     ids = np.flatnonzero(sizes > 0)
-    keys = (ids, -sizes[ids]) if sort == "size" else (ids, -sizes[ids], density[ids])  # last key sorts first
+    keys = (ids, -sizes[ids]) if sort == "size" else (ids, -sizes[ids], concentration[ids])  # last key sorts first
     order = np.lexsort(keys)
     return ids[order[:n]]
 
@@ -117,7 +117,7 @@ def gallery_rows(
     chunks: Iterable[tuple[np.ndarray, np.ndarray]],
     im2cluster: np.ndarray,
     centroids: np.ndarray,
-    density: np.ndarray,
+    concentration: np.ndarray,
     n_clusters: int,
     n_members: int,
     sort: str = "size",
@@ -127,13 +127,13 @@ def gallery_rows(
 
     ``chunks`` yields ``(indices (n,), features (n, d))`` pieces of the clustered features (one array, or the
     E-step's shards, or one rank's share: members are sought among the given rows only); ``im2cluster (N,)``,
-    ``centroids (k, d)``, ``density (k,)`` are the granularity's E-step result.
+    ``centroids (k, d)``, ``concentration (k,)`` are the granularity's E-step result.
     """
     im2cluster = np.asarray(im2cluster, dtype=np.int64)
     k = centroids.shape[0]
     c = np.asarray(centroids, dtype=np.float32)
     c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-    chosen = pick_clusters(im2cluster, np.asarray(density), n_clusters, sort)
+    chosen = pick_clusters(im2cluster, np.asarray(concentration), n_clusters, sort)
     best: dict[int, tuple[np.ndarray, np.ndarray]] = {int(j): (np.empty(0, np.int64), np.empty(0)) for j in chosen}
     wanted = np.zeros(k, dtype=bool)
     wanted[chosen] = True
@@ -152,7 +152,7 @@ def gallery_rows(
             top = np.lexsort((all_i, all_d))[:n_members]
             best[int(j)] = (all_i[top], all_d[top])
     sizes = np.bincount(im2cluster, minlength=k)
-    return [GalleryRow(k, int(j), int(sizes[j]), float(density[j]), *best[int(j)]) for j in chosen]
+    return [GalleryRow(k, int(j), int(sizes[j]), float(concentration[j]), *best[int(j)]) for j in chosen]
 
 
 def pick_queries(n: int, count: int, seed: int) -> np.ndarray:

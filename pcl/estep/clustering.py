@@ -166,7 +166,7 @@ class Granularity:
     k: int
     im2cluster: torch.Tensor  # (N,) long
     centroids: torch.Tensor  # (k, d) float32, L2-normalised
-    density: torch.Tensor  # (k,) float32 concentration phi
+    concentration: torch.Tensor  # (k,) float32 concentration phi
     stats: dict[str, float] = field(default_factory=dict)
     centroid_norms: torch.Tensor | None = None  # (k,) float32 norms of the k-means centroids before normalising
 
@@ -174,7 +174,12 @@ class Granularity:
         """The same granularity with its tensors on ``device``."""
         norms = None if self.centroid_norms is None else self.centroid_norms.to(device)
         return Granularity(
-            self.k, self.im2cluster.to(device), self.centroids.to(device), self.density.to(device), self.stats, norms
+            self.k,
+            self.im2cluster.to(device),
+            self.centroids.to(device),
+            self.concentration.to(device),
+            self.stats,
+            norms,
         )
 
     def kmeans_centroids(self) -> np.ndarray:
@@ -214,7 +219,7 @@ class ClusterResult:
                     "k": g.k,
                     "im2cluster": g.im2cluster.to("cpu", torch.int32),
                     "centroids": g.centroids.cpu(),
-                    "density": g.density.cpu(),
+                    "density": g.concentration.cpu(),  # the file key of the official code's ``density``
                     "stats": dict(g.stats),
                     **({} if g.centroid_norms is None else {"centroid_norms": g.centroid_norms.cpu()}),
                 }

@@ -319,13 +319,13 @@ def _granularities(
             "phi_mean_raw": phi_raw_mean(counts, sums),
             "objective": float(levels[j].sq_total / num_total),
         }
-        density = concentration(counts, sums, temperature)
+        phi = concentration(counts, sums, temperature)
         why = degenerate(counts, sums)
         if why is not None and info.is_main:  # phi stays finite; say why it carries little information
             print(f"warning: E-step k={k}: {why}; concentrations kept finite and positive (mean {temperature})")
         norms = centroids[j].norm(dim=1)
         c = torch.nn.functional.normalize(centroids[j], dim=1)
-        out.append(Granularity(k, levels[j].im2cluster, c, density.to(info.device), stats, norms))
+        out.append(Granularity(k, levels[j].im2cluster, c, phi.to(info.device), stats, norms))
     return out
 
 

@@ -279,8 +279,8 @@ def draw_gallery(scene: Scene) -> None:
         return
     assert scene.ckpt is not None and scene.cfg is not None
     chunks, where = _cluster_chunks(scene.ckpt, scene.cfg, scene.run, result.epoch, scene.images, scene.device, a)
-    centroids, density = level.centroids.numpy(), level.density.numpy()
-    rows = gallery_rows(chunks, level.im2cluster.numpy(), centroids, density, a.clusters, a.members, a.gallery_sort)
+    centroids, phi = level.centroids.numpy(), level.concentration.numpy()
+    rows = gallery_rows(chunks, level.im2cluster.numpy(), centroids, phi, a.clusters, a.members, a.gallery_sort)
     order = "largest" if a.gallery_sort == "size" else "most concentrated (smallest φ)"
     what = f"{len(rows)} {order} clusters, members nearest first"
     title = f"E-step at the start of epoch {result.epoch}, k={level.k}: {what}"

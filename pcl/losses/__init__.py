@@ -3,7 +3,7 @@ their settings (:class:`pcl.losses.config.LossConfig`)."""
 
 from pcl.losses.config import LossConfig
 from pcl.losses.infonce import info_nce
-from pcl.losses.objective import pcl_objective, prototype_temperatures, total_loss
+from pcl.losses.objective import pcl_objective, prototype_concentrations, total_loss
 from pcl.losses.protonce import proto_nce, sample_negative_prototypes
 
 __all__ = [
@@ -11,7 +11,7 @@ __all__ = [
     "info_nce",
     "pcl_objective",
     "proto_nce",
-    "prototype_temperatures",
+    "prototype_concentrations",
     "sample_negative_prototypes",
     "total_loss",
 ]

@@ -5,7 +5,7 @@
 - InfoNCE (:func:`pcl.losses.infonce.info_nce`): the instance task against the queue of momentum keys.
 - ProtoNCE (:func:`pcl.losses.protonce.proto_nce`): one term per clustering granularity of the last E-step;
   none during the warmup epochs (the objective is then MoCo v2's).
-- phi (:func:`prototype_temperatures`): each prototype's estimated concentration
+- phi (:func:`prototype_concentrations`): each prototype's estimated concentration
   (:func:`pcl.estep.clustering.concentration`), or the temperature for every prototype with
   ``--fixed-concentration`` (the paper's ablation).
 
@@ -33,7 +33,7 @@ class Prototypes(Protocol):
 
     im2cluster: torch.Tensor  # (N,) long: cluster id of every training image
     centroids: torch.Tensor  # (k, d) L2-normalised prototypes
-    density: torch.Tensor  # (k,) estimated concentrations phi
+    concentration: torch.Tensor  # (k,) estimated concentrations phi
 
 
 @dataclass
@@ -64,10 +64,10 @@ def total_loss(inst: torch.Tensor, protos: list[torch.Tensor], proto_weight: flo
     return inst + proto if proto_weight == 1.0 else inst + proto_weight * proto
 
 
-def prototype_temperatures(density: torch.Tensor, temperature: float, fixed: bool) -> torch.Tensor:
-    """Per-prototype temperatures phi ``(k,)``: the estimated concentration ``density``, or ``temperature``
+def prototype_concentrations(concentration: torch.Tensor, temperature: float, fixed: bool) -> torch.Tensor:
+    """Per-prototype temperatures phi ``(k,)``: the estimated concentration ``concentration``, or ``temperature``
     for every prototype when ``fixed`` (``--fixed-concentration``, the PCL paper's ablation)."""
-    return torch.full_like(density, temperature) if fixed else density
+    return torch.full_like(concentration, temperature) if fixed else concentration
 
 
 def pcl_objective(
@@ -93,7 +93,7 @@ def pcl_objective(
         inst, logits = info_nce(q, k, queue, cfg.temperature)
         protos = []
         for g in levels:
-            phi = prototype_temperatures(g.density, cfg.temperature, cfg.fixed_concentration)
+            phi = prototype_concentrations(g.concentration, cfg.temperature, cfg.fixed_concentration)
             protos.append(proto_nce(q_cluster, g.im2cluster[index], g.centroids, phi, num_negatives))
         return Objective(total_loss(inst, [p[0] for p in protos], cfg.proto_weight), inst, logits, protos)
     return _multicrop_objective(q, k, queue, q_cluster, index, levels, cfg, num_negatives, q_local, q_cluster_local,
@@ -126,7 +126,7 @@ def _multicrop_objective(
         local_hits["acc_inst_local"] = torch.stack(hits).float().mean()
     protos, local_protos = [], []
     for g in levels:
-        phi = prototype_temperatures(g.density, t, cfg.fixed_concentration)
+        phi = prototype_concentrations(g.concentration, t, cfg.fixed_concentration)
         positives = g.im2cluster[index]
         crops = [proto_nce(z, positives, g.centroids, phi, num_negatives) for z in [q_cluster, *q_cluster_local]]
         protos.append((torch.stack([loss for loss, _ in crops]).mean(), crops[0][1]))

@@ -41,14 +41,14 @@ def proto_nce(
     q: torch.Tensor,
     positives: torch.Tensor,
     centroids: torch.Tensor,
-    density: torch.Tensor,
+    concentration: torch.Tensor,
     r: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ProtoNCE loss and the number of queries whose top prototype is their own cluster's.
 
     Args:
         q: ``(B, d)`` L2-normalised queries.  positives: ``(B,)`` cluster id of each query's image.
-        centroids: ``(k, d)`` L2-normalised prototypes.  density: ``(k,)`` concentrations phi.
+        centroids: ``(k, d)`` L2-normalised prototypes.  concentration: ``(k,)`` concentrations phi.
         r: number of negative prototypes.
     Returns:
         ``(loss, correct)``. Row ``i`` of the logits is ``q_i . [c_pos(0..B-1), c_neg(1..r)] / phi``
@@ -68,7 +68,7 @@ def proto_nce(
     else:
         proto_ids = torch.cat([positives, sample_negative_prototypes(positives, k, r)])
         mask = torch.zeros((), dtype=q.dtype, device=q.device)
-    protos = centroids[proto_ids] / density[proto_ids].unsqueeze(1)
+    protos = centroids[proto_ids] / concentration[proto_ids].unsqueeze(1)
     logits = torch.addmm(mask, q, protos.T)
     target = torch.arange(b, device=q.device)
     loss = F.cross_entropy(logits, target)

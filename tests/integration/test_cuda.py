@@ -25,11 +25,11 @@ def test_proto_nce_does_not_synchronise_with_the_host(k: int, r: int) -> None:
     q = F.normalize(torch.randn(32, 16, device=dev), dim=1).requires_grad_()
     c = F.normalize(torch.randn(k, 16, device=dev), dim=1)
     positives = torch.randint(0, k, (32,), device=dev)
-    density = torch.full((k,), 0.2, device=dev)
+    concentration = torch.full((k,), 0.2, device=dev)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss, correct = proto_nce(q, positives, c, density, r)
+        loss, correct = proto_nce(q, positives, c, concentration, r)
         loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")

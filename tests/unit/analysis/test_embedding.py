@@ -18,10 +18,10 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def test_pick_clusters_by_size_then_by_concentration() -> None:
     im2cluster = np.array([0, 0, 0, 1, 1, 3, 3, 3, 3, 4, 4])  # sizes 3, 2, 0, 4, 2
-    density = np.array([0.3, 0.1, 0.05, 0.2, 0.1])
-    assert pick_clusters(im2cluster, density, 3, "size").tolist() == [3, 0, 1]  # 1 before 4: same size, lower id
+    concentration = np.array([0.3, 0.1, 0.05, 0.2, 0.1])
+    assert pick_clusters(im2cluster, concentration, 3, "size").tolist() == [3, 0, 1]  # 1 before 4: same size, lower id
     # smallest phi first; cluster 2 is empty and never shown; 1 and 4 tie on phi and size -> id order
-    assert pick_clusters(im2cluster, density, 5, "concentration").tolist() == [1, 4, 3, 0]
+    assert pick_clusters(im2cluster, concentration, 5, "concentration").tolist() == [1, 4, 3, 0]
 
 
 def test_gallery_rows_are_the_nearest_members_by_hand() -> None:
@@ -30,8 +30,8 @@ def test_gallery_rows_are_the_nearest_members_by_hand() -> None:
     feats = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
     im2cluster = np.array([0, 0, 0, 0, 1, 1, 1])
     centroids = np.array([[3.0, 0.0], [0.0, 0.5]], dtype=np.float32)
-    density = np.array([0.2, 0.1], dtype=np.float32)
-    rows = gallery_rows([(np.arange(7), feats)], im2cluster, centroids, density, n_clusters=2, n_members=3)
+    concentration = np.array([0.2, 0.1], dtype=np.float32)
+    rows = gallery_rows([(np.arange(7), feats)], im2cluster, centroids, concentration, n_clusters=2, n_members=3)
     assert [r.cluster for r in rows] == [0, 1] and [r.size for r in rows] == [4, 3]
     assert rows[0].members.tolist() == [0, 2, 1]  # angles 0, 0.1, 0.3 from the x axis
     assert rows[1].members.tolist() == [4, 6, 5]  # angles 0.07, 0.13, 0.37 from the y axis
@@ -40,7 +40,7 @@ def test_gallery_rows_are_the_nearest_members_by_hand() -> None:
     # the same rows from shards in another order (the E-step's streamed store)
     perm = np.array([5, 3, 0, 6, 2, 4, 1])
     chunks = [(perm[:3], feats[perm[:3]]), (perm[3:], feats[perm[3:]])]
-    again = gallery_rows(chunks, im2cluster, centroids, density, n_clusters=2, n_members=3)
+    again = gallery_rows(chunks, im2cluster, centroids, concentration, n_clusters=2, n_members=3)
     assert [r.members.tolist() for r in again] == [r.members.tolist() for r in rows]
 
 

@@ -39,7 +39,7 @@ def test_streamed_clustering_recovers_blobs_and_is_consistent(tmp_path: Path) ->
     pairs = {(int(a), int(b)) for a, b in zip(labels, g5.im2cluster, strict=True)}
     assert len(pairs) == 5
     torch.testing.assert_close(g5.centroids.norm(dim=1), torch.ones(5))
-    assert abs(float(g5.density.mean()) - 0.2) < 1e-6
+    assert abs(float(g5.concentration.mean()) - 0.2) < 1e-6
     assert g5.stats["empty_clusters"] == 0 and g5.stats["largest_cluster"] == 40
     # the reported objective is the mean squared distance to the assigned (unnormalised) centroid
     assert 0 < g5.stats["objective"] < 8 * 0.1**2 * 2
@@ -125,7 +125,7 @@ def test_warm_start_without_previous_result_is_the_cold_clustering(tmp_path: Pat
     first = cluster_store(store, len(x1), _cfg(tmp_path, "previous", 2), DistInfo(), 0, 0.2, False, previous=None)
     for a, b in zip(first.levels, cold.levels, strict=True):
         assert torch.equal(a.im2cluster, b.im2cluster) and torch.equal(a.centroids, b.centroids)
-        assert torch.equal(a.density, b.density) and a.stats == b.stats
+        assert torch.equal(a.concentration, b.concentration) and a.stats == b.stats
 
 
 def test_warm_start_centroids_survive_the_state_dict_bit_for_bit(tmp_path: Path) -> None:

@@ -85,6 +85,6 @@ def test_an_estep_of_identical_features_gives_finite_concentrations(
     cfg = EStepConfig(num_cluster=[3, 5], feature_dir=tmp_path, kmeans=KMeansConfig(niter=5, nredo=1))
     result = cluster_store(w.close(), len(x), cfg, DistInfo(), epoch=0, temperature=T, show=False)
     for level in result.levels:
-        check(level.density, level.k)
+        check(level.concentration, level.k)
         assert bool(torch.isfinite(level.centroids).all())
     assert "warning: E-step k=3:" in capsys.readouterr().out

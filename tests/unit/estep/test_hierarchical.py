@@ -53,7 +53,7 @@ def test_hierarchical_finds_the_flat_partition_on_separable_data(tmp_path: Path)
     for f, h, truth in zip(flat.levels, hier.levels, (group, sub), strict=True):
         assert f.k == h.k
         assert same_partition(f.im2cluster, truth) and same_partition(h.im2cluster, truth)
-        torch.testing.assert_close(h.density.mean(), torch.tensor(0.2))
+        torch.testing.assert_close(h.concentration.mean(), torch.tensor(0.2))
     # the coarse centroids are the groups' means: as flat k-means finds them (up to the cluster order)
     order = [int(h) for h in hier.levels[0].im2cluster[[int(np.argmax(group == g)) for g in range(GROUPS)]]]
     flat_order = [int(f) for f in flat.levels[0].im2cluster[[int(np.argmax(group == g)) for g in range(GROUPS)]]]
@@ -75,7 +75,7 @@ def test_levels_are_nested_and_concentrations_come_from_the_images(tmp_path: Pat
         d = (torch.from_numpy(x) - c[g.im2cluster]).norm(dim=1).double()
         counts = torch.bincount(g.im2cluster, minlength=g.k).double()
         sums = torch.zeros(g.k, dtype=torch.float64).index_add_(0, g.im2cluster, d)
-        torch.testing.assert_close(g.density, concentration(counts, sums, 0.2), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(g.concentration, concentration(counts, sums, 0.2), rtol=1e-5, atol=1e-7)
         assert g.stats["objective"] == pytest.approx(float((d**2).mean()), rel=1e-5)
 
 

@@ -29,10 +29,10 @@ def test_info_nce_matches_hand_computation() -> None:
 
 def test_proto_nce_matches_hand_computation_when_all_negatives_fit() -> None:
     centroids = torch.eye(4)  # k=4 prototypes e1..e4
-    density = torch.tensor([0.5, 1.0, 0.25, 2.0])
+    concentration = torch.tensor([0.5, 1.0, 0.25, 2.0])
     q = F.normalize(torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), dim=1)
     positives = torch.tensor([0, 2])
-    loss, correct = proto_nce(q, positives, centroids, density, r=10)  # r > free clusters: negatives {1, 3}
+    loss, correct = proto_nce(q, positives, centroids, concentration, r=10)  # r > free clusters: negatives {1, 3}
     s = 1 / math.sqrt(2)
     # columns: [c0, c2, c1, c3]
     row0 = [s / 0.5, 0.0, s / 1.0, 0.0]
@@ -80,11 +80,11 @@ def test_sampling_is_roughly_uniform() -> None:
 
 
 def _proto_nce_reference(
-    q: torch.Tensor, positives: torch.Tensor, centroids: torch.Tensor, density: torch.Tensor, neg: torch.Tensor
+    q: torch.Tensor, positives: torch.Tensor, centroids: torch.Tensor, concentration: torch.Tensor, neg: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The formula as first written: gather, ``q @ c.T``, divide the logits by phi, cross-entropy."""
     ids = torch.cat([positives, neg])
-    logits = (q @ centroids[ids].T) / density[ids]
+    logits = (q @ centroids[ids].T) / concentration[ids]
     loss = F.cross_entropy(logits, torch.arange(q.shape[0]))
     return loss, (ids[logits.argmax(dim=1)] == positives).sum()
 
@@ -93,20 +93,20 @@ def _random_problem(b: int, k: int, d: int = 8, seed: int = 0) -> tuple[torch.Te
     g = torch.Generator().manual_seed(seed)
     q = F.normalize(torch.randn(b, d, generator=g), dim=1)
     centroids = F.normalize(torch.randn(k, d, generator=g), dim=1)
-    density = 0.1 + 0.3 * torch.rand(k, generator=g)
+    concentration = 0.1 + 0.3 * torch.rand(k, generator=g)
     positives = torch.randint(0, k, (b,), generator=g)
     positives[1] = positives[0]  # a shared positive
-    return q, positives, centroids, density
+    return q, positives, centroids, concentration
 
 
 def test_proto_nce_masked_path_equals_reference_loss_and_gradient() -> None:
     """k <= r: all free clusters are negatives; the masked fixed-shape logits give the same loss and grad."""
-    q, positives, centroids, density = _random_problem(b=12, k=30)
+    q, positives, centroids, concentration = _random_problem(b=12, k=30)
     free = torch.ones(30, dtype=torch.bool)
     free[positives] = False
     q1, q2 = q.clone().requires_grad_(), q.clone().requires_grad_()
-    loss, correct = proto_nce(q1, positives, centroids, density, r=64)
-    ref, ref_correct = _proto_nce_reference(q2, positives, centroids, density, free.nonzero().squeeze(1))
+    loss, correct = proto_nce(q1, positives, centroids, concentration, r=64)
+    ref, ref_correct = _proto_nce_reference(q2, positives, centroids, concentration, free.nonzero().squeeze(1))
     loss.backward()
     ref.backward()
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
@@ -116,13 +116,13 @@ def test_proto_nce_masked_path_equals_reference_loss_and_gradient() -> None:
 
 def test_proto_nce_sampled_path_equals_reference_for_the_same_negatives() -> None:
     """k - B >= r: with the same RNG state the negatives and therefore loss, grad and hits are the reference's."""
-    q, positives, centroids, density = _random_problem(b=12, k=200, seed=3)
+    q, positives, centroids, concentration = _random_problem(b=12, k=200, seed=3)
     torch.manual_seed(7)
     neg = sample_negative_prototypes(positives, 200, 50)
     torch.manual_seed(7)
     q1, q2 = q.clone().requires_grad_(), q.clone().requires_grad_()
-    loss, correct = proto_nce(q1, positives, centroids, density, r=50)
-    ref, ref_correct = _proto_nce_reference(q2, positives, centroids, density, neg)
+    loss, correct = proto_nce(q1, positives, centroids, concentration, r=50)
+    ref, ref_correct = _proto_nce_reference(q2, positives, centroids, concentration, neg)
     loss.backward()
     ref.backward()
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcl.losses import LossConfig, info_nce, pcl_objective, proto_nce, prototype_temperatures, total_loss
+from pcl.losses import LossConfig, info_nce, pcl_objective, proto_nce, prototype_concentrations, total_loss
 
 
 def test_total_loss_weights_the_proto_term() -> None:
@@ -23,15 +23,15 @@ def test_fixed_concentration_uses_temperature_for_every_prototype() -> None:
     torch.manual_seed(0)
     q = F.normalize(torch.randn(6, 8), dim=1)
     c = F.normalize(torch.randn(10, 8), dim=1)
-    density = torch.rand(10) + 0.1
+    concentration = torch.rand(10) + 0.1
     pos = torch.tensor([0, 1, 1, 2, 3, 3])
-    phi = prototype_temperatures(density, 0.2, fixed=True)
+    phi = prototype_concentrations(concentration, 0.2, fixed=True)
     assert torch.equal(phi, torch.full((10,), 0.2))
     torch.manual_seed(1)
     loss, _ = proto_nce(q, pos, c, phi, r=10)
     ids = torch.cat([pos, torch.tensor([4, 5, 6, 7, 8, 9])])  # r >= free clusters: all negatives, in order
     assert loss.item() == pytest.approx(F.cross_entropy(q @ c[ids].T / 0.2, torch.arange(6)).item(), rel=1e-6)
-    assert prototype_temperatures(density, 0.2, fixed=False) is density
+    assert prototype_concentrations(concentration, 0.2, fixed=False) is concentration
 
 
 @pytest.mark.parametrize("fixed", [False, True])
@@ -49,7 +49,7 @@ def test_objective_is_infonce_plus_mean_protonce_bit_for_bit(fixed: bool) -> Non
             types.SimpleNamespace(
                 im2cluster=torch.randint(0, kk, (n,)),
                 centroids=F.normalize(torch.randn(kk, d), dim=1),
-                density=torch.rand(kk) + 0.1,
+                concentration=torch.rand(kk) + 0.1,
             )
         )
     torch.manual_seed(7)
@@ -58,7 +58,9 @@ def test_objective_is_infonce_plus_mean_protonce_bit_for_bit(fixed: bool) -> Non
     torch.manual_seed(7)
     inst, logits = info_nce(q, k, queue, 0.2)
     protos = [
-        proto_nce(qc, g.im2cluster[index], g.centroids, torch.full_like(g.density, 0.2) if fixed else g.density, 5)
+        proto_nce(
+            qc, g.im2cluster[index], g.centroids, torch.full_like(g.concentration, 0.2) if fixed else g.concentration, 5
+        )
         for g in levels
     ]
     assert torch.equal(obj.inst, inst) and torch.equal(obj.logits, logits)
