@@ -103,7 +103,7 @@ def backbone_family(arch: str) -> BackboneFamily:
     for family in BACKBONES:
         if family.accepts(arch):
             return family
-    every = [n for f in BACKBONES for n in (f.catalogue() if f.catalogue is not None else f.names)]
+    every = list(dict.fromkeys(n for f in BACKBONES for n in (f.catalogue() if f.catalogue is not None else f.names)))
     close = difflib.get_close_matches(arch, every, n=5, cutoff=0.5)
     hint = f"close matches: {', '.join(close)}; " if close else ""
     kinds = "; ".join(f.about or ", ".join(f.names) for f in BACKBONES)

@@ -82,7 +82,7 @@ def test_corrupt_image_met_during_training_names_the_file(
         (["--pcl-r", "64"], "not smaller than the 48 training images"),
         (["--batch-size", "64", "--pcl-r", "100"], "fewer than one batch"),
         (["--bn-splits", "3"], "not divisible by --bn-splits"),
-        (["--arch", "vgg16"], "unknown arch 'vgg16'"),
+        (["--arch", "resnet1800"], "unknown arch 'resnet1800'; close matches: resnet18, resnet200,"),  # once each
         (["--optimizer", "adamax"], "invalid choice: 'adamax'"),
         (["--num-cluster", "a,b"], "comma-separated integers"),
         (["--num-cluster", "10,,20"], "comma-separated integers"),
