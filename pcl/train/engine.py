@@ -242,7 +242,8 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.loaders.train.sampler.num_samples // self.loaders.train.batch_size
+        train = self.loaders.train  # None: a trainer for single steps (tools/bench_step.py)
+        return 0 if train is None else train.sampler.num_samples // train.batch_size
 
     def _maybe_save_mid_epoch(self, done: int, meter: EpochMeter) -> None:
         """After step ``done`` of the epoch: a mid-epoch checkpoint when ``--save-every-*`` says so, a stop
