@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=ranged(int, gt=0), default=50_000, help="synthetic features")
     p.add_argument("--dim", type=ranged(int, gt=0), default=128)
-    p.add_argument("--num-cluster", type=int_list, default=[500, 1000, 2000], help="granularities")
+    p.add_argument("--num-cluster", type=ranged(int_list, gt=0), default=[500, 1000, 2000], help="granularities")
     p.add_argument("--components", type=ranged(int, gt=0), default=1000, help="true blobs")
     p.add_argument("--noise", type=ranged(float, ge=0), default=0.5, help="norm of the noise around a blob centre")
     p.add_argument("--niter", type=ranged(int, gt=0), default=20)
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=ranged(int, ge=0, le=2**31 - 1), default=0)
     p.add_argument("--threads", type=ranged(int, gt=0), default=None, help="torch and faiss threads")
     p.add_argument("--extrapolate-n", type=ranged(int, gt=0), default=1_281_167)
-    p.add_argument("--extrapolate-k", type=int_list, default=[25_000, 50_000, 100_000])
+    p.add_argument("--extrapolate-k", type=ranged(int_list, gt=0), default=[25_000, 50_000, 100_000])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 

@@ -30,6 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # pcl.utils.cli is stdlib-only: importable before anything is installed
+from pcl.utils.cli import ErrorParser, entry_point  # noqa: E402
+
 KEEP = ("torch", "torchvision")  # the machine's CUDA builds stay
 
 
@@ -203,8 +206,9 @@ def prepare_data(data: Path, scratch: Path) -> Path:
     return tops[0] if len(tops) == 1 else scratch / "data"
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = ErrorParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("data", nargs="?", help="CIFAR-10 as a .tar.gz of image folders or an extracted folder")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "gpu_check", help="report and logs folder")

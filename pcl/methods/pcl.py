@@ -69,6 +69,7 @@ class PCL(MoCo):
         self.cluster_result: ClusterResult | None = None
         bank = estep.features == "bank"
         self.view_bank = ViewBank(estep, model.low_dim, loss.warmup_epochs, epochs) if bank else None
+        self.estep_runs = epochs is None or loss.warmup_epochs < epochs  # False: the run trains MoCo v2
 
     def _cluster_head(self, model: ModelConfig) -> nn.Module | None:
         return cluster_head(model.cluster_head, model.low_dim)
@@ -141,7 +142,7 @@ class PCL(MoCo):
         super().after_step(step)
 
     def summary_terms(self) -> tuple[str, ...]:
-        return ("acc_inst", "acc_proto")
+        return ("acc_inst", "acc_proto") if self.estep_runs else ("acc_inst",)
 
     # -------------------------------------------------------------- E-step
     def epoch_pass(self, epoch: int) -> bool:

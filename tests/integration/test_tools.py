@@ -107,8 +107,9 @@ def test_knn_eval_reads_new_and_old_checkpoints(
         monkeypatch.setattr(sys, "argv", ["knn_eval.py", str(ckpt), "--data", str(tiny_data), "-j", "0"])
         assert knn_eval.main() == 0
         printed.append(capsys.readouterr().out.strip().splitlines())
-    for source, table in printed:  # the source line, then the kNN row only
+    for source, table, *reference in printed:  # the source line, the kNN row, then the untrained reference's
         assert "(epoch 3)" in source and table.startswith("kNN top-1 ")
+        assert reference[0].startswith("against the untrained reference") and "kNN top-1 (%)" in reference[1]
     assert printed[0][1] == printed[1][1]  # the same weights, the same figure
 
 
@@ -145,7 +146,8 @@ def test_knn_and_linear_eval_take_a_val_set_of_their_own(
         argv = ["knn_eval.py", str(ckpt), "--data", str(tiny_data), "-j", "0", *extra]
         monkeypatch.setattr(sys, "argv", argv)
         assert load_tool("knn_eval").main() == 0
-        figures[name] = capsys.readouterr().out.strip().splitlines()[-1].split("%")[0]
+        rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("kNN top-1 ")]
+        figures[name] = rows[0].split("%")[0]  # the encoder's own row (the untrained reference's lines follow)
     assert figures["own"] == figures["copy"] != figures["swapped"]
     out = tmp_path / "lin.json"
     argv = ["linear_eval.py", str(ckpt), "--data", str(tiny_data), "-j", "0", "--val", str(swapped)]
