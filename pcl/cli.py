@@ -213,8 +213,8 @@ def report_final_knn(cfg: Config, trainer: Trainer, knn: float) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         fresh = method_class(cfg.method).from_config(cfg, bn_splits=1)
-    ld, mon = trainer.loaders, cfg.monitor
-    reference = untrained_knn(fresh, ld, mon.knn_k, mon.knn_t, trainer.device)
+    ld = trainer.loaders
+    reference = untrained_knn(fresh, ld, cfg.monitor, trainer.info)
     n_eval = len(ld.knn_eval.dataset) if ld.knn_eval is not None else 0
     line, warning = final_knn_lines(knn, reference, n_eval, cfg.train.seed)
     print(line)

@@ -42,14 +42,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torchvision import transforms
-from tqdm import tqdm
 
 from pcl.data.datasets import IMAGENET_MEAN, IMAGENET_STD, IndexedImages, eval_loader
 from pcl.eval.linear_probe import DEFAULT_WDS, fit_logistic, topk_accuracy
 from pcl.model.bn import recalibrate_bn
+from pcl.model.features import extract
 from pcl.utils.atomic import write_atomic
 from pcl.utils.errors import PCLError
 from pcl.utils.flags import flag, float_list
+from pcl.utils.logs import progress
 
 PRESETS = ("cpu", "swav")
 INITS = ("lp", "random")
@@ -291,8 +292,8 @@ def train(backbone: nn.Module, head: nn.Module, train_aug: Dataset, targets: tor
     opt = torch.optim.SGD(groups, lr=lrs[0], momentum=r.momentum, weight_decay=r.weight_decay)
     model.train(r.bn != "frozen")  # frozen: BatchNorm keeps the encoder's statistics (eval mode), still trained
     losses = []
-    for step, (images, index) in enumerate(tqdm(_loader(train_aug, indices, r, seed, workers), "fine-tune",
-                                                total=r.steps, disable=not show, leave=False)):  # fmt: skip
+    batches = progress(_loader(train_aug, indices, r, seed, workers), "fine-tune", r.steps, show)
+    for step, (images, index) in enumerate(batches):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(group["base_lr"], step, r.steps)
         loss = F.cross_entropy(model(images.to(device, non_blocking=True)), targets[index].to(device))
@@ -319,5 +320,4 @@ def recalibrate(model: nn.Sequential, images: Dataset, device: torch.device, wor
 def predict(model: nn.Module, images: Dataset, device: torch.device, workers: int = 2) -> torch.Tensor:
     """Logits ``(n, C)`` of ``model`` (eval mode) on every item ``(image, i)`` of ``images``, in order (CPU)."""
     model.eval()
-    batches = eval_loader(images, 256, workers)
-    return torch.cat([model(x.to(device, non_blocking=True)).float().cpu() for x, _ in batches])
+    return extract(model, eval_loader(images, 256, workers), device, show=False).cpu()

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
-from tqdm import tqdm
 
 from pcl.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 from pcl.eval.linear_probe import ProbeResult, topk_accuracy
 from pcl.utils.flags import flag, int_list
+from pcl.utils.logs import progress
 
 
 @dataclass
@@ -94,7 +94,7 @@ def train_official(
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
             group["lr"] = step_lr(cfg, epoch)
-        for images, index in tqdm(train_loader, desc=f"linear epoch {epoch}", disable=not show, leave=False):
+        for images, index in progress(train_loader, f"linear epoch {epoch}", show=show):
             with torch.no_grad(), autocast():
                 feats = backbone(images.to(device, non_blocking=True)).float()
             loss = F.cross_entropy(fc(feats), train_targets[index].to(device, non_blocking=True))
@@ -103,7 +103,7 @@ def train_official(
             opt.step()
     logits, targets = [], []
     with torch.no_grad():
-        for images, index in tqdm(test_loader, desc="linear test", disable=not show, leave=False):
+        for images, index in progress(test_loader, "linear test", show=show):
             with autocast():
                 feats = backbone(images.to(device, non_blocking=True)).float()
             logits.append(fc(feats))

@@ -37,8 +37,7 @@ from pcl.utils.flags import ranged
 
 INIT_BN = "BatchNorm statistics at init (mean 0, variance 1)"  # an untrained backbone's, before recalibration
 TRAINED_BN = "BatchNorm statistics as trained"
-PREFIX = "encoder_q.backbone."
-PREFIXES = {"query": PREFIX, "key": "encoder_k.backbone."}  # MoCo / PCL's (other methods: backbone_prefixes)
+PREFIXES = method_class("pcl").backbone_prefixes  # MoCo / PCL's; a checkpoint's own: backbone_prefixes()
 
 
 @dataclass

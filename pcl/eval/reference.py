@@ -24,8 +24,10 @@ the run's last kNN beside it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +35,12 @@ import torch
 from torch import nn
 
 from pcl.analysis.intervals import NO_VERDICT, WORSE, binomial_se, single_interval, verdict
-from pcl.analysis.knn import knn_top1
 from pcl.eval.registry import PROTOCOLS
 from pcl.methods.base import Method
 from pcl.model.bn import recalibrate_bn
-from pcl.model.features import extract
 from pcl.train.engine import Loaders
+from pcl.train.monitor import KnnMonitor, MonitorConfig
+from pcl.utils.distributed import DistInfo
 from pcl.utils.errors import PCLError
 
 COMMON = ("data_identity", "val", "seed", "arch", "stem", "image_size")  # settings both evaluations must share
@@ -141,19 +143,16 @@ class _Features(nn.Module):
         return self.method.backbone_features(images)
 
 
-def untrained_knn(fresh: Method, loaders: Loaders, k: int, t: float, device: torch.device) -> float | None:
-    """kNN top-1 (%) of ``fresh`` (the run's method at random initialisation, seeded as the run was) with the
-    training run's kNN-monitor loaders and settings, after its BatchNorm statistics are recomputed on the eval view
-    of the train images (one forward pass, no labels, no gradient); None without a labelled eval split."""
+def untrained_knn(fresh: Method, loaders: Loaders, cfg: MonitorConfig, info: DistInfo) -> float | None:
+    """kNN top-1 (%) of ``fresh`` (the run's method at random initialisation, seeded as the run was) by the
+    training run's kNN monitor (its loaders and ``--knn-k`` / ``--knn-t``, the trained backbone's features), after
+    its BatchNorm statistics are recomputed on the eval view of the train images (one forward pass, no labels, no
+    gradient); None without a labelled eval split (and off rank 0)."""
     if loaders.knn_train is None or loaders.knn_eval is None or loaders.train_labels is None:
         return None
-    net = _Features(fresh).to(device)
-    recalibrate_bn(net, (images for images, _ in loaders.knn_train), device)
-    net.eval()
-    bank = extract(net, loaders.knn_train, device, desc="untrained kNN bank", show=False)
-    test = extract(net, loaders.knn_eval, device, desc="untrained kNN eval", show=False)
-    return knn_top1(bank, loaders.train_labels.to(device), test, loaders.eval_labels.to(device), loaders.num_classes,
-                    k, t)  # fmt: skip
+    recalibrate_bn(_Features(fresh).to(info.device), (images for images, _ in loaders.knn_train), info.device)
+    monitor = KnnMonitor(replace(cfg, knn_encoder="query"), fresh, loaders, info, contextlib.nullcontext, epochs=1)
+    return monitor.evaluate()
 
 
 def final_knn_lines(knn: float, reference: float | None, n_eval: int, seed: int) -> tuple[str, str | None]:

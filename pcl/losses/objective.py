@@ -88,32 +88,8 @@ def pcl_objective(
     against ``num_negatives`` negative prototypes (the queue size ``--pcl-r``, as in the official code).
 
     Multi-crop: ``q_local`` / ``q_cluster_local`` the local crops' queries (each ``(B, d)``), ``k_extra`` the keys
-    of further global crops (each ``(B, d)``); see the module docstring."""
-    if not q_local and not k_extra:
-        inst, logits = info_nce(q, k, queue, cfg.temperature)
-        protos = []
-        for g in levels:
-            phi = prototype_concentrations(g.concentration, cfg.temperature, cfg.fixed_concentration)
-            protos.append(proto_nce(q_cluster, g.im2cluster[index], g.centroids, phi, num_negatives))
-        return Objective(total_loss(inst, [p[0] for p in protos], cfg.proto_weight), inst, logits, protos)
-    return _multicrop_objective(q, k, queue, q_cluster, index, levels, cfg, num_negatives, q_local, q_cluster_local,
-                                k_extra)  # fmt: skip
-
-
-def _multicrop_objective(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    queue: torch.Tensor,
-    q_cluster: torch.Tensor,
-    index: torch.Tensor,
-    levels: Sequence[Prototypes],
-    cfg: LossConfig,
-    num_negatives: int,
-    q_local: Sequence[torch.Tensor],
-    q_cluster_local: Sequence[torch.Tensor],
-    k_extra: Sequence[torch.Tensor],
-) -> Objective:
-    """:func:`pcl_objective` with several query crops (``[q, *q_local]``) and key crops (``[k, *k_extra]``)."""
+    of further global crops (each ``(B, d)``); see the module docstring. With neither, every mean below is over one
+    term (exactly that term, gradient included): the two-crop operations."""
     keys, n_local, t = [k, *k_extra], len(q_local), cfg.temperature
     pairs = [[info_nce(query, key, queue, t) for key in keys] for query in [q, *q_local]]  # [query crop][key crop]
     inst = torch.stack([loss for row in pairs for loss, _ in row]).mean()

@@ -26,6 +26,7 @@ from pcl.methods.base import Method, MethodSettings, StepOutput, register_method
 from pcl.model.backbone import has_batchnorm, probe_backbone
 from pcl.model.encoder import Encoder, ModelConfig
 from pcl.model.momentum import frozen_copy, update_momentum
+from pcl.model.multicrop import size_runs
 from pcl.model.shuffle import shuffled_forward
 from pcl.utils import distributed as pdist
 from pcl.utils.errors import PCLError
@@ -48,17 +49,6 @@ class Embeddings:
     q_cluster_local: tuple[torch.Tensor, ...] = ()
     k_extra: tuple[torch.Tensor, ...] = ()
     k_raw: torch.Tensor | None = None
-
-
-def same_size_runs(views: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """``views`` cut into runs of consecutive tensors of one spatial size (one encoder forward per run)."""
-    runs: list[list[torch.Tensor]] = []
-    for v in views:
-        if runs and runs[-1][0].shape[-2:] == v.shape[-2:]:
-            runs[-1].append(v)
-        else:
-            runs.append([v])
-    return runs
 
 
 @register_method
@@ -173,7 +163,9 @@ class MoCo(Method):
         k, *k_extra = keys.chunk(g - 1) if g > 2 else (keys,)
         q_cluster = F.normalize(self.cluster_q(q_raw), dim=1) if cluster else q
         q_local, q_cluster_local = [], []
-        for run in same_size_runs(views[g:]):  # one forward per local-crop size
+        local = views[g:]
+        for s in size_runs(local):  # one forward per local-crop size
+            run = local[s]
             raw = self.encoder_q(torch.cat(run)) if len(run) > 1 else self.encoder_q(run[0])
             q_local += F.normalize(raw, dim=1).chunk(len(run))
             if cluster:

@@ -18,11 +18,14 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from pcl.analysis import render
 from pcl.analysis.cluster_metrics import has_classes
 from pcl.analysis.embedding import embed_2d, kmeans_ids, subsample
+from pcl.data.datasets import eval_loader
 from pcl.methods.base import Method
+from pcl.model.features import extract
 from pcl.run.tb import TBLogger
 from pcl.train.monitor import MonitorConfig
 from pcl.utils.distributed import DistInfo
@@ -61,13 +64,10 @@ class FeatureMapMonitor:
         index = subsample(len(dataset), self.cfg.feature_map_points, self.seed)
         was_training = self.method.training
         self.method.eval()
-        feats, batch = [], 256
-        for start in range(0, len(index), batch):
-            images = torch.stack([dataset[int(i)][0] for i in index[start : start + batch]])
-            with self.autocast():
-                feats.append(self.method.backbone_features(images.to(self.info.device)).float().cpu())
+        loader = eval_loader(Subset(dataset, index.tolist()), 256, 0)
+        feats = extract(self.method.backbone_features, loader, self.info.device, self.autocast, show=False)
         self.method.train(was_training)
-        return index, torch.cat(feats).numpy(), dataset
+        return index, feats.cpu().numpy(), dataset
 
     def draw(self, epoch: int) -> np.ndarray:
         """The map after epoch ``epoch`` as ``(H, W, 3) uint8``."""
