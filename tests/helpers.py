@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from pcl.config import Config
+from pcl.data.synthetic import write_low_detail, write_near_duplicates
 from pcl.methods.pcl import PCL
 from pcl.model.encoder import ModelConfig
 from pcl.utils.cli import pythonpath_env
@@ -127,30 +128,10 @@ def write_suite(path: Path, runs: str, seeds: int = 1) -> Path:
 
 
 def make_low_detail_folder(root: Path, per_class: int, classes: int = 3, size: int = 16, seed: int = 0) -> Path:
-    """Write ``classes * per_class`` low-detail JPEGs: one flat class colour plus a faint, blurred blob, so that
-    the images of a class differ in little but the blob's place (an instance task with little to hold on to)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    for c in range(classes):
-        d = root / f"class{c}"
-        d.mkdir(parents=True, exist_ok=True)
-        base = np.full(3, 60.0, np.float32)
-        base[c % 3] = 180.0
-        for i in range(per_class):
-            cy, cx = rng.uniform(0, size, 2)
-            blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 4) ** 2))[..., None]
-            img = base + 30.0 * blob * rng.uniform(-1, 1, 3).astype(np.float32)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{i:04d}.jpg", quality=90)
-    return root
+    """Low-detail labelled JPEGs (``pcl.data.synthetic.write_low_detail``): an instance task with little to hold."""
+    return write_low_detail(root, per_class, classes, size, seed)
 
 
 def make_near_duplicates(root: Path, count: int, size: int = 16, seed: int = 0) -> Path:
-    """Write ``count`` near-duplicate JPEGs into one unlabeled folder: a single random picture plus faint pixel
-    noise (std 2 of 255), so that no two images can be told apart: the instance task cannot be learnt."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, size=(size, size, 3)).astype(np.float32)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        img = np.clip(base + rng.normal(0, 2, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(root / f"{i:04d}.jpg", quality=95)
-    return root
+    """Near-duplicate unlabeled JPEGs (``pcl.data.synthetic.write_near_duplicates``): no instance task to learn."""
+    return write_near_duplicates(root, count, size, seed)

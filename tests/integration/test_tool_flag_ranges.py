@@ -20,7 +20,7 @@ from pcl.utils.flags import Ranged
 from tests.helpers import ROOT, load_experiments, load_tool
 
 TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py") if "def main(" in p.read_text())
-EXPERIMENTS = ["run", "summarize"]
+EXPERIMENTS = ["run", "summarize", "bn_effect"]
 VALUES = ["nan", "inf", "-inf", "0", "-1", str(10**18)]
 
 
