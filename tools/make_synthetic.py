@@ -33,12 +33,14 @@ def main() -> int:
     p.add_argument("--test-per-class", type=ranged(int, gt=0), default=20)
     p.add_argument("--size", type=ranged(int, ge=8), default=32, help="image side in pixels")
     p.add_argument("--seed", type=ranged(int, ge=0), default=0)
+    p.add_argument("--detail", type=ranged(float, gt=0, le=255), default=30.0,
+                   help="low-detail: the blob's largest tint (of 255), all that tells two images of a class apart")
     a = p.parse_args()
     if a.out.exists() and (not a.out.is_dir() or any(a.out.iterdir())):
         raise PCLError(f"{a.out} exists and is {'not empty' if a.out.is_dir() else 'a file'}: give a new folder")
     if a.kind == "low-detail":
-        write_low_detail(a.out / "train", a.train_per_class, a.classes, a.size, a.seed)
-        write_low_detail(a.out / "test", a.test_per_class, a.classes, a.size, a.seed + 1)
+        write_low_detail(a.out / "train", a.train_per_class, a.classes, a.size, a.seed, a.detail)
+        write_low_detail(a.out / "test", a.test_per_class, a.classes, a.size, a.seed + 1, a.detail)
         print(f"wrote {a.out}: {a.classes} classes, {a.train_per_class} train and {a.test_per_class} test per class")
     else:
         write_near_duplicates(a.out / "train", a.train_per_class, a.size, a.seed)

@@ -22,8 +22,10 @@ PALETTE = (
 )  # fmt: skip
 
 
-def write_low_detail(root: Path, per_class: int, classes: int = 3, size: int = 16, seed: int = 0) -> Path:
-    """``classes * per_class`` low-detail JPEGs in ``root/classC/IIII.jpg`` (``classes`` <= 10); returns ``root``."""
+def write_low_detail(root: Path, per_class: int, classes: int = 3, size: int = 16, seed: int = 0,
+                     detail: float = 30.0) -> Path:  # fmt: skip
+    """``classes * per_class`` low-detail JPEGs in ``root/classC/IIII.jpg`` (``classes`` <= 10); ``detail``: the
+    blob's largest tint (of 255), all that tells two images of a class apart; returns ``root``."""
     if not 1 <= classes <= len(PALETTE):
         raise ValueError(f"classes must be in 1..{len(PALETTE)}, got {classes}")
     rng = np.random.default_rng(seed)
@@ -35,7 +37,7 @@ def write_low_detail(root: Path, per_class: int, classes: int = 3, size: int = 1
         for i in range(per_class):
             cy, cx = rng.uniform(0, size, 2)
             blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 4) ** 2))[..., None]
-            img = base + 30.0 * blob * rng.uniform(-1, 1, 3).astype(np.float32)
+            img = base + detail * blob * rng.uniform(-1, 1, 3).astype(np.float32)
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{i:04d}.jpg", quality=90)
     return root
 

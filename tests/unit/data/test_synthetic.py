@@ -58,3 +58,12 @@ def test_the_tool_writes_train_and_test_and_refuses_bad_input_in_one_line(tmp_pa
         lines = r.stderr.strip().splitlines()
         assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "not empty" in _tool(str(out)).stderr and not (tmp_path / "n").exists()
+
+
+def test_less_detail_means_images_of_a_class_closer_together(tmp_path: Path) -> None:
+    def spread(detail: float) -> float:
+        root = write_low_detail(tmp_path / f"d{detail}", per_class=6, classes=1, size=32, detail=detail)
+        imgs = np.stack([_pixels(p) for p in sorted((root / "class0").glob("*.jpg"))])
+        return float(imgs.std(axis=0).mean())
+
+    assert spread(8.0) < 0.5 * spread(30.0)
