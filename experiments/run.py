@@ -250,17 +250,24 @@ def main(argv: list[str] | None = None) -> int:
             print(status_table([(_key(j), j.run_dir) for j in jobs], read_json(suite_dir / "jobs.json")))
             return 0
         failed = held = 0
-        if not args.summary_only:
+        scope = {
+            "runs": [{"name": r.name, "flags": r.flags, "sweep": r.sweep, "swept": r.swept} for r in suite.runs],
+            "seeds": seeds,
+            "columns": list(suite.columns),
+            "reference": suite.reference,
+        }
+        if args.summary_only:  # the runs and seeds asked for now, not those of the last start (--runs may differ)
+            record = read_json(suite_dir / "suite.json")
+            if record:
+                write_json(suite_dir / "suite.json", {**record, **scope}, "suite record")
+        else:
             usable_dir(suite_dir, "--out")
             info = {
                 "suite": suite.name,
                 "description": suite.description,
                 "file": str(suite.path),
                 "base": suite.base,
-                "runs": [{"name": r.name, "flags": r.flags, "sweep": r.sweep, "swept": r.swept} for r in suite.runs],
-                "seeds": seeds,
-                "columns": list(suite.columns),
-                "reference": suite.reference,
+                **scope,
                 "extra": extra,
                 "command": "python experiments/run.py " + shlex.join(argv),
                 "machine": machine_info(),

@@ -99,9 +99,10 @@ def eval_columns() -> list[SummaryColumn]:
 
 def training_columns(names: list[str]) -> list[SummaryColumn]:
     """Columns of training scalars a suite file asks for (``columns = ["epoch/loss_uniform"]``): the value in the
-    last epoch's record of ``metrics.json`` (``read`` gets that record)."""
-    return [SummaryColumn(name.replace("/", "_"), f"{name} (last epoch)", lambda last, n=name: last.get(n), 3)
-            for name in names]  # fmt: skip
+    last epoch's record of ``metrics.json`` (``read`` gets that record). Which way is better is not known for an
+    arbitrary scalar (a loss, a collapse verdict), so their differences read *higher* / *lower*, never *better*."""
+    return [SummaryColumn(name.replace("/", "_"), f"{name} (last epoch)", lambda last, n=name: last.get(n), 3,
+                          higher_is_better=None) for name in names]  # fmt: skip
 
 
 def summary_columns(info: dict) -> list[SummaryColumn]:

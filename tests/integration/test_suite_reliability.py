@@ -319,3 +319,20 @@ def test_die_with_runner_wraps_the_command_on_linux() -> None:
     assert cmd[:2] == ["python3", "-c"] and cmd[3:] == [str(os.getpid()), "py", "-m", "pcl", "d"]
     out = subprocess.run(launch.die_with_runner([sys.executable, "-c", "print('ran')"]), capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout == "ran\n"
+
+
+def test_summary_only_covers_the_runs_and_seeds_asked_for_not_those_of_the_last_start(tmp_path: Path) -> None:
+    """A suite trained in two starts (``--runs pcl``, then ``--runs moco``) is summarised whole by a later
+    ``--summary-only``: the record of the last start named one run only (the recipes suite lost 7 rows so)."""
+    suite = write_suite(tmp_path / "s.toml", '[[runs]]\nname = "pcl"\n[[runs]]\nname = "moco"\n')
+    out = tmp_path / "out"
+    fake_suite(out / "s", knn=40.0)  # its suite.json: the start that trained "pcl" only
+    moco = RunDir(out / "s" / "moco" / "seed0")
+    moco.root.mkdir(parents=True)
+    moco.metrics.write_text(json.dumps({"complete": True, "epochs": [{"epoch": 0, "eval/knn_top1": 30.0}],
+                                        "final": {"knn_top1": 30.0}}))  # fmt: skip
+    moco.status.write_text(json.dumps({"status": "done"}))
+    assert runner.main([str(suite), "--out", str(out), "--summary-only"]) == 0
+    md = (out / "s" / "results.md").read_text()
+    assert "| pcl | 1/1 | 40.00" in md and "| moco | 1/1 | 30.00" in md
+    assert [r["name"] for r in json.loads((out / "s" / "suite.json").read_text())["runs"]] == ["pcl", "moco"]

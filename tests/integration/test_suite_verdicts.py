@@ -52,6 +52,24 @@ def test_paired_differences_against_the_reference_run_match_a_hand_computed_t_in
     assert "| pcl | 1 | +3.00 (n = 1: no verdict) |" in md
 
 
+def test_a_training_scalar_column_reads_higher_or_lower_never_better() -> None:
+    """A suite file's ``columns`` (a loss, the collapse verdict) have no known good direction: a clear rise of the
+    collapse verdict is *higher*, not *better* (the recipes suite once read "+1.000 better")."""
+    from summary import summary_columns
+
+    info = {"suite": "s", "seeds": 3, "columns": ["health/epoch_collapse"]}
+    (column,) = [c for c in summary_columns(info) if c.key == "health_epoch_collapse"]
+    assert column.higher_is_better is None
+    rows = []
+    for name, verdicts_seen in (("adamw", [0.0, 0.0, 0.0]), ("sgd", [1.0, 1.0, 1.0])):
+        seeds = [SeedResult(seed=i, status="done", figures={"knn": 50.0 + i, "health_epoch_collapse": v}, se={})
+                 for i, v in enumerate(verdicts_seen)]  # fmt: skip
+        rows.append(RunRow(name, {}, 3, seeds))
+    shown = [c for c in summary_columns(info) if any(r.figures(c.key) for r in rows)]
+    md = _markdown(info, table(rows, summary_columns(info)), [], verdicts(info, rows, shown))
+    assert "+1.000 [+1.000, +1.000] higher" in md and "better" not in md.split("## Paired")[1].split("\n\n")[1]
+
+
 def test_worse_than_untrained_is_marked_exactly_where_the_interval_lies_below_it() -> None:
     untrained = _row(UNTRAINED_ROW, [40.0], note="reference")
     rows = [
