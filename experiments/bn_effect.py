@@ -158,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         text = markdown(args.suite_dir, args.protocols, md_table)
         print(text)
         if args.out is not None:
+            try:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise PCLError(f"cannot create the folder of --out {args.out}: {e.strerror or e}") from None
             write_bytes_atomic(args.out, text.encode(), "the BatchNorm table")
             head = "run,column,n,before,after,diff,lo,hi,method,verdict\n"
             body = "".join(",".join("" if v is None else str(v) for v in r) + "\n" for r in rows)

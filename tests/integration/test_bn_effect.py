@@ -101,8 +101,7 @@ def test_the_cli_writes_the_markdown_and_the_csv(tmp_path: Path, monkeypatch, ca
         (suite / "pcl" / f"seed{seed}" / bn_effect.AFTER).write_text(json.dumps({"knn_top1": v}))
     (suite / "untrained" / bn_effect.INIT).write_text(json.dumps({"knn_top1": 28.0}))
     monkeypatch.setattr(bn_effect.subprocess, "call", lambda *a, **k: pytest.fail("nothing to evaluate"))
-    out = tmp_path / "res" / "bn.md"
-    out.parent.mkdir()
+    out = tmp_path / "res" / "new" / "bn.md"  # a folder that does not exist yet
     assert bn_effect.main([str(suite), "--out", str(out)]) == 0
     assert "37.50 → 38.50" in out.read_text() and "28.00 → 30.00" in out.read_text()
     csv_lines = out.with_suffix(".csv").read_text().splitlines()
