@@ -152,7 +152,7 @@ def untrained_knn(fresh: Method, loaders: Loaders, cfg: MonitorConfig, info: Dis
         return None
     recalibrate_bn(_Features(fresh).to(info.device), (images for images, _ in loaders.knn_train), info.device)
     monitor = KnnMonitor(replace(cfg, knn_encoder="query"), fresh, loaders, info, contextlib.nullcontext, epochs=1)
-    return monitor.evaluate()
+    return monitor.evaluate(label="untrained kNN")
 
 
 def final_knn_lines(knn: float, reference: float | None, n_eval: int, seed: int) -> tuple[str, str | None]:

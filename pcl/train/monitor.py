@@ -86,10 +86,11 @@ class KnnMonitor:
         self.cfg, self.method, self.loaders, self.info, self.autocast = cfg, method, loaders, info, autocast
         self.epochs = epochs
 
-    def evaluate(self, bank: torch.Tensor | None = None) -> float | None:
+    def evaluate(self, bank: torch.Tensor | None = None, label: str = "kNN") -> float | None:
         """Top-1 (%) on rank 0 (None elsewhere, or without an eval split).
 
-        ``bank``: the train features ``(N, D)`` already computed (by the E-step's pass); else extracted here."""
+        ``bank``: the train features ``(N, D)`` already computed (by the E-step's pass); else extracted here.
+        ``label`` names the two extractions (progress bars: ``kNN bank``, ``kNN eval``)."""
         ld, t = self.loaders, self.cfg
         if ld.knn_eval is None or not self.info.is_main:
             return None
@@ -97,8 +98,8 @@ class KnnMonitor:
         self.method.eval()
         fn = self.method.key_backbone_features if t.knn_encoder == "key" else self.method.backbone_features
         if bank is None:
-            bank = extract(fn, ld.knn_train, self.info.device, self.autocast, "kNN bank")
-        test = extract(fn, ld.knn_eval, self.info.device, self.autocast, "kNN eval")
+            bank = extract(fn, ld.knn_train, self.info.device, self.autocast, f"{label} bank")
+        test = extract(fn, ld.knn_eval, self.info.device, self.autocast, f"{label} eval")
         self.method.train(was_training)
         return knn_top1(bank, ld.train_labels, test, ld.eval_labels, ld.num_classes, t.knn_k, t.knn_t)
 

@@ -50,7 +50,8 @@ def test_warm_start_and_one_pass_bank_resume_bit_identically(tiny_data: Path, tm
     assert run(tiny_data, tmp_path / "full") == 0
     full = list(calls)
     # epoch 0 (warmup): its monitor waits for epoch 1's E-step pass; only the val split is extracted then;
-    # epoch 2 is the last: its monitor extracts bank and val itself
+    # epoch 2 is the last: its monitor extracts bank and val itself; then the untrained reference's kNN (the
+    # end-of-run line) extracts both splits once more, through the same monitor
     assert [c[:2] if c[0] == "estep" else c for c in full] == [
         ("estep", 1),
         ("extract", "kNN eval"),
@@ -58,6 +59,8 @@ def test_warm_start_and_one_pass_bank_resume_bit_identically(tiny_data: Path, tm
         ("extract", "kNN eval"),
         ("extract", "kNN bank"),
         ("extract", "kNN eval"),
+        ("extract", "untrained kNN bank"),
+        ("extract", "untrained kNN eval"),
     ]
     assert [c[3] for c in full if c[0] == "estep"] == [True, True]
     first, second = (c[2] for c in full if c[0] == "estep")
