@@ -63,8 +63,7 @@ def runs_of(suite_dir: Path) -> list[Pair]:
     return pairs
 
 
-def evaluate_missing(pairs: list[Pair], suite_dir: Path, protocols: str,
-                     call: Callable[[list[str]], int] = subprocess.call) -> None:  # fmt: skip
+def evaluate_missing(pairs: list[Pair], protocols: str, call: Callable[[list[str]], int] = subprocess.call) -> None:
     """Run ``tools/evaluate.py`` for every file of ``pairs`` that is not there yet (one call each)."""
     first_run = next((p.before.parent for p in pairs if p.run != UNTRAINED_ROW), None)
     for p in pairs:
@@ -111,14 +110,15 @@ def effect(before: Figures, after: Figures, column: SummaryColumn, run: str) -> 
 def table(before: Figures, after: Figures) -> tuple[str, list[list[object]]]:
     """The Markdown table (a row per run, a cell per column with figures) and the CSV rows of every cell."""
     runs = list(before)
-    columns = [c for c in eval_columns() if any(effect(before, after, c, r) for r in runs)]
+    effects = {(c.key, r): effect(before, after, c, r) for c in eval_columns() for r in runs}
+    columns = [c for c in eval_columns() if any(effects[c.key, r] for r in runs)]
     head = ["run", "seeds", *(c.header for c in columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     rows: list[list[object]] = []
     for run in runs:
         cells = [run, str(len(before[run]))]
         for c in columns:
-            e = effect(before, after, c, run)
+            e = effects[c.key, run]
             if e is None:
                 cells.append("–")
                 continue
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = runs_of(args.suite_dir)
         if not pairs:
             raise PCLError(f"{args.suite_dir}: no evaluated run (RUN/seedS/eval.json): run the suite with --eval")
-        evaluate_missing(pairs, args.suite_dir, args.protocols, lambda cmd: subprocess.call(cmd, env=child_env()))
+        evaluate_missing(pairs, args.protocols, lambda cmd: subprocess.call(cmd, env=child_env()))
         md_table, rows = table(*_load(pairs))
         text = markdown(args.suite_dir, args.protocols, md_table)
         print(text)

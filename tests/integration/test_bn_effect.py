@@ -57,7 +57,7 @@ def test_the_table_gives_before_after_and_the_paired_interval_of_each_run(tmp_pa
     pairs = bn_effect.runs_of(suite)
     assert [(p.run, p.seed) for p in pairs] == [("moco-v2", 0), ("moco-v2", 1), ("moco-v2", 2), ("pcl", 0),
                                                 ("pcl", 1), ("pcl", 2), (bn_effect.UNTRAINED_ROW, 0)]  # fmt: skip
-    bn_effect.evaluate_missing(pairs, suite, "knn", _fake_evaluate(shift, calls))
+    bn_effect.evaluate_missing(pairs, "knn", _fake_evaluate(shift, calls))
     assert len(calls) == 7 and all("--recalibrate-bn" in c for c in calls[:6])
     assert "--untrained-bn" in calls[6] and calls[6][calls[6].index("--untrained-bn") + 1] == "init"
     md, rows = bn_effect.table(*bn_effect._load(pairs))
@@ -80,11 +80,11 @@ def test_files_already_there_are_reused_and_a_failed_evaluation_is_one_error(tmp
     pairs = bn_effect.runs_of(suite)
     (suite / "pcl" / "seed0" / bn_effect.AFTER).write_text(json.dumps({"knn_top1": 39.0}))
     calls: list[list[str]] = []
-    bn_effect.evaluate_missing(pairs, suite, "knn", _fake_evaluate({"pcl": [0.0, 2.0]}, calls))
+    bn_effect.evaluate_missing(pairs, "knn", _fake_evaluate({"pcl": [0.0, 2.0]}, calls))
     assert len(calls) == 1 and str(suite / "pcl" / "seed1") in calls[0]
     (suite / "pcl" / "seed1" / bn_effect.AFTER).unlink()
     with pytest.raises(PCLError, match=r"pcl seed1 \(exit 1\)"):
-        bn_effect.evaluate_missing(pairs, suite, "knn", lambda cmd: 1)
+        bn_effect.evaluate_missing(pairs, "knn", lambda cmd: 1)
 
 
 def test_bad_input_is_one_error_line(tmp_path: Path, capsys) -> None:
